@@ -1,0 +1,148 @@
+//! Benchmark: CPU time of one host collection cycle on this machine, and of
+//! building and encoding the report; plus one collection of a hostile host
+//! (10,000 mounts, a 10 MB meminfo).
+//!
+//!     cargo bench --bench cycle
+//!
+//! CPU time is the process's user + system time (getrusage), so it includes
+//! the statvfs helper thread. The first cycle is excluded: it watches
+//! /proc/stat for 200 ms to have a CPU baseline.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use pulse_agent::collect::{Host, Options, identity};
+use pulse_agent::report::{self, Privilege, Sequence};
+use pulse_agent::root::Root;
+use pulse_agent::sys::process_cpu_time;
+
+const CYCLES: u32 = 2000;
+
+fn per_cycle(d: Duration, n: u32) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3 / f64::from(n))
+}
+
+fn main() {
+    let root = Root::host();
+    let identity = identity::collect(&root, None);
+    let mut host = Host::new(root, Options::default());
+    let first = host.collect();
+
+    let (cpu0, wall0) = (process_cpu_time(), Instant::now());
+    for _ in 0..CYCLES {
+        std::hint::black_box(host.collect());
+    }
+    let (cpu, wall) = (process_cpu_time() - cpu0, wall0.elapsed());
+
+    let privilege = Privilege::current(false);
+    let modules = Vec::new();
+    let mut seq = Sequence::random();
+    let (rcpu0, rwall0) = (process_cpu_time(), Instant::now());
+    for _ in 0..CYCLES {
+        let id = seq.next_id();
+        let doc = report::host(&report::HostReport {
+            agent: report::Agent {
+                id: &identity.machine_id,
+                version: "v0",
+                interval_seconds: 30,
+                hostname: &identity.hostname,
+                disk_exclude: &[],
+                modules: &modules,
+                privilege: &privilege,
+            },
+            identity: &identity,
+            report_ip: None,
+            tags: &[],
+            snapshot: &first,
+            timestamp: SystemTime::now(),
+            sequence_id: &id,
+        });
+        std::hint::black_box(serde_json::to_vec(&doc).unwrap());
+    }
+    let (rcpu, rwall) = (process_cpu_time() - rcpu0, rwall0.elapsed());
+
+    println!("pulse-agent cycle benchmark ({CYCLES} cycles, this machine, release build)");
+    println!("| what                                  | CPU / cycle | wall / cycle |");
+    println!("|---------------------------------------|-------------|--------------|");
+    println!(
+        "| host collection (all host collectors) | {:>11} | {:>12} |",
+        per_cycle(cpu, CYCLES),
+        per_cycle(wall, CYCLES)
+    );
+    println!(
+        "| report build + JSON encoding          | {:>11} | {:>12} |",
+        per_cycle(rcpu, CYCLES),
+        per_cycle(rwall, CYCLES)
+    );
+    println!(
+        "| one full cycle (sum)                  | {:>11} |              |",
+        per_cycle(cpu + rcpu, CYCLES)
+    );
+    println!(
+        "(this host: {} filesystems, {} disks, {} interfaces)",
+        first.filesystems.len(),
+        first.disk_io.len(),
+        first.network.len()
+    );
+
+    hostile();
+}
+
+/// One collection of a host with 10,000 mounts and a 10 MB meminfo.
+fn hostile() {
+    let dir = std::env::temp_dir().join(format!("pulse-bench-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let w = |rel: &str, text: &str| {
+        let p: PathBuf = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    let mut mi = String::new();
+    let mut st = String::new();
+    for i in 0..10_000u32 {
+        let (mp, fstype, dev) = match i % 100 {
+            0 => (format!("/srv/disk{i}"), "ext4", format!("/dev/sd{i}")),
+            1..=9 => (format!("/run/user/{i}"), "tmpfs", "tmpfs".to_string()),
+            _ => (
+                format!("/var/lib/docker/overlay2/{i:064x}/merged"),
+                "overlay",
+                "overlay".into(),
+            ),
+        };
+        mi.push_str(&format!(
+            "{} 1 {}:{} / {mp} rw,relatime - {fstype} {dev} rw\n",
+            i + 100,
+            8 + i / 1000,
+            i % 1000
+        ));
+        st.push_str(&format!("{mp} 4096 {} 500 400\n", 1000 + i));
+    }
+    w("proc/1/mountinfo", &mi);
+    w(".capture/statvfs", &st);
+    w(".capture/ip-addr", "");
+    let mut meminfo =
+        String::from("MemTotal: 16303748 kB\nMemFree: 2097152 kB\nMemAvailable: 10485760 kB\n");
+    while meminfo.len() < 10 * 1024 * 1024 {
+        meminfo.push_str("Garbage_Key_That_Repeats:    123456789 kB\n");
+    }
+    w("proc/meminfo", &meminfo);
+    let mut host = Host::new(Root::new(&dir).unwrap(), Options::default());
+    let (cpu0, wall0) = (process_cpu_time(), Instant::now());
+    let snap = host.collect();
+    let (cpu, wall) = (process_cpu_time() - cpu0, wall0.elapsed());
+    // The first cycle's 200 ms CPU spot sample is sleep, not work: subtract it.
+    let spot = snap
+        .sources
+        .iter()
+        .find(|s| s.name == "cpu")
+        .map(|s| s.duration)
+        .unwrap_or_default();
+    println!(
+        "10,000-entry mountinfo + 10 MB meminfo: report in {:.1} ms wall ({:.1} ms excluding the CPU spot sample), {:.1} ms CPU; {} filesystems",
+        wall.as_secs_f64() * 1e3,
+        (wall - spot).as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e3,
+        snap.filesystems.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,219 @@
+//! Host collectors: one file per source, each a `collect(root, ..)` that reads
+//! through [`Root`] plus a pure `parse(&str)` that can be fed anything.
+//!
+//! [`Host`] is the one explicit list of collectors. It runs them in order,
+//! records how each source fared ([`SourceStatus`]) and returns a
+//! [`HostSnapshot`]; a source that fails leaves only its own section out. It
+//! keeps the little state that must survive between cycles: the previous
+//! `/proc/stat` sample and the set of hung mounts.
+//!
+//! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
+
+pub mod cpu;
+pub mod diskio;
+pub mod filesystems;
+pub mod identity;
+pub mod loadavg;
+pub mod memory;
+pub mod mounts;
+pub mod network;
+pub mod patterns;
+pub mod uptime;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::root::{ReadError, Root};
+
+/// What went wrong reading one source. Each variant names the file or call.
+#[derive(Debug)]
+pub enum Error {
+    /// The file could not be read.
+    Read(ReadError),
+    /// The file was read but does not hold what the kernel writes there.
+    Parse { path: &'static str, reason: String },
+}
+
+impl Error {
+    pub fn parse(path: &'static str, reason: impl Into<String>) -> Error {
+        Error::Parse {
+            path,
+            reason: reason.into(),
+        }
+    }
+
+    /// The source does not exist on this host (absent, not broken).
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Error::Read(e) if e.is_not_found())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Read(e) => write!(f, "cannot read {e}"),
+            Error::Parse { path, reason } => write!(f, "{path}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Read(e) => Some(e),
+            Error::Parse { .. } => None,
+        }
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Error {
+        Error::Read(e)
+    }
+}
+
+/// How one source fared in one cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ok,
+    /// The source does not exist here; its section is simply not sent.
+    Absent,
+    /// The source exists but could not be read or understood.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceStatus {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// A note worth a warning even though data came out (a capped file, a hung mount).
+    pub warnings: Vec<String>,
+}
+
+/// Settings the collectors take from the configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--disk-exclude` patterns (filesystems and block devices).
+    pub disk_exclude: Vec<String>,
+    /// `--disk-include` patterns (filesystems re-included despite the automatic filter).
+    pub disk_include: Vec<String>,
+    /// How long the first cycle watches `/proc/stat` when it has no previous sample.
+    pub cpu_spot_sample: Duration,
+    /// How long one `statvfs` may take before its mount is marked stuck and
+    /// left out until that call returns.
+    pub statfs_timeout: Duration,
+    /// Cap on all `statvfs` calls of one cycle, so several newly hung mounts
+    /// cannot stall a report for long; mounts not asked in time wait for the
+    /// next cycle.
+    pub statfs_budget: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            disk_exclude: Vec::new(),
+            disk_include: Vec::new(),
+            cpu_spot_sample: Duration::from_millis(200),
+            statfs_timeout: Duration::from_secs(5),
+            statfs_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything one cycle of the host collectors produced.
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    pub uptime_seconds: Option<u64>,
+    pub load_average: Option<[f64; 3]>,
+    pub cpu_usage_percent: Option<f64>,
+    pub memory: Option<memory::Memory>,
+    pub filesystems: Vec<filesystems::Filesystem>,
+    pub disk_io: Vec<diskio::DiskIo>,
+    pub network: Vec<network::Interface>,
+    pub sources: Vec<SourceStatus>,
+}
+
+/// The host collectors and the state they keep between cycles.
+pub struct Host {
+    root: Root,
+    options: Options,
+    cpu: cpu::Usage,
+    statfs: filesystems::StatfsGuard,
+}
+
+impl Host {
+    pub fn new(root: Root, options: Options) -> Host {
+        Host {
+            statfs: filesystems::StatfsGuard::new(root.clone()),
+            cpu: cpu::Usage::new(options.cpu_spot_sample),
+            root,
+            options,
+        }
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// Runs every host collector once.
+    pub fn collect(&mut self) -> HostSnapshot {
+        let mut snap = HostSnapshot::default();
+        let root = &self.root;
+        let opts = &self.options;
+
+        snap.uptime_seconds = run(&mut snap.sources, "uptime", || uptime::collect(root));
+        snap.load_average = run(&mut snap.sources, "loadavg", || loadavg::collect(root));
+        let cpu = &mut self.cpu;
+        snap.cpu_usage_percent = run(&mut snap.sources, "cpu", || cpu.collect(root)).flatten();
+        snap.memory = run(&mut snap.sources, "memory", || memory::collect(root));
+
+        let statfs = &mut self.statfs;
+        let mut notes = Vec::new();
+        snap.filesystems = run(&mut snap.sources, "filesystems", || {
+            filesystems::collect(root, opts, statfs).map(|out| {
+                notes = out.notes;
+                out.filesystems
+            })
+        })
+        .unwrap_or_default();
+        if let Some(s) = snap.sources.last_mut() {
+            s.warnings = notes;
+        }
+
+        snap.disk_io = run(&mut snap.sources, "diskio", || {
+            diskio::collect(root, &opts.disk_exclude)
+        })
+        .unwrap_or_default();
+        snap.network =
+            run(&mut snap.sources, "network", || network::collect(root)).unwrap_or_default();
+        snap
+    }
+}
+
+/// Runs one collector, records its outcome and time, and returns its data.
+fn run<T>(
+    sources: &mut Vec<SourceStatus>,
+    name: &'static str,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Option<T> {
+    let started = Instant::now();
+    let result = f();
+    let (outcome, value) = match result {
+        Ok(v) => (Outcome::Ok, Some(v)),
+        Err(e) if e.is_absent() => (Outcome::Absent, None),
+        Err(e) => (Outcome::Failed(e.to_string()), None),
+    };
+    sources.push(SourceStatus {
+        name,
+        outcome,
+        duration: started.elapsed(),
+        warnings: Vec::new(),
+    });
+    value
+}
+
+/// Splits `line` on whitespace and parses field `i` (0-based) as `u64`.
+pub(crate) fn field_u64(fields: &[&str], i: usize) -> Option<u64> {
+    fields.get(i)?.parse().ok()
+}

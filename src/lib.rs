@@ -1,0 +1,11 @@
+//! pulse-agent: a small Linux host agent that speaks the Pulse server's agent
+//! protocol. See ARCHITECTURE.md for the threads, data flow and invariants.
+
+pub mod agent;
+pub mod cli;
+pub mod collect;
+pub mod config;
+pub mod logging;
+pub mod report;
+pub mod root;
+pub mod sys;

@@ -1,0 +1,161 @@
+//! Logger set-up: `log` + env_logger, one line per record on standard error.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) each line starts with the kernel-style
+//! priority prefix (`<4>`) so journald files it at the right level and adds
+//! its own timestamps; otherwise lines read `pulse-agent: warning: ...`.
+//! With `--log-file` the same records are also appended to that file with a
+//! UTC timestamp; the file never grows past 1 MiB (the previous one is kept as
+//! `FILE.1`), because a full root filesystem on a small NAS is worse than a
+//! lost log line. Nothing here ever sees the token: callers do not log it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use log::{Level, LevelFilter};
+
+/// Size at which the log file is rotated.
+pub const LOG_FILE_CAP: u64 = 1024 * 1024;
+
+/// Installs the global logger. Safe to call once; later calls do nothing.
+pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let file = match file {
+        Some(p) => Some(CappedFile::open(p.to_path_buf(), LOG_FILE_CAP)?),
+        None => None,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level)
+        .format(move |buf, record| {
+            if journal {
+                writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+            } else {
+                writeln!(
+                    buf,
+                    "pulse-agent: {}: {}",
+                    word(record.level()),
+                    record.args()
+                )
+            }
+        })
+        .target(env_logger::Target::Pipe(Box::new(Tee { file })));
+    let _ = b.try_init();
+    Ok(())
+}
+
+fn priority(l: Level) -> u8 {
+    match l {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+fn word(l: Level) -> &'static str {
+    match l {
+        Level::Error => "error",
+        Level::Warn => "warning",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
+/// Standard error, plus the log file when there is one.
+struct Tee {
+    file: Option<CappedFile>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stderr().write_all(buf)?;
+        if let Some(f) = &mut self.file {
+            // Strip the journald prefix; the file gets its own timestamp.
+            let line = match buf.strip_prefix(b"<") {
+                Some(rest) if rest.get(1) == Some(&b'>') => &rest[2..],
+                _ => buf,
+            };
+            let stamped = format!(
+                "{} {}",
+                crate::report::rfc3339(SystemTime::now()),
+                String::from_utf8_lossy(line)
+            );
+            // A failing log file must not stop the agent.
+            let _ = f.write_all(stamped.as_bytes());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// An append-only file that is renamed to `PATH.1` when it reaches `cap` bytes.
+pub struct CappedFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    cap: u64,
+}
+
+impl CappedFile {
+    pub fn open(path: PathBuf, cap: u64) -> io::Result<CappedFile> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(CappedFile {
+            path,
+            file,
+            size,
+            cap,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.cap {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_file_rotates_and_never_exceeds_cap() {
+        let dir = std::env::temp_dir().join(format!("pulse-log-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.log");
+        let mut f = CappedFile::open(path.clone(), 100).unwrap();
+        for _ in 0..50 {
+            f.write_all(b"0123456789\n").unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+        assert!(std::fs::metadata(dir.join("agent.log.1")).unwrap().len() <= 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

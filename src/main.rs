@@ -1,0 +1,53 @@
+//! `pulse-agent`: parse → Config → run → exit status.
+//! 0 ok, 1 runtime failure, 2 usage or configuration error.
+
+use std::process::ExitCode;
+
+use pulse_agent::config::{self, Config, Notice};
+use pulse_agent::{agent, cli, logging};
+
+fn main() -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let args = match cli::parse(std::env::args_os().skip(1), &env) {
+        Ok(a) => a,
+        Err(e) => return fail(2, &format!("{e} (see 'pulse-agent --help')")),
+    };
+    if args.flag("help") {
+        print!("{}", cli::help());
+        return ExitCode::SUCCESS;
+    }
+    if args.flag("version") {
+        println!("{}", agent::version());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_args(&args, &env, &config::system_resolver) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
+        let file = config
+            .log_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        return fail(2, &format!("--log-file {}: {e}", file.display()));
+    }
+    for n in &config.notices {
+        match n {
+            Notice::Info(m) => log::info!("{m}"),
+            Notice::Warn(m) => log::warn!("{m}"),
+        }
+    }
+    if args.flag("self-test") {
+        log::info!("Self-test passed");
+        return ExitCode::SUCCESS;
+    }
+    match agent::run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("pulse-agent: error: {msg}");
+    ExitCode::from(code)
+}

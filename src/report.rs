@@ -1,0 +1,407 @@
+//! The wire documents, built field by field in the spec's names
+//! (`spec/pulse-protocol.md` §3), plus the report's sequence IDs and times.
+//!
+//! Go's `omitempty` decides what the stock agent sends; the helpers of [`Obj`]
+//! reproduce it so the server sees the same shapes: empty strings, zero
+//! numbers, `false` and empty lists are left out, while `metrics`,
+//! `metrics.memory`, `sensors` and `timestamp` are always there. Counts and
+//! bytes are JSON integers, never `1.0`. Nothing else in the crate builds
+//! report JSON.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Number, Value};
+
+use crate::collect::HostSnapshot;
+use crate::collect::identity::Identity;
+
+/// The state of one agent module, as `agent.modules[]` and `/status` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleState {
+    Disabled,
+    Starting,
+    Retrying,
+    Running,
+}
+
+impl ModuleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleState::Disabled => "disabled",
+            ModuleState::Starting => "starting",
+            ModuleState::Retrying => "retrying",
+            ModuleState::Running => "running",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Module {
+    pub name: &'static str,
+    pub enabled: bool,
+    pub state: ModuleState,
+    pub last_error: Option<String>,
+    pub updated_at: SystemTime,
+}
+
+/// Facts about the agent process (`agent.privilege`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privilege {
+    pub running_as_root: bool,
+    pub service_user: String,
+    pub smartctl_helper: bool,
+}
+
+impl Privilege {
+    /// The running process's privilege.
+    pub fn current(smartctl_helper: bool) -> Privilege {
+        let euid = crate::sys::geteuid();
+        Privilege {
+            running_as_root: euid == 0,
+            service_user: crate::sys::user_name(euid).unwrap_or_default(),
+            smartctl_helper,
+        }
+    }
+}
+
+/// What `agent` says about the reporting agent.
+#[derive(Debug, Clone)]
+pub struct Agent<'a> {
+    pub id: &'a str,
+    pub version: &'a str,
+    pub interval_seconds: u64,
+    pub hostname: &'a str,
+    pub disk_exclude: &'a [String],
+    pub modules: &'a [Module],
+    pub privilege: &'a Privilege,
+}
+
+/// Everything one host report is made of.
+#[derive(Debug, Clone)]
+pub struct HostReport<'a> {
+    pub agent: Agent<'a>,
+    pub identity: &'a Identity,
+    pub report_ip: Option<&'a str>,
+    pub tags: &'a [String],
+    pub snapshot: &'a HostSnapshot,
+    pub timestamp: SystemTime,
+    pub sequence_id: &'a str,
+}
+
+/// The host report (`POST /api/agents/agent/report` body).
+pub fn host(r: &HostReport) -> Value {
+    let mut doc = Obj::default();
+    doc.put("agent", agent(&r.agent));
+    doc.put("host", host_info(r));
+    doc.put("metrics", metrics(r.snapshot));
+    let s = r.snapshot;
+    doc.list(
+        "disks",
+        s.filesystems.iter().map(|f| {
+            let mut o = Obj::default();
+            o.str("device", &f.device);
+            o.str("mountpoint", &f.mountpoint);
+            o.str("filesystem", &f.fstype);
+            o.str("type", &f.fstype);
+            o.uint("totalBytes", f.total);
+            o.uint("usedBytes", f.used);
+            o.uint("freeBytes", f.free);
+            o.float("usage", f.usage);
+            o.done()
+        }),
+    );
+    doc.list(
+        "diskIO",
+        s.disk_io.iter().map(|d| {
+            let mut o = Obj::default();
+            o.put("device", Value::String(d.device.clone()));
+            o.uint("readBytes", d.read_bytes);
+            o.uint("writeBytes", d.write_bytes);
+            o.uint("readOps", d.read_ops);
+            o.uint("writeOps", d.write_ops);
+            o.uint("readTimeMs", d.read_time_ms);
+            o.uint("writeTimeMs", d.write_time_ms);
+            o.uint("ioTimeMs", d.io_time_ms);
+            o.done()
+        }),
+    );
+    doc.list(
+        "network",
+        s.network.iter().map(|n| {
+            let mut o = Obj::default();
+            o.put("name", Value::String(n.name.clone()));
+            o.str("mac", &n.mac);
+            o.strs("addresses", &n.addresses);
+            o.uint("rxBytes", n.rx_bytes);
+            o.uint("txBytes", n.tx_bytes);
+            o.done()
+        }),
+    );
+    doc.put("sensors", Value::Object(Map::new()));
+    doc.strs("tags", r.tags);
+    doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
+    doc.str("sequenceId", r.sequence_id);
+    doc.done()
+}
+
+fn agent(a: &Agent) -> Value {
+    let mut o = Obj::default();
+    o.put("id", Value::String(a.id.to_string()));
+    o.str("version", a.version);
+    o.str("type", "unified");
+    o.uint("intervalSeconds", a.interval_seconds);
+    o.str("hostname", a.hostname);
+    o.strs("diskExclude", a.disk_exclude);
+    // This agent never replaces itself with the stock agent's downloads.
+    let mut update = Obj::default();
+    update.str("state", "disabled");
+    update.put("autoUpdate", Value::Bool(false));
+    o.put("update", update.done());
+    let mut modules: Vec<&Module> = a.modules.iter().collect();
+    modules.sort_by_key(|m| m.name);
+    o.list(
+        "modules",
+        modules.into_iter().map(|m| {
+            let mut mo = Obj::default();
+            mo.put("name", Value::String(m.name.to_string()));
+            mo.put("enabled", Value::Bool(m.enabled));
+            mo.put("state", Value::String(m.state.as_str().to_string()));
+            mo.str("lastError", m.last_error.as_deref().unwrap_or(""));
+            mo.put("updatedAt", Value::String(rfc3339(m.updated_at)));
+            mo.done()
+        }),
+    );
+    let mut p = Obj::default();
+    p.put("runningAsRoot", Value::Bool(a.privilege.running_as_root));
+    p.str("serviceUser", &a.privilege.service_user);
+    p.flag("smartctlHelper", a.privilege.smartctl_helper);
+    o.put("privilege", p.done());
+    o.done()
+}
+
+fn host_info(r: &HostReport) -> Value {
+    let id = r.identity;
+    let s = r.snapshot;
+    let mut o = Obj::default();
+    o.str("id", &id.machine_id);
+    o.put("hostname", Value::String(id.hostname.clone()));
+    o.str("displayName", &id.hostname);
+    o.str("machineId", &id.machine_id);
+    o.str("platform", "linux");
+    o.str("osName", &id.os_name);
+    o.str("osVersion", &id.os_version);
+    o.str("kernelVersion", &id.kernel_version);
+    o.str("architecture", &id.architecture);
+    o.str("cpuModel", &id.cpu_model);
+    o.uint("cpuCount", id.cpu_count);
+    o.uint("uptimeSeconds", s.uptime_seconds.unwrap_or(0));
+    if let Some(load) = s.load_average {
+        o.put(
+            "loadAverage",
+            Value::Array(load.iter().map(|&v| float(v)).collect()),
+        );
+    }
+    o.str("reportIp", r.report_ip.unwrap_or(""));
+    o.done()
+}
+
+fn metrics(s: &HostSnapshot) -> Value {
+    let mut o = Obj::default();
+    o.float("cpuUsagePercent", s.cpu_usage_percent.unwrap_or(0.0));
+    let mut m = Obj::default();
+    if let Some(mem) = &s.memory {
+        m.uint("totalBytes", mem.total);
+        m.uint("usedBytes", mem.used);
+        m.uint("freeBytes", mem.free);
+        m.uint("cacheBytes", mem.cache);
+        m.float("usage", mem.usage);
+        m.uint("swapTotalBytes", mem.swap_total);
+        m.uint("swapUsedBytes", mem.swap_used);
+    }
+    o.put("memory", m.done());
+    o.done()
+}
+
+/// A JSON object built with Go `omitempty` rules.
+#[derive(Default)]
+struct Obj(Map<String, Value>);
+
+impl Obj {
+    fn put(&mut self, k: &str, v: Value) {
+        self.0.insert(k.to_string(), v);
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        if !v.is_empty() {
+            self.put(k, Value::String(v.to_string()));
+        }
+    }
+    fn uint(&mut self, k: &str, v: u64) {
+        if v != 0 {
+            self.put(k, Value::Number(v.into()));
+        }
+    }
+    fn float(&mut self, k: &str, v: f64) {
+        if v != 0.0 && v.is_finite() {
+            self.put(k, float(v));
+        }
+    }
+    fn flag(&mut self, k: &str, v: bool) {
+        if v {
+            self.put(k, Value::Bool(true));
+        }
+    }
+    fn strs(&mut self, k: &str, v: &[String]) {
+        if !v.is_empty() {
+            self.put(
+                k,
+                Value::Array(v.iter().cloned().map(Value::String).collect()),
+            );
+        }
+    }
+    fn list(&mut self, k: &str, items: impl Iterator<Item = Value>) {
+        let v: Vec<Value> = items.collect();
+        if !v.is_empty() {
+            self.put(k, Value::Array(v));
+        }
+    }
+    fn done(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+/// A finite float as JSON; non-finite values (which JSON cannot carry) become 0.
+fn float(v: f64) -> Value {
+    Number::from_f64(v).map_or(Value::Number(0.into()), Value::Number)
+}
+
+/// RFC 3339 in UTC with nanoseconds, trailing zeros trimmed (Go's
+/// `time.RFC3339Nano`): `2026-08-22T14:52:27.123456789Z`, `2026-08-22T14:52:27Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut s = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    let nanos = d.subsec_nanos();
+    if nanos > 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `sequenceId` values: `v1:<stream>:<n>`, a fresh random stream per process
+/// and `n` counting every report built, so the server can drop replays and
+/// out-of-order copies.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    stream: String,
+    last: u64,
+}
+
+impl Sequence {
+    /// A new stream from the kernel's random source.
+    pub fn random() -> Sequence {
+        let mut bytes = [0u8; 16];
+        if crate::sys::getrandom(&mut bytes).is_err() {
+            // Kernels before 3.17: uniqueness is all a stream ID needs.
+            use sha2::Digest;
+            let seed = format!(
+                "{:?} {} {:p}",
+                SystemTime::now(),
+                std::process::id(),
+                &bytes
+            );
+            bytes.copy_from_slice(&sha2::Sha256::digest(seed.as_bytes())[..16]);
+        }
+        Sequence::with_stream(&bytes)
+    }
+
+    /// A stream with a chosen ID (tests, golden files).
+    pub fn with_stream(bytes: &[u8; 16]) -> Sequence {
+        Sequence {
+            stream: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            last: 0,
+        }
+    }
+
+    pub fn next_id(&mut self) -> String {
+        self.last += 1;
+        format!("v1:{}:{}", self.stream, self.last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times() {
+        let t = UNIX_EPOCH + Duration::new(1_787_410_347, 123_456_789);
+        assert_eq!(rfc3339(t), "2026-08-22T14:52:27.123456789Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::new(1_787_410_347, 0)),
+            "2026-08-22T14:52:27Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::new(1_787_410_347, 104_993_000)),
+            "2026-08-22T14:52:27.104993Z"
+        );
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // Leap day and the turn of a century.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(4_102_444_800)),
+            "2100-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn sequence_ids() {
+        let mut s = Sequence::with_stream(&[0xab; 16]);
+        assert_eq!(s.next_id(), format!("v1:{}:1", "ab".repeat(16)));
+        assert_eq!(s.next_id(), format!("v1:{}:2", "ab".repeat(16)));
+        let r = Sequence::random().next_id();
+        assert_eq!(r.len(), "v1::1".len() + 32);
+    }
+
+    #[test]
+    fn omit_rules() {
+        let mut o = Obj::default();
+        o.str("a", "");
+        o.uint("b", 0);
+        o.float("c", 0.0);
+        o.float("d", f64::NAN);
+        o.flag("e", false);
+        o.strs("f", &[]);
+        o.list("g", std::iter::empty());
+        assert_eq!(o.done(), Value::Object(Map::new()));
+        assert_eq!(float(f64::INFINITY), Value::Number(0.into()));
+    }
+}

@@ -1,0 +1,386 @@
+//! `Root`: the only way any code reads the host.
+//!
+//! Every `/proc`, `/sys`, `/etc`, `/run` and `/dev` path the agent touches is
+//! resolved below a base directory (`/` in production, `/host` for an agent in
+//! a container, a fixture tree in tests). Reads are capped: procfs and sysfs
+//! report a size of 0 or 4096 whatever the content, so `metadata().len()` is
+//! never trusted.
+//!
+//! Three facts do not come from files: filesystem sizes (`statvfs`), interface
+//! addresses (`getifaddrs`) and the machine architecture when the kernel has no
+//! `/proc/sys/kernel/arch`. A *live* root asks the kernel for them. A
+//! *captured* root (a directory holding `.capture/`, as written by
+//! `contrib/capture-host`) answers from recorded files instead, so a whole
+//! machine can be replayed byte for byte:
+//!
+//! * `.capture/statvfs`: one mount per line, `MOUNTPOINT BSIZE BLOCKS BFREE BAVAIL`,
+//!   or `MOUNTPOINT slow SECONDS BSIZE BLOCKS BFREE BAVAIL` (the first call
+//!   answers after a delay, later ones at once, like an NFS server that was
+//!   overloaded for a moment), `MOUNTPOINT hang` (never returns,
+//!   like a dead one) or `MOUNTPOINT error` (EIO). Mount points use
+//!   mountinfo's octal escapes.
+//! * `.capture/ip-addr`: the output of `ip -o addr show`.
+//! * `.capture/uname-m`: the output of `uname -m`.
+//!
+//! This module never interprets file contents; parsers live in `collect/`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::sys::{self, FsStats, IfAddr};
+
+/// Where the host's files are, and how the non-file facts are answered.
+#[derive(Clone)]
+pub struct Root {
+    base: PathBuf,
+    facts: Facts,
+}
+
+#[derive(Clone)]
+enum Facts {
+    Live,
+    Captured(Arc<Capture>),
+}
+
+struct Capture {
+    statvfs: HashMap<String, CapturedStat>,
+    /// `slow` mounts whose one slow answer has been given.
+    slowed: std::sync::Mutex<std::collections::HashSet<String>>,
+    ip_addr: Option<String>,
+    machine: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum CapturedStat {
+    Stats(FsStats),
+    Slow(std::time::Duration, FsStats),
+    Hang,
+    Error,
+}
+
+/// A pseudo-file read with a size cap.
+#[derive(Debug)]
+pub struct Capped {
+    pub text: String,
+    /// The file held more than the cap; `text` ends at the last whole line
+    /// before it.
+    pub truncated: bool,
+}
+
+/// A failed read, naming the path as the user would type it (inside the root).
+#[derive(Debug)]
+pub struct ReadError {
+    pub path: String,
+    pub source: io::Error,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.source)
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl ReadError {
+    /// The file (or a directory above it) does not exist: the source is absent,
+    /// not broken.
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == io::ErrorKind::NotFound
+    }
+}
+
+/// Default cap for small pseudo-files.
+pub const SMALL: usize = 64 * 1024;
+/// Cap for files that grow with the machine (diskstats, net/dev, cpuinfo).
+pub const LARGE: usize = 4 * 1024 * 1024;
+/// Cap for mount tables: Kubernetes nodes carry tens of thousands of mounts.
+pub const MOUNTS: usize = 32 * 1024 * 1024;
+
+impl Root {
+    /// A root at `base`. If `base/.capture/` exists the non-file facts come from
+    /// it (see the module docs); otherwise from the running kernel.
+    pub fn new(base: impl Into<PathBuf>) -> io::Result<Root> {
+        let base = base.into();
+        let capture_dir = base.join(".capture");
+        let facts = if capture_dir.is_dir() {
+            Facts::Captured(Arc::new(Capture::load(&capture_dir)?))
+        } else {
+            Facts::Live
+        };
+        Ok(Root { base, facts })
+    }
+
+    /// The real host: `/`, live facts.
+    pub fn host() -> Root {
+        Root {
+            base: PathBuf::from("/"),
+            facts: Facts::Live,
+        }
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    pub fn is_captured(&self) -> bool {
+        matches!(self.facts, Facts::Captured(_))
+    }
+
+    /// `abs` (an absolute host path such as `/proc/stat`) below the base.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.base.join(abs.trim_start_matches('/'))
+    }
+
+    fn err(&self, abs: &str, source: io::Error) -> ReadError {
+        ReadError {
+            path: abs.to_string(),
+            source,
+        }
+    }
+
+    /// Reads at most `cap` bytes of `abs`. Invalid UTF-8 is replaced, never an
+    /// error: a garbled byte in one line must not lose the rest of the file.
+    pub fn read_capped(&self, abs: &str, cap: usize) -> Result<Capped, ReadError> {
+        let file = std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))?;
+        let mut buf = Vec::with_capacity(cap.min(16 * 1024));
+        file.take(cap as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.err(abs, e))?;
+        let truncated = buf.len() > cap;
+        if truncated {
+            buf.truncate(cap);
+            let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            buf.truncate(keep);
+        }
+        let text = match String::from_utf8(buf) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        Ok(Capped { text, truncated })
+    }
+
+    /// Reads a small file whole (up to [`SMALL`]).
+    pub fn read(&self, abs: &str) -> Result<String, ReadError> {
+        self.read_capped(abs, SMALL).map(|c| c.text)
+    }
+
+    /// The first line of a small file, trimmed; `None` if absent or empty.
+    pub fn read_trimmed(&self, abs: &str) -> Option<String> {
+        let text = self.read(abs).ok()?;
+        let t = text.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    }
+
+    pub fn exists(&self, abs: &str) -> bool {
+        self.path(abs).symlink_metadata().is_ok()
+    }
+
+    /// Names in a directory, sorted; hidden entries included.
+    pub fn read_dir(&self, abs: &str) -> Result<Vec<String>, ReadError> {
+        let rd = std::fs::read_dir(self.path(abs)).map_err(|e| self.err(abs, e))?;
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn read_link(&self, abs: &str) -> Result<PathBuf, ReadError> {
+        std::fs::read_link(self.path(abs)).map_err(|e| self.err(abs, e))
+    }
+
+    /// Filesystem numbers of the mount at `mountpoint` (a host path).
+    /// A live root may block here forever on a dead network mount: callers
+    /// must use `collect::filesystems::StatfsGuard`.
+    pub fn statvfs(&self, mountpoint: &str) -> io::Result<FsStats> {
+        match &self.facts {
+            Facts::Live => sys::statvfs(&self.path(mountpoint)),
+            Facts::Captured(c) => match c.statvfs.get(mountpoint) {
+                Some(CapturedStat::Stats(s)) => Ok(*s),
+                Some(CapturedStat::Slow(delay, s)) => {
+                    let first = c
+                        .slowed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(mountpoint.to_string());
+                    if first {
+                        std::thread::sleep(*delay);
+                    }
+                    Ok(*s)
+                }
+                Some(CapturedStat::Error) => Err(io::Error::from_raw_os_error(libc::EIO)),
+                Some(CapturedStat::Hang) => loop {
+                    // Like a hard NFS mount whose server is gone: never returns.
+                    std::thread::park();
+                },
+                None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            },
+        }
+    }
+
+    /// Every interface address, in kernel order.
+    pub fn interface_addrs(&self) -> io::Result<Vec<IfAddr>> {
+        match &self.facts {
+            Facts::Live => sys::getifaddrs(),
+            Facts::Captured(c) => Ok(c.ip_addr.as_deref().map(parse_ip_addr).unwrap_or_default()),
+        }
+    }
+
+    /// `uname -m`: from `/proc/sys/kernel/arch` when the kernel has it, else
+    /// from the kernel (live) or the capture.
+    pub fn machine(&self) -> Option<String> {
+        if let Some(arch) = self.read_trimmed("/proc/sys/kernel/arch") {
+            return Some(arch);
+        }
+        match &self.facts {
+            Facts::Live => sys::uname_machine(),
+            Facts::Captured(c) => c.machine.clone(),
+        }
+    }
+}
+
+impl Capture {
+    fn load(dir: &Path) -> io::Result<Capture> {
+        let read = |name: &str| -> io::Result<Option<String>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let statvfs = read("statvfs")?
+            .as_deref()
+            .map(parse_statvfs)
+            .unwrap_or_default();
+        Ok(Capture {
+            statvfs,
+            slowed: Default::default(),
+            ip_addr: read("ip-addr")?,
+            machine: read("uname-m")?
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(mp) = f.first() else { continue };
+        let mp = crate::collect::mounts::unescape(mp);
+        let numbers = |f: &[&str]| -> Option<FsStats> {
+            let n: Vec<u64> = f.iter().map(|s| s.parse().ok()).collect::<Option<_>>()?;
+            match n[..] {
+                [block_size, blocks, blocks_free, blocks_avail] => Some(FsStats {
+                    block_size,
+                    blocks,
+                    blocks_free,
+                    blocks_avail,
+                }),
+                _ => None,
+            }
+        };
+        let stat = match f.get(1..) {
+            Some(["hang"]) => CapturedStat::Hang,
+            Some(["error"]) => CapturedStat::Error,
+            Some(["slow", secs, rest @ ..]) => match (secs.parse::<f64>(), numbers(rest)) {
+                (Ok(secs), Some(s)) if secs.is_finite() && secs >= 0.0 => {
+                    CapturedStat::Slow(std::time::Duration::from_secs_f64(secs), s)
+                }
+                _ => continue,
+            },
+            Some(rest) => match numbers(rest) {
+                Some(s) => CapturedStat::Stats(s),
+                None => continue,
+            },
+            None => continue,
+        };
+        out.insert(mp, stat);
+    }
+    out
+}
+
+/// Parses `ip -o addr show`: `2: eth0    inet 192.0.2.2/24 brd ... scope global eth0\ ...`.
+/// Only the interface name, family keyword and `ip/prefix` are used.
+pub fn parse_ip_addr(text: &str) -> Vec<IfAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_index), Some(name), Some(family), Some(cidr)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if family != "inet" && family != "inet6" {
+            continue;
+        }
+        // `ip` prints `eth0@if12` for veth peers; the interface is `eth0`.
+        let name = name.split('@').next().unwrap_or(name);
+        let cidr = if cidr.contains('/') {
+            cidr.to_string()
+        } else if family == "inet" {
+            format!("{cidr}/32")
+        } else {
+            format!("{cidr}/128")
+        };
+        out.push(IfAddr {
+            interface: name.to_string(),
+            cidr,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_addr_lines() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+                    4: eth0    inet6 fe80::fc:ff:fe00:1/64 scope link \\       valid_lft forever\n\
+                    9: eth0@if12    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n\
+                    garbage\n";
+        let a = parse_ip_addr(text);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[0].interface, "lo");
+        assert_eq!(a[1].cidr, "fe80::fc:ff:fe00:1/64");
+        assert_eq!(a[2].interface, "eth0");
+    }
+
+    #[test]
+    fn statvfs_lines() {
+        let t = parse_statvfs(
+            "/ 4096 100 50 40\n/mnt/My\\040Share 4096 10 5 5\n/nfs hang\n/bad error\n/x 1 2\n",
+        );
+        assert!(matches!(t.get("/"), Some(CapturedStat::Stats(s)) if s.blocks == 100));
+        assert!(t.contains_key("/mnt/My Share"));
+        assert!(matches!(t.get("/nfs"), Some(CapturedStat::Hang)));
+        assert!(matches!(t.get("/bad"), Some(CapturedStat::Error)));
+        assert!(!t.contains_key("/x"));
+    }
+
+    #[test]
+    fn capped_read_cuts_at_line() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        std::fs::write(dir.join("proc/x"), "aaaa\nbbbb\ncccc\n").unwrap();
+        let r = Root::new(&dir).unwrap();
+        let c = r.read_capped("/proc/x", 12).unwrap();
+        assert!(c.truncated);
+        assert_eq!(c.text, "aaaa\nbbbb\n");
+        let c = r.read_capped("/proc/x", 15).unwrap();
+        assert!(!c.truncated);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,202 @@
+//! The only module with `unsafe`: thin wrappers over the libc calls the agent
+//! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf).
+//!
+//! Each wrapper returns owned Rust values and an `io::Error` built from errno.
+//! Nothing here reads host files or knows about `Root`; callers decide which
+//! paths to pass.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The numbers of `statvfs(3)` that a filesystem report needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// `f_frsize` (fragment size), falling back to `f_bsize`: the unit of the block counts.
+    pub block_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+}
+
+/// `statvfs(2)` on `path`. May block indefinitely on a dead network mount:
+/// callers run it behind a deadline (`collect::filesystems`).
+pub fn statvfs(path: &Path) -> io::Result<FsStats> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut out = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated string and `out` points to writable
+    // memory of the right size; statvfs fully initialises it on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: rc == 0, so the kernel filled the struct.
+    let s = unsafe { out.assume_init() };
+    // `u64::from`, not `as`: the fields are 32-bit on 32-bit ARM.
+    let frsize = u64::from(s.f_frsize);
+    Ok(FsStats {
+        block_size: if frsize > 0 { frsize } else { u64::from(s.f_bsize) },
+        blocks: u64::from(s.f_blocks),
+        blocks_free: u64::from(s.f_bfree),
+        blocks_avail: u64::from(s.f_bavail),
+    })
+}
+
+/// One interface address as the kernel reports it (netlink order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    pub interface: String,
+    /// `ip/prefixlen`, e.g. `192.168.1.10/24` or `fe80::1/64`.
+    pub cidr: String,
+}
+
+/// Every IPv4 and IPv6 address of every interface, from `getifaddrs(3)`.
+pub fn getifaddrs() -> io::Result<Vec<IfAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a linked list it allocates.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned and we have not
+        // freed it yet; its fields are valid for reading.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated C string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: ifa_addr is non-null and points to at least a sockaddr.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let (ip, prefix) = match family {
+            libc::AF_INET => {
+                // SAFETY: family says this is a sockaddr_in; the netmask, when present,
+                // has the same family.
+                let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                let prefix = if ifa.ifa_netmask.is_null() {
+                    32
+                } else {
+                    // SAFETY: as above.
+                    let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+                    u32::from_be(m.sin_addr.s_addr).count_ones()
+                };
+                (std::net::IpAddr::V4(ip), prefix)
+            }
+            libc::AF_INET6 => {
+                // SAFETY: family says this is a sockaddr_in6.
+                let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                let prefix = if ifa.ifa_netmask.is_null() {
+                    128
+                } else {
+                    // SAFETY: as above.
+                    let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
+                    m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
+                };
+                (std::net::IpAddr::V6(ip), prefix)
+            }
+            _ => continue,
+        };
+        out.push(IfAddr {
+            interface: name,
+            cidr: format!("{ip}/{prefix}"),
+        });
+    }
+    // SAFETY: `head` came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// `uname(2)`'s machine field (`x86_64`, `aarch64`, `armv7l`).
+pub fn uname_machine() -> Option<String> {
+    let mut u = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname fills the struct on success.
+    if unsafe { libc::uname(u.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: rc == 0 so the struct is initialised; `machine` is NUL-terminated.
+    let u = unsafe { u.assume_init() };
+    let m = unsafe { CStr::from_ptr(u.machine.as_ptr()) };
+    Some(m.to_string_lossy().into_owned())
+}
+
+/// The effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// The user name of `uid` from the system's user database, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given; getpwuid_r writes
+    // strings into `buf` and points `pwd` fields into it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: result is non-null, so `pwd` was filled and pw_name points into `buf`.
+    let name = unsafe { CStr::from_ptr((*result).pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`).
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid writable memory of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Number of CPUs currently online (`sysconf(_SC_NPROCESSORS_ONLN)`).
+pub fn online_cpus() -> Option<u64> {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (n > 0).then_some(n as u64)
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn process_cpu_time() -> std::time::Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    // SAFETY: rc == 0 so the struct is initialised.
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}

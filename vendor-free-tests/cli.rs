@@ -1,0 +1,316 @@
+//! End-to-end: the built `pulse-agent` binary, its command line, environment,
+//! exit statuses and output, run against the fixture trees.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::wire::check_host_report;
+use serde_json::Value;
+
+/// The binary with an empty environment, so a developer's PULSE_* variables
+/// cannot leak into a test.
+fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-agent"));
+    c.env_clear();
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    agent().args(args).output().expect("run pulse-agent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn report(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}, stderr:\n{}",
+        o.status,
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).expect("stdout is one JSON document")
+}
+
+fn case_args(case: &str) -> Vec<String> {
+    common::case_args(case)
+}
+
+#[test]
+fn once_prints_the_golden_report_for_every_case() {
+    for case in common::cases() {
+        let args = case_args(&case);
+        let o = agent().args(&args).output().unwrap();
+        let mut doc = report(&o);
+        let errs = check_host_report(&doc);
+        assert!(errs.is_empty(), "{case}: {}", errs.join("\n"));
+        common::pin_volatile(&mut doc);
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(common::fixtures_dir().join(&case).join("report.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            doc, want,
+            "{case}: the binary's report differs from report.json"
+        );
+    }
+}
+
+#[test]
+fn go_style_single_dash_flags() {
+    let root = common::case_root("debian12-vm");
+    let state = common::no_state_dir();
+    let o = run(&[
+        "-once",
+        &format!("-root={}", root.display()),
+        "-state-dir",
+        &state.display().to_string(),
+        "-tag",
+        "nas",
+        "--tag=rack-2",
+        "-interval=1m",
+    ]);
+    let doc = report(&o);
+    assert_eq!(doc["tags"], serde_json::json!(["nas", "rack-2"]));
+    assert_eq!(doc["agent"]["intervalSeconds"], 60);
+}
+
+#[test]
+fn environment_gives_defaults_and_flags_win() {
+    let args = case_args("debian12-vm");
+    let o = agent()
+        .args(&args)
+        .arg("--hostname=from-flag")
+        .env("PULSE_HOSTNAME", "from-env")
+        .env("PULSE_TAGS", "a, b")
+        .env("PULSE_DISK_EXCLUDE", "/")
+        .env("PULSE_INTERVAL", "45s")
+        .env("PULSE_REPORT_IP", "192.0.2.7")
+        .output()
+        .unwrap();
+    let doc = report(&o);
+    assert_eq!(doc["host"]["hostname"], "from-flag");
+    assert_eq!(doc["tags"], serde_json::json!(["a", "b"]));
+    assert!(
+        doc.get("disks").is_none(),
+        "PULSE_DISK_EXCLUDE=/ drops the root filesystem"
+    );
+    assert_eq!(doc["agent"]["intervalSeconds"], 45);
+    assert_eq!(doc["host"]["reportIp"], "192.0.2.7");
+}
+
+#[test]
+fn unusable_environment_values_are_logged_not_fatal() {
+    let o = agent()
+        .args(case_args("debian12-vm"))
+        .env("PULSE_INTERVAL", "soon")
+        .output()
+        .unwrap();
+    let doc = report(&o);
+    assert_eq!(doc["agent"]["intervalSeconds"], 30);
+    assert!(stderr(&o).contains("PULSE_INTERVAL"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--nope"], "unknown flag '--nope'"),
+        (&["-nope"], "unknown flag '--nope'"),
+        (
+            &["--insecure", "false"],
+            "booleans take their value as --flag=false",
+        ),
+        (&["--insecure=sometimes"], "want true or false"),
+        (&["--interval=30"], "missing unit"),
+        (&["--interval=0s"], "at least 1s"),
+        (&["--url=ftp://pulse"], "scheme must be http or https"),
+        (&["--url=http://pulse.example.com:7655"], "plain http"),
+        (&["--report-ip=0.0.0.0"], "unspecified"),
+        (&["--report-ip=pulse"], "not an IP address"),
+        (&["--log-level=loud"], "--log-level"),
+        (&["--docker-runtime=lxc"], "--docker-runtime"),
+        (&["--server-fingerprint=abcd"], "64 hex digits"),
+        (&["--enable-kubernetes"], "no Kubernetes module"),
+        (&["--kube-max-pods=10"], "no Kubernetes module"),
+        (&["--enable-host=false"], "nothing to run"),
+        (&["--root=/no/such/dir", "--once"], "not a directory"),
+        (&["--health-addr=nonsense"], "--health-addr"),
+        (
+            &["--enroll", "--url=https://pulse.example"],
+            "bootstrap token",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = run(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err:?}");
+        assert!(err.starts_with("pulse-agent: error: "), "{args:?}: {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err:?}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn kubernetes_settings_in_the_environment_alone_are_ignored() {
+    // An installer may export defaults; only an explicit request is refused.
+    let o = agent()
+        .args(case_args("debian12-vm"))
+        .env("PULSE_KUBE_MAX_PODS", "200")
+        .env("PULSE_ENABLE_KUBERNETES", "false")
+        .output()
+        .unwrap();
+    report(&o);
+    let o = agent()
+        .args(case_args("debian12-vm"))
+        .env("PULSE_ENABLE_KUBERNETES", "true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn help_and_version() {
+    for flag in ["--help", "-h", "-help"] {
+        let o = run(&[flag]);
+        assert!(o.status.success(), "{flag}");
+        let out = String::from_utf8(o.stdout).unwrap();
+        for f in pulse_agent::cli::FLAGS {
+            assert!(
+                out.contains(&format!("--{}", f.name)),
+                "{flag}: --{}",
+                f.name
+            );
+        }
+    }
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap().trim(),
+        format!("v{}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn self_test_loads_config_and_exits_0() {
+    let o = run(&["--self-test", "--url=https://pulse.example", "--token=abc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Self-test passed"));
+    let o = run(&["--self-test", "--interval=0s"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a broken config fails the self-test"
+    );
+}
+
+#[test]
+fn the_token_never_reaches_output_or_logs() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("agent.log");
+    let token = "pulse_tok_9f8e7d6c5b4a";
+    for how in [
+        vec![format!("--token={token}")],
+        vec!["--enroll".to_string(), format!("--token={token}")],
+    ] {
+        let mut args = case_args("debian12-vm");
+        args.extend([
+            "--url=https://127.0.0.1:9".to_string(),
+            "--log-level=trace".into(),
+        ]);
+        args.push(format!("--log-file={}", log.display()));
+        args.extend(how);
+        let o = agent()
+            .args(&args)
+            .env("PULSE_TOKEN", token)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(!all.contains(token), "token leaked:\n{all}");
+    }
+    let bad = run(&["--url=https://pulse.example", "--token=has space"]);
+    assert!(
+        !stderr(&bad).contains("has space"),
+        "a rejected token is not echoed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn read_only_and_unsupported_flags_are_explained() {
+    let mut args = case_args("debian12-vm");
+    args.extend([
+        "--enable-commands".into(),
+        "--observers-file=/etc/pulse/observers.json".into(),
+    ]);
+    let o = agent().args(&args).output().unwrap();
+    report(&o);
+    let err = stderr(&o);
+    assert!(err.contains("read-only by design"), "{err}");
+    assert!(
+        err.contains("observer destinations are not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_file_receives_the_log() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("logfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("agent.log");
+    let mut args = case_args("debian12-vm");
+    args.extend([
+        "--enable-commands".into(),
+        format!("--log-file={}", log.display()),
+    ]);
+    report(&agent().args(&args).output().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("read-only by design"), "{text}");
+    assert!(
+        common::wire::is_rfc3339(text.split(' ').next().unwrap()),
+        "lines start with a UTC time: {text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A hung NFS mount that the user asked for (`--disk-include`) costs one
+/// statvfs deadline, not the report.
+#[test]
+fn hung_nfs_mount_does_not_stall_the_report() {
+    let mut args = case_args("nas-synology");
+    args.extend(["--disk-include".into(), "/mnt/backup".into()]);
+    let started = Instant::now();
+    let o = agent().args(&args).output().unwrap();
+    let took = started.elapsed();
+    let doc = report(&o);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let mps: Vec<&str> = doc["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["mountpoint"].as_str().unwrap())
+        .collect();
+    assert!(!mps.contains(&"/mnt/backup"), "{mps:?}");
+    assert!(mps.contains(&"/volume1"));
+    assert!(
+        stderr(&o).contains("/mnt/backup"),
+        "the hung mount is named in a warning: {}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,166 @@
+//! Helpers shared by the test targets: fixture cases, pinned time and
+//! randomness, golden files, and the wire schema checker.
+#![allow(dead_code)]
+
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pulse_agent::cli;
+use pulse_agent::config::Config;
+use pulse_agent::report::{Privilege, Sequence};
+use serde_json::Value;
+
+/// 2026-08-22T14:52:27.123456789Z: every golden report is collected "then".
+pub const PINNED_TIME: Duration = Duration::new(1_787_410_347, 123_456_789);
+pub const PINNED_STREAM: [u8; 16] = [
+    0x9b, 0x2e, 0x5d, 0x0c, 0x7a, 0x4f, 0x41, 0xe6, 0xb8, 0xc3, 0xd2, 0xa1, 0xf0, 0xe9, 0xd8, 0xc7,
+];
+
+pub fn pinned_now() -> SystemTime {
+    UNIX_EPOCH + PINNED_TIME
+}
+
+pub fn pinned_privilege() -> Privilege {
+    Privilege {
+        running_as_root: true,
+        service_user: "root".into(),
+        smartctl_helper: false,
+    }
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor-free-tests/fixtures")
+}
+
+/// Every fixture case: a directory under fixtures/ with a `root/` tree.
+pub fn cases() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("root").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn case_root(case: &str) -> PathBuf {
+    fixtures_dir().join(case).join("root")
+}
+
+/// A state directory that does not exist, so no real agent-id file is read.
+pub fn no_state_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-state-dir")
+}
+
+/// The command line of a case: `--once --root <root> --state-dir <none>` and
+/// the case's own `args` file (one argument per line).
+pub fn case_args(case: &str) -> Vec<String> {
+    let mut args = vec![
+        "--once".to_string(),
+        "--root".to_string(),
+        case_root(case).display().to_string(),
+        "--state-dir".to_string(),
+        no_state_dir().display().to_string(),
+    ];
+    if let Ok(extra) = std::fs::read_to_string(fixtures_dir().join(case).join("args")) {
+        args.extend(
+            extra
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+    }
+    args
+}
+
+pub fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+pub fn no_dns(_: &str) -> Option<Vec<std::net::IpAddr>> {
+    None
+}
+
+pub fn config_for(args: &[String]) -> Config {
+    let a = cli::parse(args.iter().cloned(), &no_env).expect("args parse");
+    Config::from_args(&a, &no_env, &no_dns).expect("config")
+}
+
+/// The case's report with time, sequence and privilege pinned.
+pub fn pinned_report(case: &str) -> Value {
+    let config = config_for(&case_args(case));
+    let mut seq = Sequence::with_stream(&PINNED_STREAM);
+    pulse_agent::agent::once(&config, pinned_now(), &mut seq, &pinned_privilege()).expect("report")
+}
+
+/// Rewrites what differs between runs of the binary (time, the random stream,
+/// who runs the test) to the pinned values, after checking their form.
+pub fn pin_volatile(doc: &mut Value) {
+    let now = pulse_agent::report::rfc3339(pinned_now());
+    assert!(doc["timestamp"].as_str().is_some_and(wire::is_rfc3339));
+    doc["timestamp"] = Value::String(now.clone());
+    let seq = doc["sequenceId"].as_str().expect("sequenceId").to_string();
+    assert!(seq.starts_with("v1:") && seq.ends_with(":1"), "{seq}");
+    let stream: String = PINNED_STREAM.iter().map(|b| format!("{b:02x}")).collect();
+    doc["sequenceId"] = Value::String(format!("v1:{stream}:1"));
+    if let Some(mods) = doc["agent"]["modules"].as_array_mut() {
+        for m in mods {
+            assert!(m["updatedAt"].as_str().is_some_and(wire::is_rfc3339));
+            m["updatedAt"] = Value::String(now.clone());
+        }
+    }
+    assert!(doc["agent"]["privilege"]["runningAsRoot"].is_boolean());
+    doc["agent"]["privilege"] = serde_json::json!({"runningAsRoot": true, "serviceUser": "root"});
+}
+
+/// Compares `doc` with the case's golden `report.json`; `UPDATE_GOLDEN=1`
+/// rewrites the file instead.
+pub fn assert_golden(case: &str, doc: &Value) {
+    let path = fixtures_dir().join(case).join("report.json");
+    let text = serde_json::to_string_pretty(doc).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if want != text {
+        let diff = line_diff(&want, &text);
+        panic!(
+            "{case}: report differs from {} (UPDATE_GOLDEN=1 rewrites it):\n{diff}",
+            path.display()
+        );
+    }
+}
+
+fn line_diff(want: &str, got: &str) -> String {
+    let w: Vec<&str> = want.lines().collect();
+    let g: Vec<&str> = got.lines().collect();
+    let mut out = String::new();
+    for i in 0..w.len().max(g.len()) {
+        match (w.get(i), g.get(i)) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => {
+                out.push_str(&format!(
+                    "line {}:\n  - {}\n  + {}\n",
+                    i + 1,
+                    a.unwrap_or(&""),
+                    b.unwrap_or(&"")
+                ));
+                if out.len() > 4000 {
+                    out.push_str("  ...\n");
+                    break;
+                }
+            }
+        }
+    }
+    out
+}

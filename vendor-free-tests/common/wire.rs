@@ -1,0 +1,312 @@
+//! The host report's wire types (spec/pulse-protocol.md §3), checked the way
+//! the server decodes them: every field has the spec's JSON type, integers are
+//! integers (Go rejects `1.0` for an int64 field), times are RFC 3339,
+//! required fields are present, and no field is outside the schema (a typo
+//! in a key would be silently ignored by the server).
+
+use serde_json::Value;
+
+#[derive(Clone, Copy)]
+pub enum T {
+    Str,
+    /// A JSON integer (no fraction, no exponent).
+    Int,
+    /// An integer ≥ 0.
+    UInt,
+    Float,
+    Bool,
+    /// RFC 3339 string.
+    Time,
+    Obj(&'static [F]),
+    Arr(&'static T),
+    Map(&'static T),
+    /// Allowed, not checked (optional sections this agent does not send yet).
+    Any,
+}
+
+pub struct F(pub &'static str, pub T, pub Req);
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Req {
+    Always,
+    Opt,
+}
+
+use Req::*;
+use T::*;
+
+const MODULE: &[F] = &[
+    F("name", Str, Always),
+    F("enabled", Bool, Always),
+    F("state", Str, Always),
+    F("lastError", Str, Opt),
+    F("updatedAt", Time, Always),
+];
+const UPDATE: &[F] = &[
+    F("state", Str, Always),
+    F("autoUpdate", Bool, Always),
+    F("updatedFrom", Str, Opt),
+    F("availableVersion", Str, Opt),
+    F("lastCheckedAt", Time, Opt),
+    F("lastAttemptAt", Time, Opt),
+    F("lastSuccessAt", Time, Opt),
+    F("lastError", Str, Opt),
+];
+const PRIVILEGE: &[F] = &[
+    F("runningAsRoot", Bool, Always),
+    F("serviceUser", Str, Opt),
+    F("smartctlHelper", Bool, Opt),
+    F("pctHelper", Bool, Opt),
+];
+const APPLIED: &[F] = &[F("version", Str, Opt), F("hash", Str, Opt)];
+const AGENT: &[F] = &[
+    F("id", Str, Always),
+    F("version", Str, Opt),
+    F("type", Str, Opt),
+    F("intervalSeconds", UInt, Opt),
+    F("hostname", Str, Opt),
+    F("updatedFrom", Str, Opt),
+    F("commandsEnabled", Bool, Opt),
+    F("operationReceiptVersion", Int, Opt),
+    F("diskExclude", Arr(&Str), Opt),
+    F("appliedConfig", Obj(APPLIED), Opt),
+    F("update", Obj(UPDATE), Opt),
+    F("modules", Arr(&Obj(MODULE)), Opt),
+    F("privilege", Obj(PRIVILEGE), Opt),
+];
+const HOST: &[F] = &[
+    F("id", Str, Opt),
+    F("hostname", Str, Always),
+    F("displayName", Str, Opt),
+    F("machineId", Str, Opt),
+    F("platform", Str, Opt),
+    F("osName", Str, Opt),
+    F("osVersion", Str, Opt),
+    F("kernelVersion", Str, Opt),
+    F("architecture", Str, Opt),
+    F("cpuModel", Str, Opt),
+    F("cpuCount", UInt, Opt),
+    F("uptimeSeconds", UInt, Opt),
+    F("loadAverage", Arr(&Float), Opt),
+    F("reportIp", Str, Opt),
+    F("packageUpdates", Any, Opt),
+    F("storageCleanup", Any, Opt),
+];
+const MEMORY: &[F] = &[
+    F("totalBytes", UInt, Opt),
+    F("usedBytes", UInt, Opt),
+    F("freeBytes", UInt, Opt),
+    F("cacheBytes", UInt, Opt),
+    F("usage", Float, Opt),
+    F("swapTotalBytes", UInt, Opt),
+    F("swapUsedBytes", UInt, Opt),
+];
+const METRICS: &[F] = &[
+    F("cpuUsagePercent", Float, Opt),
+    F("memory", Obj(MEMORY), Always),
+];
+const DATASET: &[F] = &[
+    F("name", Str, Always),
+    F("type", Str, Opt),
+    F("mountpoint", Str, Opt),
+    F("usedBytes", UInt, Opt),
+    F("availableBytes", UInt, Opt),
+    F("referencedBytes", UInt, Opt),
+];
+const DISK: &[F] = &[
+    F("device", Str, Opt),
+    F("mountpoint", Str, Opt),
+    F("filesystem", Str, Opt),
+    F("type", Str, Opt),
+    F("totalBytes", UInt, Opt),
+    F("usedBytes", UInt, Opt),
+    F("freeBytes", UInt, Opt),
+    F("usage", Float, Opt),
+    F("zfsDatasets", Arr(&Obj(DATASET)), Opt),
+];
+const DISK_IO: &[F] = &[
+    F("device", Str, Always),
+    F("readBytes", UInt, Opt),
+    F("writeBytes", UInt, Opt),
+    F("readOps", UInt, Opt),
+    F("writeOps", UInt, Opt),
+    F("readTimeMs", UInt, Opt),
+    F("writeTimeMs", UInt, Opt),
+    F("ioTimeMs", UInt, Opt),
+];
+const NETWORK: &[F] = &[
+    F("name", Str, Always),
+    F("mac", Str, Opt),
+    F("addresses", Arr(&Str), Opt),
+    F("rxBytes", UInt, Opt),
+    F("txBytes", UInt, Opt),
+    F("speedMbps", Int, Opt),
+];
+const SENSORS: &[F] = &[
+    F("temperatureCelsius", Map(&Float), Opt),
+    F("fanRpm", Map(&Float), Opt),
+    F("powerWatts", Map(&Float), Opt),
+    F("additional", Map(&Float), Opt),
+    F("custom", Any, Opt),
+    F("gpu", Any, Opt),
+    F("thermalState", Any, Opt),
+    F("smart", Any, Opt),
+];
+pub const HOST_REPORT: &[F] = &[
+    F("agent", Obj(AGENT), Always),
+    F("host", Obj(HOST), Always),
+    F("metrics", Obj(METRICS), Always),
+    F("disks", Arr(&Obj(DISK)), Opt),
+    F("diskIO", Arr(&Obj(DISK_IO)), Opt),
+    F("network", Arr(&Obj(NETWORK)), Opt),
+    F("sensors", Obj(SENSORS), Always),
+    F("raid", Any, Opt),
+    F("unraid", Any, Opt),
+    F("ceph", Any, Opt),
+    F("libvirt", Any, Opt),
+    F("xcpng", Any, Opt),
+    F("proxmoxLxc", Any, Opt),
+    F("clusterSensors", Any, Opt),
+    F("availabilityResults", Any, Opt),
+    F("tags", Arr(&Str), Opt),
+    F("timestamp", Time, Always),
+    F("sequenceId", Str, Opt),
+];
+
+/// Every way `doc` departs from the host report schema; empty when it conforms.
+/// Also applies the server's one content rule: a non-blank `host.hostname`.
+pub fn check_host_report(doc: &Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    check(doc, &Obj(HOST_REPORT), "$", &mut errs);
+    match doc.pointer("/host/hostname").and_then(Value::as_str) {
+        Some(h) if !h.trim().is_empty() => {}
+        _ => errs.push("$.host.hostname: blank (the server answers 400 invalid_report)".into()),
+    }
+    if let Some(seq) = doc.get("sequenceId").and_then(Value::as_str) {
+        let parts: Vec<&str> = seq.split(':').collect();
+        let ok = parts.len() == 3
+            && parts[0] == "v1"
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+            && parts[2].parse::<u64>().is_ok_and(|n| n > 0);
+        if !ok {
+            errs.push(format!("$.sequenceId: {seq:?} is not v1:<32 hex>:<n>"));
+        }
+    }
+    errs
+}
+
+fn check(v: &Value, t: &T, path: &str, errs: &mut Vec<String>) {
+    let bad =
+        |errs: &mut Vec<String>, want: &str| errs.push(format!("{path}: want {want}, got {v}"));
+    match t {
+        Any => {}
+        Str => {
+            if !v.is_string() {
+                bad(errs, "string")
+            }
+        }
+        Bool => {
+            if !v.is_boolean() {
+                bad(errs, "bool")
+            }
+        }
+        Int => {
+            if !(v.is_i64() || v.is_u64()) {
+                bad(errs, "integer")
+            }
+        }
+        UInt => {
+            if !v.is_u64() {
+                bad(errs, "non-negative integer")
+            }
+        }
+        Float => {
+            if !v.is_number() {
+                bad(errs, "number")
+            }
+        }
+        Time => match v.as_str() {
+            Some(s) if is_rfc3339(s) => {}
+            _ => bad(errs, "RFC 3339 time"),
+        },
+        Arr(inner) => match v.as_array() {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check(item, inner, &format!("{path}[{i}]"), errs);
+                }
+            }
+            None => bad(errs, "array"),
+        },
+        Map(inner) => match v.as_object() {
+            Some(m) => {
+                for (k, item) in m {
+                    check(item, inner, &format!("{path}.{k}"), errs);
+                }
+            }
+            None => bad(errs, "object"),
+        },
+        Obj(fields) => match v.as_object() {
+            Some(m) => {
+                for F(name, ty, req) in fields.iter() {
+                    match m.get(*name) {
+                        Some(item) => check(item, ty, &format!("{path}.{name}"), errs),
+                        None if *req == Always => errs.push(format!("{path}.{name}: missing")),
+                        None => {}
+                    }
+                }
+                for k in m.keys() {
+                    if !fields.iter().any(|F(name, ..)| name == k) {
+                        errs.push(format!("{path}.{k}: not in the schema"));
+                    }
+                }
+            }
+            None => bad(errs, "object"),
+        },
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` with plausible field ranges.
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(99);
+    if !(digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && (b[10] == b'T' || b[10] == b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19))
+    {
+        return false;
+    }
+    if !(1..=12).contains(&num(5..7))
+        || !(1..=31).contains(&num(8..10))
+        || num(11..13) > 23
+        || num(14..16) > 59
+        || num(17..19) > 60
+    {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || n > 9 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    rest == "Z"
+        || rest == "z"
+        || (rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && rest.as_bytes()[3] == b':')
+}

@@ -1,0 +1,368 @@
+//! Fixture-tree tests: each case under `fixtures/` is a captured or
+//! synthesized host; its report (time, sequence and privilege pinned) must
+//! match the case's golden `report.json` and the wire schema. Plus hosts built
+//! in temporary directories: huge and hostile pseudo-files, hung and slow mounts.
+//!
+//! `UPDATE_GOLDEN=1 cargo test --test fixtures` rewrites the golden files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::wire::check_host_report;
+use pulse_agent::collect::{self, Host, Options, Outcome};
+use pulse_agent::root::Root;
+use serde_json::Value;
+
+fn golden(case: &str) -> Value {
+    let doc = common::pinned_report(case);
+    let errs = check_host_report(&doc);
+    assert!(errs.is_empty(), "{case}: wire errors:\n{}", errs.join("\n"));
+    common::assert_golden(case, &doc);
+    doc
+}
+
+#[test]
+fn debian12_vm() {
+    let doc = golden("debian12-vm");
+    assert_eq!(doc["host"]["osName"], "debian");
+    assert_eq!(doc["host"]["id"], "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4");
+}
+
+#[test]
+fn gpu_vm_16core() {
+    let doc = golden("gpu-vm-16core");
+    assert_eq!(doc["host"]["cpuCount"], 16);
+    assert_eq!(doc["host"]["osName"], "ubuntu");
+    assert_eq!(doc["host"]["osVersion"], "24.04");
+    // No /etc/machine-id: the first non-virtual interface's MAC stands in.
+    assert_eq!(doc["host"]["id"], "mac-02fc00000001");
+    assert_eq!(
+        doc["disks"].as_array().unwrap().len(),
+        1,
+        "only / survives the filters"
+    );
+}
+
+#[test]
+fn nas_synology() {
+    let doc = golden("nas-synology");
+    assert_eq!(doc["host"]["osName"], "Synology DSM");
+    let mounts = mountpoints(&doc);
+    assert!(mounts.contains(&"/volume1".to_string()), "{mounts:?}");
+    assert!(
+        !mounts.iter().any(|m| m.contains("@docker")),
+        "docker subvolumes folded into /volume1: {mounts:?}"
+    );
+    assert!(
+        !mounts.iter().any(|m| m.starts_with("/mnt/")),
+        "network mounts are filtered: {mounts:?}"
+    );
+}
+
+#[test]
+fn nas_truenas() {
+    let doc = golden("nas-truenas");
+    let zfs: Vec<&Value> = doc["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["type"] == "zfs")
+        .collect();
+    let pools: Vec<&str> = zfs.iter().map(|d| d["device"].as_str().unwrap()).collect();
+    assert_eq!(pools, ["boot-pool", "tank"], "one entry per pool");
+    assert!(
+        !mountpoints(&doc)
+            .iter()
+            .any(|m| m.starts_with("/mnt/.ix-apps/docker"))
+    );
+}
+
+#[test]
+fn sbc_rpi4() {
+    let doc = golden("sbc-rpi4");
+    assert_eq!(doc["host"]["cpuModel"], "ARM Cortex-A72");
+    assert_eq!(doc["host"]["architecture"], "aarch64");
+    assert_eq!(doc["host"]["osName"], "raspbian");
+    // /dev/root is resolved through /sys/dev/block.
+    let root = doc["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mountpoint"] == "/")
+        .unwrap();
+    assert_eq!(root["device"], "/dev/mmcblk0p2");
+}
+
+#[test]
+fn lxc_debian() {
+    let doc = golden("lxc-debian");
+    assert_eq!(doc["host"]["cpuCount"], 2);
+    let root = doc["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mountpoint"] == "/")
+        .unwrap();
+    assert_eq!(
+        root["device"], "/dev/mapper/pve-vm--105--disk--0",
+        "unresolvable mapper names stay as they are"
+    );
+    assert_eq!(doc["network"][0]["name"], "eth0");
+}
+
+/// Every case directory has a named test above.
+#[test]
+fn every_case_is_tested() {
+    let src = std::fs::read_to_string(file!()).unwrap();
+    for case in common::cases() {
+        assert!(
+            src.contains(&format!("golden(\"{case}\")")),
+            "fixture case {case} has no test"
+        );
+    }
+}
+
+fn mountpoints(doc: &Value) -> Vec<String> {
+    doc["disks"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|x| x["mountpoint"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A scratch host tree under the test target's temporary directory.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A captured root: no fact (addresses, statvfs) comes from this machine.
+        std::fs::create_dir_all(dir.join(".capture")).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn root(&self) -> Root {
+        Root::new(&self.0).unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn source<'a>(snap: &'a collect::HostSnapshot, name: &str) -> &'a collect::SourceStatus {
+    snap.sources.iter().find(|s| s.name == name).unwrap()
+}
+
+/// 10,000 mounts (a container host) and a 10 MB meminfo: the report still
+/// comes out, with every real filesystem in it.
+#[test]
+fn huge_mountinfo_and_meminfo() {
+    let s = Scratch::new("huge");
+    let mut mi = String::new();
+    let mut statvfs = String::new();
+    for i in 0..10_000u32 {
+        let (mp, fstype, dev) = match i % 100 {
+            0 => (format!("/srv/disk{i}"), "ext4", format!("/dev/sd{i}")),
+            1..=9 => (format!("/run/user/{i}"), "tmpfs", "tmpfs".to_string()),
+            _ => (
+                format!("/var/lib/docker/overlay2/{i:064x}/merged"),
+                "overlay",
+                "overlay".into(),
+            ),
+        };
+        mi.push_str(&format!(
+            "{} 1 {}:{} / {mp} rw,relatime - {fstype} {dev} rw\n",
+            i + 100,
+            8 + i / 1000,
+            i % 1000
+        ));
+        statvfs.push_str(&format!("{mp} 4096 {} 500 400\n", 1000 + i));
+    }
+    s.write("proc/1/mountinfo", &mi);
+    s.write(".capture/statvfs", &statvfs);
+    let mut meminfo = String::from(
+        "MemTotal:       16303748 kB\nMemFree:         2097152 kB\nMemAvailable:   10485760 kB\n",
+    );
+    while meminfo.len() < 10 * 1024 * 1024 {
+        meminfo.push_str("Garbage_Key_That_Repeats:    123456789 kB\n");
+    }
+    s.write("proc/meminfo", &meminfo);
+    s.write("proc/sys/kernel/hostname", "big\n");
+
+    let started = Instant::now();
+    let mut host = Host::new(s.root(), Options::default());
+    let snap = host.collect();
+    let took = started.elapsed();
+    assert_eq!(
+        snap.filesystems.len(),
+        100,
+        "every ext4 mount, nothing else"
+    );
+    assert_eq!(snap.memory.unwrap().total, 16303748 * 1024);
+    assert_eq!(source(&snap, "filesystems").outcome, Outcome::Ok);
+    eprintln!("10,000 mounts + 10 MB meminfo: one collection took {took:?}");
+}
+
+/// Garbage, binary and truncated files in every source: each source fails or
+/// is absent on its own and the report is still built and well-typed.
+#[test]
+fn hostile_files_fail_only_their_own_source() {
+    let s = Scratch::new("hostile");
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for f in [
+        "proc/uptime",
+        "proc/loadavg",
+        "proc/stat",
+        "proc/meminfo",
+        "proc/diskstats",
+        "proc/net/dev",
+        "proc/1/mountinfo",
+        "proc/cpuinfo",
+        "etc/os-release",
+    ] {
+        s.write(f, &garbage);
+    }
+    s.write("proc/sys/kernel/hostname", "hostile\n");
+    let mut config =
+        common::config_for(&["--once".into(), "--root".into(), s.0.display().to_string()]);
+    config.agent_id_file = common::no_state_dir().join("agent-id");
+    let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
+    let doc = pulse_agent::agent::once(
+        &config,
+        common::pinned_now(),
+        &mut seq,
+        &common::pinned_privilege(),
+    )
+    .unwrap();
+    let errs = check_host_report(&doc);
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    assert_eq!(doc["host"]["hostname"], "hostile");
+}
+
+fn nfs_host(line: &str) -> Scratch {
+    let s = Scratch::new("nfs");
+    s.write(
+        "proc/1/mountinfo",
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 0:50 / /mnt/nfs rw - nfs4 srv:/export rw\n41 27 254:1 / /data rw - xfs /dev/vdb rw\n",
+    );
+    s.write(
+        ".capture/statvfs",
+        format!("/ 4096 100 50 40\n/data 4096 200 100 100\n{line}\n"),
+    );
+    s
+}
+
+fn options_including_nfs(timeout: Duration) -> Options {
+    Options {
+        disk_include: vec!["/mnt/nfs".into()],
+        statfs_timeout: timeout,
+        statfs_budget: timeout * 4,
+        ..Options::default()
+    }
+}
+
+/// A hung NFS mount costs one deadline, is left out, and is not asked again
+/// while its call is still hanging; the other mounts are reported every time.
+#[test]
+fn hung_mount_is_skipped_and_not_retried() {
+    let s = nfs_host("/mnt/nfs hang");
+    let mut host = Host::new(s.root(), options_including_nfs(Duration::from_millis(300)));
+    for cycle in 0..3 {
+        let snap = host.collect();
+        let mps: Vec<&str> = snap
+            .filesystems
+            .iter()
+            .map(|f| f.mountpoint.as_str())
+            .collect();
+        assert_eq!(mps, ["/", "/data"], "cycle {cycle}");
+        let warnings = &source(&snap, "filesystems").warnings;
+        let want = if cycle == 0 {
+            "did not answer in time"
+        } else {
+            "has not returned since an earlier cycle"
+        };
+        assert!(
+            warnings.iter().any(|w| w.contains(want)),
+            "cycle {cycle}: {warnings:?}"
+        );
+    }
+}
+
+/// A slow mount that misses the deadline comes back once its call returns.
+#[test]
+fn slow_mount_is_reported_again_after_it_answers() {
+    let s = nfs_host("/mnt/nfs slow 0.6 4096 1000 10 10");
+    let mut host = Host::new(s.root(), options_including_nfs(Duration::from_millis(200)));
+    let first = host.collect();
+    assert!(!first.filesystems.iter().any(|f| f.mountpoint == "/mnt/nfs"));
+    std::thread::sleep(Duration::from_millis(800));
+    let later = host.collect();
+    assert!(
+        later.filesystems.iter().any(|f| f.mountpoint == "/mnt/nfs"),
+        "{:?}",
+        later.filesystems
+    );
+}
+
+/// Without --disk-include, network filesystems are never asked at all.
+#[test]
+fn network_mounts_are_never_asked() {
+    let s = nfs_host("/mnt/nfs hang");
+    let mut host = Host::new(
+        s.root(),
+        Options {
+            statfs_timeout: Duration::from_secs(600),
+            statfs_budget: Duration::from_secs(600),
+            ..Options::default()
+        },
+    );
+    let snap = host.collect();
+    assert_eq!(snap.filesystems.len(), 2);
+    assert!(source(&snap, "filesystems").warnings.is_empty());
+}
+
+/// `--disk-exclude` drops filesystems and disks; patterns match mount points,
+/// devices and device names without /dev/.
+#[test]
+fn disk_exclude_patterns() {
+    let mut args = common::case_args("debian12-vm");
+    args.extend(["--disk-exclude".into(), "vda".into()]);
+    let config = common::config_for(&args);
+    let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
+    let doc = pulse_agent::agent::once(
+        &config,
+        common::pinned_now(),
+        &mut seq,
+        &common::pinned_privilege(),
+    )
+    .unwrap();
+    assert!(
+        doc.get("disks").is_none(),
+        "/dev/vda excluded by its bare name"
+    );
+    assert!(
+        doc.get("diskIO").is_none(),
+        "vda excluded from disk I/O too"
+    );
+    assert_eq!(doc["agent"]["diskExclude"], serde_json::json!(["vda"]));
+}
