@@ -22,6 +22,8 @@ pub struct FsStats {
 
 /// `statvfs(2)` on `path`. May block indefinitely on a dead network mount:
 /// callers run it behind a deadline (`collect::filesystems`).
+// The conversions are no-ops on 64-bit targets only.
+#[allow(clippy::useless_conversion)]
 pub fn statvfs(path: &Path) -> io::Result<FsStats> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
