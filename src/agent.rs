@@ -47,7 +47,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let privilege = Privilege::current(config.smartctl_path.is_some());
     let doc = once(
         config,
-        SystemTime::now(),
+        &SystemTime::now,
         &mut Sequence::random(),
         &privilege,
     )?;
@@ -57,14 +57,15 @@ pub fn run(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Collects one host report. Time, sequence and the process's privilege are
-/// passed in so tests can pin them.
+/// Collects one host report. The clock, sequence and the process's privilege
+/// are passed in so tests can pin them.
 pub fn once(
     config: &Config,
-    now: SystemTime,
+    clock: &dyn Fn() -> SystemTime,
     seq: &mut Sequence,
     privilege: &Privilege,
 ) -> Result<Value, Error> {
+    let started = clock();
     let root = Root::new(&config.root).map_err(|e| Error::Root(config.root.clone(), e))?;
     let identity = identity::collect(&root, config.hostname.as_deref());
     if let Some(kind) = identity.container {
@@ -80,7 +81,7 @@ pub fn once(
             log::warn!("{}: {w}", s.name);
         }
     }
-    let modules = modules(config, now);
+    let modules = modules(config, started);
     let agent_id = agent_id(config, &identity);
     let sequence_id = seq.next_id();
     let version = version();
@@ -99,7 +100,8 @@ pub fn once(
         report_ip: report_ip.as_deref(),
         tags: &config.tags,
         snapshot: &snapshot,
-        timestamp: now,
+        // The server orders reports by this: it is taken after collection.
+        timestamp: clock(),
         sequence_id: &sequence_id,
     });
     Ok(doc)

@@ -39,7 +39,11 @@ pub fn statvfs(path: &Path) -> io::Result<FsStats> {
     // `u64::from`, not `as`: the fields are 32-bit on 32-bit ARM.
     let frsize = u64::from(s.f_frsize);
     Ok(FsStats {
-        block_size: if frsize > 0 { frsize } else { u64::from(s.f_bsize) },
+        block_size: if frsize > 0 {
+            frsize
+        } else {
+            u64::from(s.f_bsize)
+        },
         blocks: u64::from(s.f_blocks),
         blocks_free: u64::from(s.f_bfree),
         blocks_avail: u64::from(s.f_bavail),
