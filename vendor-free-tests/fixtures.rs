@@ -110,6 +110,15 @@ fn lxc_debian() {
         "unresolvable mapper names stay as they are"
     );
     assert_eq!(doc["network"][0]["name"], "eth0");
+    // A ZFS dataset bind-mounted into the container, at a path with a space:
+    // named after its pool, not the bind's subdirectory.
+    let consume = doc["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mountpoint"] == "/mnt/Paperless Consume")
+        .expect("the \\040-escaped mount point");
+    assert_eq!(consume["device"], "rpool");
 }
 
 /// Every case directory has a named test above.

@@ -2,7 +2,11 @@
 //!
 //! Whole disks only: partitions, device-mapper, loop, ram, zram and zvol
 //! devices are left out (their I/O is already counted on the disk below, or is
-//! not disk I/O at all), as are devices that have never done any I/O. The
+//! not disk I/O at all), as are devices that have never done any I/O. A
+//! device is a partition when sysfs says so (`/sys/class/block/<name>/partition`)
+//! or when the server's naming heuristic does; the sysfs check catches what
+//! the heuristic misses (`mmcblk0p1`, Synology's `sata1p1`), whose I/O the
+//! server would otherwise count twice. The
 //! server derives rates from these cumulative numbers. Sectors are always 512
 //! bytes in this file, whatever the device's real sector size.
 
@@ -30,7 +34,9 @@ pub fn collect(root: &Root, exclude: &[String]) -> Result<Vec<DiskIo>, Error> {
         .into_iter()
         .filter(|d| {
             let dev = format!("/dev/{}", d.device);
-            is_whole_physical(&d.device) && !any_matches(exclude, &[&d.device, &dev])
+            is_whole_physical(&d.device)
+                && !root.exists(&format!("/sys/class/block/{}/partition", d.device))
+                && !any_matches(exclude, &[&d.device, &dev])
         })
         .collect())
 }

@@ -198,13 +198,19 @@ pub fn collect(root: &Root, opts: &Options, guard: &mut StatfsGuard) -> Result<O
                 continue;
             }
         };
-        let fs = sizes(device, m, stats);
-        if fs.total == 0 {
+        if zfs {
+            // The dataset name is the mount source even for a bind of a
+            // dataset's subdirectory (an LXC mount point), where the device
+            // rule above would give the subdirectory.
+            let fs = sizes(&m.source, m, stats);
+            let pool = m.source.split('/').next().unwrap_or("");
+            if fs.total > 0 && !pool.is_empty() {
+                pools.entry(pool.to_string()).or_default().push(fs);
+            }
             continue;
         }
-        if zfs {
-            let pool = device.split('/').next().unwrap_or(device).to_string();
-            pools.entry(pool).or_default().push(fs);
+        let fs = sizes(device, m, stats);
+        if fs.total == 0 {
             continue;
         }
         if !included && should_skip(&fs.fstype, mp, fs.total, fs.used) {
