@@ -178,7 +178,7 @@ impl Config {
 
         let enroll = args.flag("enroll");
         let (token, token_source) = if url.is_some() || enroll {
-            match resolve_token(args, env, &state_dir)? {
+            match resolve_token(args, env, &state_dir, &mut notices)? {
                 Some((t, s)) => (Some(t), Some(s)),
                 None => (None, None),
             }
@@ -373,13 +373,14 @@ fn resolve_token(
     args: &Args,
     env: &dyn Fn(&str) -> Option<String>,
     state_dir: &Path,
+    notices: &mut Vec<Notice>,
 ) -> Result<Option<(Secret, TokenSource)>, ConfigError> {
     if let Some(t) = non_empty(args.str("token")) {
         return Ok(Some((check_token(t, "--token")?, TokenSource::Flag)));
     }
     if let Some(path) = non_empty(args.str("token-file")) {
         let path = PathBuf::from(path);
-        let t = read_token_file(&path)?
+        let t = read_token_file(&path, notices)?
             .ok_or_else(|| err(format!("--token-file {}: file is empty", path.display())))?;
         return Ok(Some((t, TokenSource::File(path))));
     }
@@ -392,11 +393,11 @@ fn resolve_token(
     let fallback = state_dir.join("token");
     match std::fs::symlink_metadata(&fallback) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        _ => Ok(read_token_file(&fallback)?.map(|t| (t, TokenSource::StateDir(fallback)))),
+        _ => Ok(read_token_file(&fallback, notices)?.map(|t| (t, TokenSource::StateDir(fallback)))),
     }
 }
 
-fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
+fn read_token_file(path: &Path, notices: &mut Vec<Notice>) -> Result<Option<Secret>, ConfigError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let what = || format!("token file {}", path.display());
@@ -406,7 +407,10 @@ fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
         return Err(err(format!("{}: not a regular file", what())));
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        log::warn!("{} is readable by other users; chmod 600 it", what());
+        notices.push(Notice::Warn(format!(
+            "{} is readable by other users; chmod 600 it",
+            what()
+        )));
     }
     let mut buf = String::new();
     f.take(MAX_TOKEN_FILE + 1)

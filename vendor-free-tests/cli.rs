@@ -252,6 +252,43 @@ fn the_token_never_reaches_output_or_logs() {
 }
 
 #[test]
+fn token_file_is_read_trimmed_and_its_permissions_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tokfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "  abc123\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&[
+        "--self-test",
+        "--url=https://pulse.example",
+        &format!("--token-file={}", file.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("readable by other users"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&file, "   \n").unwrap();
+    let o = run(&[
+        "--self-test",
+        "--url=https://pulse.example",
+        &format!("--token-file={}", file.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("file is empty"), "{}", stderr(&o));
+    let o = run(&[
+        "--self-test",
+        "--url=https://pulse.example",
+        "--token-file=/no/such/token",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn read_only_and_unsupported_flags_are_explained() {
     let mut args = case_args("debian12-vm");
     args.extend([
