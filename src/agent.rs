@@ -44,7 +44,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
             "only --once is available in this build: the reporting daemon (delivery, spool, health listener) is not built yet",
         ));
     }
-    let privilege = Privilege::current(config.smartctl_path.is_some());
+    let privilege = Privilege::current(config.smartctl_path.is_some(), config.pct_path.is_some());
     let doc = once(
         config,
         &SystemTime::now,
@@ -71,7 +71,9 @@ pub fn once(
     if let Some(kind) = identity.container {
         log::debug!("running inside an {kind} container");
     }
-    let mut host = collect::Host::new(root, options(config));
+    let mut opts = options(config);
+    opts.zfs_arc_is_cache = identity.container.is_none();
+    let mut host = collect::Host::new(root, opts);
     let snapshot = host.collect();
     for s in &snapshot.sources {
         if let Outcome::Failed(why) = &s.outcome {

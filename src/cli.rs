@@ -492,18 +492,42 @@ pub enum Value {
     List(Vec<String>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Setting {
     pub value: Value,
     pub origin: Origin,
 }
 
+/// What was typed, with secrets redacted: `Args` holds the raw `--token`.
+impl fmt::Debug for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setting")
+            .field("value", &self.value)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
 /// What was typed: every flag or environment variable that was set, by flag name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Args {
     pub values: BTreeMap<&'static str, Setting>,
     /// Environment values that could not be used (logged once the logger is up).
     pub ignored_env: Vec<String>,
+}
+
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.values {
+            if *k == "token" {
+                m.entry(k, &"[redacted]");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
 }
 
 impl Args {
@@ -578,7 +602,7 @@ where
     let mut out = Args::default();
     apply_env(&mut out, env);
 
-    let args: Vec<OsString> = args.into_iter().map(Into::into).map(go_style).collect();
+    let args = go_style(args.into_iter().map(Into::into).collect());
     let mut p = lexopt::Parser::from_args(args);
     let mut flag_lists: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     loop {
@@ -613,9 +637,13 @@ where
                 let v = p
                     .value()
                     .map_err(|_| usage(format!("flag --{} needs a value", f.name)))?;
-                let v = v
-                    .into_string()
-                    .map_err(|v| usage(format!("value for --{} is not UTF-8: {v:?}", f.name)))?;
+                let v = v.into_string().map_err(|v| {
+                    if f.name == "token" {
+                        usage("the value of --token is not UTF-8")
+                    } else {
+                        usage(format!("value for --{} is not UTF-8: {v:?}", f.name))
+                    }
+                })?;
                 match f.kind {
                     Kind::List => {
                         flag_lists
@@ -653,24 +681,52 @@ where
 
 /// Rewrites Go's single-dash long flags (`-url`, `-insecure=false`) to
 /// `--url`, so an unknown one is reported whole rather than as `-u -r -l`.
-/// Single letters (`-h`) and negative numbers are left alone.
-fn go_style(arg: OsString) -> OsString {
-    let Some(s) = arg.to_str() else { return arg };
-    match s.strip_prefix('-') {
-        Some(rest) if rest.len() > 1 && rest.starts_with(|c: char| c.is_ascii_alphabetic()) => {
-            OsString::from(format!("-{s}"))
+/// Only arguments in flag position are touched: the word after a value flag
+/// given without `=` is its value, even if it starts with a dash.
+fn go_style(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    for arg in args {
+        if std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
         }
-        _ => arg,
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            out.push(arg);
+            continue;
+        }
+        let long = match s.strip_prefix("--") {
+            Some(rest) => Some(rest),
+            None => s.strip_prefix('-').filter(|rest| {
+                rest.len() > 1 && rest.starts_with(|c: char| c.is_ascii_alphabetic())
+            }),
+        };
+        let Some(rest) = long else {
+            out.push(arg);
+            continue;
+        };
+        let (name, has_value) = match rest.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (rest, false),
+        };
+        value_next = !has_value && find(name).is_some_and(|f| f.kind != Kind::Bool);
+        out.push(OsString::from(format!("--{rest}")));
     }
+    out
 }
 
 fn apply_env(out: &mut Args, env: &dyn Fn(&str) -> Option<String>) {
     for f in FLAGS {
-        let Some((var, raw)) = f
-            .env
-            .iter()
-            .find_map(|var| env(var).map(|v| (*var, v.trim().to_string())))
-        else {
+        // A variable set to nothing (`KEY=` in a unit or env file) is unset.
+        let Some((var, raw)) = f.env.iter().find_map(|var| {
+            env(var)
+                .map(|v| (*var, v.trim().to_string()))
+                .filter(|(_, v)| !v.is_empty())
+        }) else {
             continue;
         };
         let value = match f.kind {
@@ -914,6 +970,35 @@ mod tests {
         assert_eq!(a.ignored_env.len(), 1);
         let a = parse(Vec::<String>::new(), &env).unwrap();
         assert_eq!(a.str("url"), Some("https://env"));
+    }
+
+    #[test]
+    fn values_that_start_with_a_dash_are_values() {
+        let a = p(&["--hostname", "-foo", "-once"]).unwrap();
+        assert_eq!(a.str("hostname"), Some("-foo"));
+        assert_eq!(a.bool("once"), Some(true));
+        let a = p(&["-tag", "-x", "--tag", "--y"]).unwrap();
+        assert_eq!(a.list("tag"), ["-x", "--y"]);
+    }
+
+    #[test]
+    fn empty_environment_values_are_unset() {
+        let env = |k: &str| match k {
+            "PULSE_ENABLE_HOST" | "PULSE_HEALTH_ADDR" | "PULSE_URL" => Some("  ".to_string()),
+            _ => None,
+        };
+        let a = parse(Vec::<String>::new(), &env).unwrap();
+        assert!(!a.is_set("enable-host"));
+        assert!(!a.is_set("health-addr"));
+        assert!(!a.is_set("url"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let a = p(&["--token=s3cr3t-value", "--url=https://x"]).unwrap();
+        let d = format!("{a:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("https://x"));
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// `PULSE_SMARTCTL_PATH`: a privilege helper wraps smartctl.
     pub smartctl_path: Option<PathBuf>,
+    /// `PULSE_PCT_PATH`: a privilege helper wraps Proxmox's pct.
+    pub pct_path: Option<PathBuf>,
     /// Things to log once the logger runs: ignored flags, unusable environment values.
     pub notices: Vec<Notice>,
 }
@@ -335,13 +337,18 @@ impl Config {
             health_addr,
             log_level,
             log_file: non_empty(args.str("log-file")).map(PathBuf::from),
-            smartctl_path: env("PULSE_SMARTCTL_PATH")
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            smartctl_path: env_path(env, "PULSE_SMARTCTL_PATH"),
+            pct_path: env_path(env, "PULSE_PCT_PATH"),
             notices,
         })
     }
+}
+
+fn env_path(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<PathBuf> {
+    env(var)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -436,7 +443,7 @@ fn check_token(t: &str, what: &str) -> Result<Secret, ConfigError> {
     Ok(Secret(t.to_string()))
 }
 
-fn parse_log_level(l: &str) -> Result<log::LevelFilter, ConfigError> {
+pub fn parse_log_level(l: &str) -> Result<log::LevelFilter, ConfigError> {
     Ok(match l.to_ascii_lowercase().as_str() {
         "trace" => log::LevelFilter::Trace,
         "debug" => log::LevelFilter::Debug,

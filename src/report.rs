@@ -50,16 +50,19 @@ pub struct Privilege {
     pub running_as_root: bool,
     pub service_user: String,
     pub smartctl_helper: bool,
+    pub pct_helper: bool,
 }
 
 impl Privilege {
-    /// The running process's privilege.
-    pub fn current(smartctl_helper: bool) -> Privilege {
+    /// The running process's privilege; the helpers are the scoped wrappers a
+    /// least-privilege install configures (`PULSE_SMARTCTL_PATH`, `PULSE_PCT_PATH`).
+    pub fn current(smartctl_helper: bool, pct_helper: bool) -> Privilege {
         let euid = crate::sys::geteuid();
         Privilege {
             running_as_root: euid == 0,
             service_user: crate::sys::user_name(euid).unwrap_or_default(),
             smartctl_helper,
+            pct_helper,
         }
     }
 }
@@ -175,6 +178,7 @@ fn agent(a: &Agent) -> Value {
     p.put("runningAsRoot", Value::Bool(a.privilege.running_as_root));
     p.str("serviceUser", &a.privilege.service_user);
     p.flag("smartctlHelper", a.privilege.smartctl_helper);
+    p.flag("pctHelper", a.privilege.pct_helper);
     o.put("privilege", p.done());
     o.done()
 }

@@ -104,6 +104,20 @@ fn environment_gives_defaults_and_flags_win() {
     assert_eq!(doc["host"]["reportIp"], "192.0.2.7");
 }
 
+/// `KEY=` lines in unit and env files mean "not set", not "set to nothing".
+#[test]
+fn empty_environment_values_are_unset() {
+    let o = agent()
+        .args(case_args("debian12-vm"))
+        .env("PULSE_ENABLE_HOST", "")
+        .env("PULSE_INTERVAL", " ")
+        .env("PULSE_URL", "")
+        .output()
+        .unwrap();
+    let doc = report(&o);
+    assert_eq!(doc["agent"]["intervalSeconds"], 30);
+}
+
 #[test]
 fn unusable_environment_values_are_logged_not_fatal() {
     let o = agent()

@@ -99,6 +99,8 @@ fn sbc_rpi4() {
 fn lxc_debian() {
     let doc = golden("lxc-debian");
     assert_eq!(doc["host"]["cpuCount"], 2);
+    // The host's ARC (visible in /proc/spl) is not taken off the container's memory.
+    assert_eq!(doc["metrics"]["memory"]["usedBytes"], 346030080u64);
     let root = doc["disks"]
         .as_array()
         .unwrap()
@@ -330,6 +332,61 @@ fn slow_mount_is_reported_again_after_it_answers() {
         later.filesystems.iter().any(|f| f.mountpoint == "/mnt/nfs"),
         "{:?}",
         later.filesystems
+    );
+}
+
+/// A mount point mounted twice: the later mount is the one in use (and the
+/// one statvfs measures), so it is reported. This is deliberate: the stock
+/// agent keeps the first entry, and so drops `/data` behind a systemd
+/// automount (autofs first, the real filesystem second).
+#[test]
+fn repeated_mount_point_reports_the_mount_in_use() {
+    let s = Scratch::new("automount");
+    s.write(
+        "proc/1/mountinfo",
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+         40 27 0:50 / /data rw - autofs systemd-1 rw\n\
+         41 40 254:16 / /data rw - ext4 /dev/vdb rw\n",
+    );
+    s.write(
+        ".capture/statvfs",
+        "/ 4096 100 50 40\n/data 4096 200 100 100\n",
+    );
+    let snap = Host::new(s.root(), Options::default()).collect();
+    let data = snap
+        .filesystems
+        .iter()
+        .find(|f| f.mountpoint == "/data")
+        .expect("/data reported");
+    assert_eq!(
+        (data.device.as_str(), data.fstype.as_str()),
+        ("/dev/vdb", "ext4")
+    );
+}
+
+/// Red Hat family hosts are named from the release file, which has the point
+/// release, before os-release.
+#[test]
+fn red_hat_release_names_the_os() {
+    let s = Scratch::new("centos");
+    s.write(
+        "etc/redhat-release",
+        "CentOS Linux release 7.9.2009 (Core)\n",
+    );
+    s.write("etc/os-release", "ID=\"centos\"\nVERSION_ID=\"7\"\n");
+    assert_eq!(
+        pulse_agent::collect::identity::os(&s.root()),
+        ("centos".to_string(), "7.9.2009".to_string())
+    );
+    let s = Scratch::new("rhel");
+    s.write(
+        "etc/redhat-release",
+        "Red Hat Enterprise Linux release 9.3 (Plow)\n",
+    );
+    s.write("etc/os-release", "ID=\"rhel\"\nVERSION_ID=\"9.3\"\n");
+    assert_eq!(
+        pulse_agent::collect::identity::os(&s.root()),
+        ("redhat".to_string(), "9.3".to_string())
     );
 }
 

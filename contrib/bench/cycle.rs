@@ -6,7 +6,7 @@
 //!
 //! CPU time is the process's user + system time (getrusage), so it includes
 //! the statvfs helper thread. Cycles run back to back, often within one
-//! kernel tick, so the CPU collector's 200 ms spot sample (taken when
+//! kernel tick, so the CPU collector's 1 s spot sample (taken when
 //! /proc/stat has not moved) is turned off here; in service the interval is
 //! seconds and the sample is only taken at start.
 
@@ -40,7 +40,7 @@ fn main() {
     }
     let (cpu, wall) = (process_cpu_time() - cpu0, wall0.elapsed());
 
-    let privilege = Privilege::current(false);
+    let privilege = Privilege::current(false, false);
     let modules = Vec::new();
     let mut seq = Sequence::random();
     let (rcpu0, rwall0) = (process_cpu_time(), Instant::now());
@@ -136,7 +136,7 @@ fn hostile() {
     let (cpu0, wall0) = (process_cpu_time(), Instant::now());
     let snap = host.collect();
     let (cpu, wall) = (process_cpu_time() - cpu0, wall0.elapsed());
-    // The first cycle's 200 ms CPU spot sample is sleep, not work: subtract it.
+    // The first cycle's CPU spot sample is sleep, not work: subtract it.
     let spot = snap
         .sources
         .iter()

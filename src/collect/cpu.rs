@@ -124,6 +124,10 @@ impl Usage {
             return Ok(Some(pct));
         }
         // No usable baseline: watch for a moment rather than report a guess.
+        if self.spot.is_zero() {
+            self.prev = Some(cur);
+            return Ok(None);
+        }
         std::thread::sleep(self.spot);
         let after = read()?;
         self.prev = Some(after);

@@ -270,6 +270,16 @@ pub fn os(root: &Root) -> (String, String) {
     {
         return found;
     }
+    // Red Hat family: the release file names the point release (`7.9.2009`)
+    // where os-release has only the major; it comes first, as the server expects.
+    for path in ["/etc/redhat-release", "/etc/system-release"] {
+        if let Some(line) = root.read_trimmed(path) {
+            let (name, version) = redhat(line.lines().next().unwrap_or(""));
+            if !name.is_empty() {
+                return (name, version);
+            }
+        }
+    }
     let release = root
         .read("/etc/os-release")
         .or_else(|_| root.read("/usr/lib/os-release"))
@@ -292,9 +302,6 @@ pub fn os(root: &Root) -> (String, String) {
     if let Some(v) = root.read_trimmed("/etc/alpine-release") {
         return ("alpine".into(), v);
     }
-    if let Some(rh) = root.read_trimmed("/etc/redhat-release") {
-        return redhat(&rh);
-    }
     let lsb = root
         .read("/etc/lsb-release")
         .map(|t| parse_assignments(&t))
@@ -308,13 +315,18 @@ pub fn os(root: &Root) -> (String, String) {
     }
 }
 
-/// `CentOS release 6.10 (Final)` → (`centos`, `6.10`).
+/// `CentOS Linux release 7.9.2009 (Core)` → (`centos`, `7.9.2009`);
+/// `Red Hat Enterprise Linux release 9.3 (Plow)` → (`redhat`, `9.3`);
+/// `Amazon Linux release 2023` → (`amzn`, `2023`).
 fn redhat(line: &str) -> (String, String) {
     let lower = line.to_ascii_lowercase();
     let name = if lower.contains("red hat") {
         "redhat".to_string()
     } else {
-        lower.split_whitespace().next().unwrap_or("").to_string()
+        match lower.split_whitespace().next().unwrap_or("") {
+            "amazon" => "amzn".to_string(),
+            first => first.to_string(),
+        }
     };
     let version = lower
         .split_once("release ")

@@ -3,8 +3,12 @@
 //! Used memory is `MemTotal − MemAvailable`, the kernel's own estimate of what
 //! cannot be reclaimed, so page cache does not count as used. Kernels older
 //! than 3.14 have no `MemAvailable`; there the classic `free + buffers +
-//! cached` stands in for it. The ZFS ARC adjustment belongs to the ZFS
-//! collector, not here.
+//! cached` stands in for it.
+//!
+//! The ZFS ARC is a cache too, but the kernel counts it as used: when
+//! `/proc/spl/kstat/zfs/arcstats` exists its `size` is taken off `used` and
+//! given to `free` (as the server expects), or a TrueNAS box would show 85 %
+//! used while most of it is cache.
 
 use super::Error;
 use crate::root::{self, Root};
@@ -37,10 +41,55 @@ pub struct Meminfo {
     pub swap_free: Option<u64>,
 }
 
-pub fn collect(root: &Root) -> Result<Memory, Error> {
+const ARCSTATS: &str = "/proc/spl/kstat/zfs/arcstats";
+
+pub fn collect(root: &Root, zfs_arc_is_cache: bool) -> Result<Memory, Error> {
     // A real meminfo is under 2 KiB; a capped read of a hostile one still
     // finds the lines at its top.
-    compute(&parse(&root.read_capped(PATH, root::SMALL)?.text)?)
+    let m = compute(&parse(&root.read_capped(PATH, root::SMALL)?.text)?)?;
+    if !zfs_arc_is_cache {
+        return Ok(m);
+    }
+    // No ZFS, or an unreadable arcstats: nothing to adjust.
+    let arc = root
+        .read_capped(ARCSTATS, root::SMALL)
+        .ok()
+        .and_then(|c| parse_arc_size(&c.text));
+    Ok(match arc {
+        Some(arc) => without_arc(m, arc),
+        None => m,
+    })
+}
+
+/// The ARC's current size: the third column of the `size` row of arcstats
+/// (after the kstat header and the `name type data` line).
+pub fn parse_arc_size(text: &str) -> Option<u64> {
+    text.lines().skip(2).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 3 && f[0] == "size")
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+/// Moves the ARC from used to free, keeping total = used + free + cache.
+pub fn without_arc(mut m: Memory, arc: u64) -> Memory {
+    if arc == 0 {
+        return m;
+    }
+    m.used = m.used.saturating_sub(arc);
+    m.usage = (m.used as f64 / m.total as f64 * 100.0).clamp(0.0, 100.0);
+    if let Some(free) = m
+        .total
+        .checked_sub(m.used)
+        .and_then(|r| r.checked_sub(m.cache))
+    {
+        m.free = free;
+    } else if m.total >= m.used {
+        m.cache = m.total - m.used;
+        m.free = 0;
+    }
+    m
 }
 
 /// Parses `Key:   123 kB` lines. Unknown keys and malformed lines are skipped;
@@ -153,6 +202,30 @@ mod tests {
                 .unwrap();
         assert_eq!(m.used, 900 * 1024);
         assert!(m.usage <= 100.0);
+    }
+
+    #[test]
+    fn zfs_arc_is_cache_not_used() {
+        let arcstats = "13 1 0x01 147 39984 5367384361 1938213549117\nname                            type data\n\
+                        hits                            4    2061213\nsize                            4    21474836480\n";
+        assert_eq!(parse_arc_size(arcstats), Some(21_474_836_480));
+        let m = compute(
+            &parse("MemTotal: 32412652 kB\nMemFree: 2188344 kB\nMemAvailable: 4961224 kB\n")
+                .unwrap(),
+        )
+        .unwrap();
+        let a = without_arc(m, 21_474_836_480);
+        assert_eq!(a.used, m.used - 21_474_836_480);
+        assert_eq!(a.total, a.used + a.free + a.cache, "the parts still add up");
+        assert!(a.usage < 25.0, "{}", a.usage);
+        // An ARC larger than used (a kstat read mid-update) floors at 0.
+        assert_eq!(without_arc(m, u64::MAX).used, 0);
+        assert_eq!(
+            parse_arc_size("size 4 5\n"),
+            None,
+            "header lines are skipped"
+        );
+        assert_eq!(parse_arc_size("a\nb\nsize 4 x\n"), None);
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct Options {
     /// How long one `statvfs` may take before its mount is marked stuck and
     /// left out until that call returns.
     pub statfs_timeout: Duration,
+    /// Take the ZFS ARC off used memory. Off inside an LXC container, where
+    /// arcstats is the host's but meminfo is the container's (lxcfs).
+    pub zfs_arc_is_cache: bool,
     /// Cap on all `statvfs` calls of one cycle, so several newly hung mounts
     /// cannot stall a report for long; mounts not asked in time wait for the
     /// next cycle.
@@ -114,7 +117,8 @@ impl Default for Options {
         Options {
             disk_exclude: Vec::new(),
             disk_include: Vec::new(),
-            cpu_spot_sample: Duration::from_millis(200),
+            cpu_spot_sample: Duration::from_secs(1),
+            zfs_arc_is_cache: true,
             statfs_timeout: Duration::from_secs(5),
             statfs_budget: Duration::from_secs(10),
         }
@@ -146,7 +150,12 @@ impl Host {
     pub fn new(root: Root, options: Options) -> Host {
         Host {
             statfs: filesystems::StatfsGuard::new(root.clone()),
-            cpu: cpu::Usage::new(options.cpu_spot_sample),
+            // A captured host never moves: watching it would only wait.
+            cpu: cpu::Usage::new(if root.is_captured() {
+                Duration::ZERO
+            } else {
+                options.cpu_spot_sample
+            }),
             root,
             options,
         }
@@ -166,7 +175,9 @@ impl Host {
         snap.load_average = run(&mut snap.sources, "loadavg", || loadavg::collect(root));
         let cpu = &mut self.cpu;
         snap.cpu_usage_percent = run(&mut snap.sources, "cpu", || cpu.collect(root)).flatten();
-        snap.memory = run(&mut snap.sources, "memory", || memory::collect(root));
+        snap.memory = run(&mut snap.sources, "memory", || {
+            memory::collect(root, opts.zfs_arc_is_cache)
+        });
 
         let statfs = &mut self.statfs;
         let mut notes = Vec::new();

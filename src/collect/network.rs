@@ -35,12 +35,7 @@ pub fn collect(root: &Root) -> Result<Vec<Interface>, Error> {
             source: e,
         })
     })?;
-    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in addrs {
-        if !a.cidr.is_empty() {
-            by_name.entry(a.interface).or_default().push(a.cidr);
-        }
-    }
+    let by_name = by_interface(addrs);
     // Counters are optional: an interface is still worth reporting without them.
     let counters = root
         .read_capped(NET_DEV, root::LARGE)
@@ -72,6 +67,24 @@ pub fn collect(root: &Root) -> Result<Vec<Interface>, Error> {
         });
     }
     Ok(out)
+}
+
+/// Addresses grouped by interface, interfaces sorted by name, addresses in
+/// kernel order. getifaddrs names a labelled IPv4 address by its label
+/// (`eth0:1`); the interface is the part before the colon (a name cannot
+/// hold one).
+pub fn by_interface(addrs: Vec<crate::sys::IfAddr>) -> BTreeMap<String, Vec<String>> {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in addrs.into_iter().filter(|a| !a.cidr.is_empty()) {
+        let name = a
+            .interface
+            .split(':')
+            .next()
+            .unwrap_or(&a.interface)
+            .to_string();
+        by_name.entry(name).or_default().push(a.cidr);
+    }
+    by_name
 }
 
 /// Parses `/proc/net/dev` into `name → (rx_bytes, tx_bytes)`. Header and
@@ -138,6 +151,23 @@ mod tests {
         assert_eq!(m.get("eth0"), Some(&(625, 1473)));
         assert!(!m.contains_key("bad"));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn labels_belong_to_their_interface() {
+        let a = |i: &str, c: &str| crate::sys::IfAddr {
+            interface: i.into(),
+            cidr: c.into(),
+        };
+        let g = by_interface(vec![
+            a("eth0", "10.0.0.1/24"),
+            a("lo:1", "10.9.0.2/24"),
+            a("eth0:1", "10.0.1.1/24"),
+            a("lo", "127.0.0.1/8"),
+        ]);
+        assert_eq!(g.keys().collect::<Vec<_>>(), ["eth0", "lo"]);
+        assert_eq!(g["eth0"], ["10.0.0.1/24", "10.0.1.1/24"]);
+        assert_eq!(g["lo"], ["10.9.0.2/24", "127.0.0.1/8"]);
     }
 
     #[test]

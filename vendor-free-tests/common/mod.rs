@@ -27,6 +27,7 @@ pub fn pinned_privilege() -> Privilege {
         running_as_root: true,
         service_user: "root".into(),
         smartctl_helper: false,
+        pct_helper: false,
     }
 }
 
@@ -164,3 +165,4 @@ fn line_diff(want: &str, got: &str) -> String {
     }
     out
 }
+pub mod standin;

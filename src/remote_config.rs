@@ -1,0 +1,691 @@
+//! Remote configuration (spec/pulse-protocol.md §2.3): at start and every 60 s
+//! the agent asks the server which agent ID it has for this hostname, fetches
+//! that agent's config, checks it, and applies what applies while running:
+//! `interval`, `report_ip`, `disable_ceph` and `log_level`.
+//!
+//! Checks, all before anything is applied (a config that fails one is
+//! discarded whole, and the agent keeps what it had):
+//! * `desiredConfig.hash` must be the SHA-256 of the canonical JSON of the
+//!   config's applied keys (Go `json.Marshal` encoding, keys sorted);
+//! * a `signature`, when present, must be an Ed25519 signature by a trusted
+//!   key (the server's embedded key, or `PULSE_AGENT_CONFIG_PUBLIC_KEYS`) over
+//!   the agent ID and the validity window, which must hold now (±2 min);
+//! * without a signature, `PULSE_AGENT_CONFIG_SIGNATURE_REQUIRED` rejects it.
+//!
+//! `commandsEnabled` is ignored: this agent never runs commands.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::deliver::{CONFIG_TIMEOUT, Client, Reply};
+
+/// How often the config is fetched again (the stock agent's).
+pub const REFRESH: Duration = Duration::from_secs(60);
+const USER_AGENT: &str = "pulse-agent-config-client";
+const DESIRED_VERSION: &str = "host-agent-config/v1";
+/// Clock skew allowed around the signature's validity window.
+const SKEW: Duration = Duration::from_secs(120);
+
+/// The server's embedded config-signing key (Ed25519, SPKI PEM), as the stock
+/// agent ships it.
+const EMBEDDED_KEY_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAlbXZQRx8jgMzwpXbbjOGcnA+9TG0lms/auxbPzY+Tdo=\n-----END PUBLIC KEY-----";
+
+/// Every key the server may send in `settings` that the stock agent applies;
+/// only these enter the hash.
+const APPLIED_KEYS: [&str; 14] = [
+    "interval",
+    "enable_host",
+    "enable_docker",
+    "enable_kubernetes",
+    "enable_proxmox",
+    "proxmox_type",
+    "docker_runtime",
+    "disable_auto_update",
+    "disable_docker_update_checks",
+    "kube_include_all_pods",
+    "kube_include_all_deployments",
+    "log_level",
+    "report_ip",
+    "disable_ceph",
+];
+
+/// What a fetched, verified config asks this agent to change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    pub interval: Option<Duration>,
+    /// `Some(None)`: the server clears the report IP.
+    pub report_ip: Option<Option<IpAddr>>,
+    pub disable_ceph: Option<bool>,
+    pub log_level: Option<log::LevelFilter>,
+    /// `agent.appliedConfig`: `(version, hash)`, when something was applied.
+    pub applied: Option<(String, String)>,
+}
+
+/// Trust settings, from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// `PULSE_AGENT_CONFIG_PUBLIC_KEYS`: replaces the embedded key.
+    pub public_keys: Option<String>,
+    /// `PULSE_AGENT_CONFIG_SIGNATURE_REQUIRED`.
+    pub signature_required: bool,
+}
+
+/// Looks up this host's agent ID and fetches its config. `Ok(None)`: the
+/// server has no config for it (yet).
+pub fn fetch(
+    client: &Client,
+    hostname: &str,
+    local_id: &str,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<Option<Remote>, String> {
+    let mut id = local_id.to_string();
+    if !hostname.is_empty() {
+        let path = format!(
+            "/api/agents/agent/lookup?hostname={}",
+            escape(hostname, true)
+        );
+        match client.get(&path, CONFIG_TIMEOUT, Some(USER_AGENT)) {
+            Reply::Status(200, body) => {
+                let v: Value =
+                    serde_json::from_slice(&body).map_err(|e| format!("lookup: bad JSON: {e}"))?;
+                if v.get("success").and_then(Value::as_bool) == Some(true) {
+                    if let Some(found) = v
+                        .pointer("/agent/id")
+                        .and_then(Value::as_str)
+                        .map(str::trim)
+                    {
+                        if !found.is_empty() {
+                            id = found.to_string();
+                        }
+                    }
+                }
+            }
+            Reply::Status(404, _) => {}
+            Reply::Status(s, body) => {
+                return Err(format!(
+                    "lookup: server answered {s}: {}",
+                    crate::deliver::snippet(&body)
+                ));
+            }
+            Reply::Failed(why) => return Err(format!("lookup: {why}")),
+        }
+    }
+    let path = format!("/api/agents/agent/{}/config", escape(&id, false));
+    let body = match client.get(&path, CONFIG_TIMEOUT, Some(USER_AGENT)) {
+        Reply::Status(200, body) => body,
+        Reply::Status(404, _) => return Ok(None),
+        Reply::Status(s, body) => {
+            return Err(format!(
+                "config: server answered {s}: {}",
+                crate::deliver::snippet(&body)
+            ));
+        }
+        Reply::Failed(why) => return Err(format!("config: {why}")),
+    };
+    let v: Value = serde_json::from_slice(&body).map_err(|e| format!("config: bad JSON: {e}"))?;
+    verify(&v, &id, trust, now).map(Some)
+}
+
+/// Checks a config answer and extracts what this agent applies.
+pub fn verify(
+    answer: &Value,
+    requested_id: &str,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<Remote, String> {
+    let empty = Map::new();
+    let cfg = answer
+        .get("config")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let commands = cfg.get("commandsEnabled").filter(|v| v.is_boolean());
+    let settings: Map<String, Value> = cfg
+        .get("settings")
+        .and_then(Value::as_object)
+        .map(|s| {
+            s.iter()
+                .filter(|(k, _)| APPLIED_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let desired = cfg.get("desiredConfig").and_then(Value::as_object);
+    if let Some(d) = desired {
+        let mut canon = format!(
+            "{{\"version\":{}",
+            go_json(&Value::String(DESIRED_VERSION.into()))
+        );
+        if let Some(c) = commands {
+            let _ = write!(canon, ",\"commandsEnabled\":{c}");
+        }
+        if !settings.is_empty() {
+            let _ = write!(
+                canon,
+                ",\"settings\":{}",
+                go_json(&Value::Object(settings.clone()))
+            );
+        }
+        canon.push('}');
+        let want = format!(
+            "sha256:{}",
+            crate::deliver::hex(&Sha256::digest(canon.as_bytes()))
+        );
+        let got = d.get("hash").and_then(Value::as_str).unwrap_or("");
+        if !got.eq_ignore_ascii_case(&want) {
+            return Err(format!(
+                "config hash {got} does not match its content ({want}); ignoring it"
+            ));
+        }
+    }
+
+    match cfg
+        .get("signature")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(sig) => verify_signature(
+            answer,
+            cfg,
+            sig,
+            requested_id,
+            commands,
+            &settings,
+            trust,
+            now,
+        )?,
+        None if trust.signature_required => {
+            return Err("config is not signed and PULSE_AGENT_CONFIG_SIGNATURE_REQUIRED is set; ignoring it".into());
+        }
+        None => {}
+    }
+
+    let mut r = Remote::default();
+    if let Some(v) = settings.get("interval") {
+        r.interval = match v {
+            Value::String(s) => crate::cli::parse_duration(s).ok(),
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|f| f.is_finite() && *f > 0.0 && *f < 1e9)
+                .map(Duration::from_secs_f64),
+            _ => None,
+        }
+        .filter(|d| *d >= Duration::from_secs(1));
+    }
+    if let Some(Value::String(s)) = settings.get("report_ip") {
+        let s = s.trim();
+        r.report_ip = if s.is_empty() {
+            Some(None)
+        } else {
+            s.parse::<IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_unspecified())
+                .map(Some)
+        };
+    }
+    if let Some(Value::Bool(b)) = settings.get("disable_ceph") {
+        r.disable_ceph = Some(*b);
+    }
+    if let Some(Value::String(s)) = settings.get("log_level") {
+        r.log_level = crate::config::parse_log_level(s).ok();
+    }
+    let applied_any = r.interval.is_some()
+        || r.report_ip.is_some()
+        || r.disable_ceph.is_some()
+        || r.log_level.is_some();
+    if applied_any {
+        if let Some(d) = desired {
+            let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            r.applied = Some((s("version"), s("hash")));
+        }
+    }
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify_signature(
+    answer: &Value,
+    cfg: &Map<String, Value>,
+    sig: &str,
+    requested_id: &str,
+    commands: Option<&Value>,
+    settings: &Map<String, Value>,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<(), String> {
+    let agent_id = answer.get("agentId").and_then(Value::as_str).unwrap_or("");
+    if agent_id != requested_id {
+        return Err(format!(
+            "signed config is for agent {agent_id:?}, not {requested_id:?}; ignoring it"
+        ));
+    }
+    let time = |k: &str| -> Result<SystemTime, String> {
+        let s = cfg
+            .get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("signed config has no {k}"))?;
+        parse_rfc3339(s).ok_or_else(|| format!("signed config: {k} {s:?} is not a time"))
+    };
+    let (issued, expires) = (time("issuedAt")?, time("expiresAt")?);
+    if now > expires + SKEW {
+        return Err("signed config has expired; ignoring it".into());
+    }
+    if issued > now + SKEW {
+        return Err(
+            "signed config is issued in the future (check this host's clock); ignoring it".into(),
+        );
+    }
+    let signature = base64_decode(sig).ok_or("config signature is not base64")?;
+    let keys = trusted_keys(trust)?;
+    // The signed payload names the agent `agentId` (Pulse 6.x) or `hostId`
+    // (earlier servers); either, signed by a trusted key, proves the same thing.
+    for id_key in ["agentId", "hostId"] {
+        let mut canon = format!(
+            "{{\"{id_key}\":{},\"issuedAt\":{},\"expiresAt\":{}",
+            go_json(&Value::String(agent_id.into())),
+            go_json(&Value::String(crate::report::rfc3339(issued))),
+            go_json(&Value::String(crate::report::rfc3339(expires)))
+        );
+        if let Some(c) = commands {
+            let _ = write!(canon, ",\"commandsEnabled\":{c}");
+        }
+        if !settings.is_empty() {
+            let _ = write!(
+                canon,
+                ",\"settings\":{}",
+                go_json(&Value::Object(settings.clone()))
+            );
+        }
+        canon.push('}');
+        let Ok(sig) = ed25519_compact::Signature::from_slice(&signature) else {
+            return Err("config signature has the wrong length".into());
+        };
+        if keys
+            .iter()
+            .any(|k| k.verify(canon.as_bytes(), &sig).is_ok())
+        {
+            return Ok(());
+        }
+    }
+    Err("config signature does not verify against any trusted key; ignoring it".into())
+}
+
+fn trusted_keys(trust: &Trust) -> Result<Vec<ed25519_compact::PublicKey>, String> {
+    let raw = trust
+        .public_keys
+        .as_deref()
+        .unwrap_or(EMBEDDED_KEY_PEM)
+        .trim();
+    let mut keys = Vec::new();
+    if raw.contains("BEGIN PUBLIC KEY") {
+        for block in raw.split("-----BEGIN PUBLIC KEY-----").skip(1) {
+            let body = block.split("-----END PUBLIC KEY-----").next().unwrap_or("");
+            let b64: String = body.split_whitespace().collect();
+            let der = base64_decode(&b64).ok_or("PULSE_AGENT_CONFIG_PUBLIC_KEYS: bad PEM")?;
+            keys.push(ed25519_key(&der)?);
+        }
+    } else {
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bytes = base64_decode(part).ok_or("PULSE_AGENT_CONFIG_PUBLIC_KEYS: bad base64")?;
+            keys.push(ed25519_key(&bytes)?);
+        }
+    }
+    if keys.is_empty() {
+        return Err("no trusted config keys".into());
+    }
+    Ok(keys)
+}
+
+/// A raw 32-byte key or an SPKI DER wrapping one.
+fn ed25519_key(bytes: &[u8]) -> Result<ed25519_compact::PublicKey, String> {
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let raw = match bytes.len() {
+        32 => bytes,
+        44 if bytes[..12] == SPKI_PREFIX => &bytes[12..],
+        _ => return Err("trusted config key is not an Ed25519 public key".into()),
+    };
+    ed25519_compact::PublicKey::from_slice(raw).map_err(|e| e.to_string())
+}
+
+/// Standard base64 (with or without padding).
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Compact JSON as Go's `json.Marshal` writes it: object keys sorted, `<`,
+/// `>`, `&`, U+2028 and U+2029 escaped, floats in Go's shortest form.
+pub fn go_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_go(v, &mut out);
+    out
+}
+
+fn write_go(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&go_number(n)),
+        Value::String(s) => go_string(s, out),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_go(x, out);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                go_string(k, out);
+                out.push(':');
+                write_go(&m[k], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Go decodes JSON numbers into float64 and prints them with `'f'` format
+/// between 1e-6 and 1e21, exponent format outside.
+fn go_number(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() < (1u64 << 53) {
+            return i.to_string();
+        }
+    }
+    let f = n.as_f64().unwrap_or(0.0);
+    let abs = f.abs();
+    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        format!("{f}")
+    } else {
+        let s = format!("{f:e}");
+        // Rust: 1e21, 1.5e-7 → Go: 1e+21, 1.5e-07
+        let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let (sign, digits) = match exp.strip_prefix('-') {
+            Some(d) => ('-', d),
+            None => ('+', exp),
+        };
+        format!("{mant}e{sign}{digits:0>2}")
+    }
+}
+
+fn go_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Percent-encodes for a query value (`query`) or a path segment.
+pub fn escape(s: &str, query: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' if query => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// `2026-08-22T14:52:27.5Z` or with a `±HH:MM` offset → a time.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || n > 9 {
+            return None;
+        }
+        nanos = frac[..n].parse::<u32>().ok()? * 10u32.pow(9 - n as u32);
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant), the inverse of report::civil_from_days.
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_787_410_347)
+    }
+
+    #[test]
+    fn spec_hash_vectors() {
+        let trust = Trust::default();
+        let empty = json!({"config": {"desiredConfig": {"version": "host-agent-config/v1",
+            "hash": "sha256:6920d6e9952fc4c168bf4e6dad49b29ffb567767aced3476f429927fe879c8cd"}}});
+        assert_eq!(
+            verify(&empty, "a", &trust, now()).unwrap(),
+            Remote::default()
+        );
+        let interval = json!({"config": {"settings": {"interval": "60s"}, "desiredConfig": {"version": "host-agent-config/v1",
+            "hash": "sha256:331eae75e018ff14a61afd2f871bf24f735894dbcd53b97e7dccbf75af122fc9"}}});
+        let r = verify(&interval, "a", &trust, now()).unwrap();
+        assert_eq!(r.interval, Some(Duration::from_secs(60)));
+        assert_eq!(
+            r.applied.unwrap().1,
+            "sha256:331eae75e018ff14a61afd2f871bf24f735894dbcd53b97e7dccbf75af122fc9"
+        );
+        let commands = json!({"config": {"commandsEnabled": false, "desiredConfig": {"version": "host-agent-config/v1",
+            "hash": "sha256:59378fe4db8132c2ce1d9c16b492c16093156579d09357db44e34a0fab494bea"}}});
+        assert!(verify(&commands, "a", &trust, now()).is_ok());
+        let tampered = json!({"config": {"settings": {"interval": "5s"}, "desiredConfig": {"version": "host-agent-config/v1",
+            "hash": "sha256:331eae75e018ff14a61afd2f871bf24f735894dbcd53b97e7dccbf75af122fc9"}}});
+        assert!(
+            verify(&tampered, "a", &trust, now())
+                .unwrap_err()
+                .contains("does not match")
+        );
+    }
+
+    #[test]
+    fn settings_types() {
+        let s = json!({"config": {"settings": {"interval": 45, "report_ip": "192.0.2.9", "disable_ceph": true,
+            "log_level": "debug", "enable_docker": "yes", "unknown": 1}}});
+        let r = verify(&s, "a", &Trust::default(), now()).unwrap();
+        assert_eq!(r.interval, Some(Duration::from_secs(45)));
+        assert_eq!(r.report_ip, Some(Some("192.0.2.9".parse().unwrap())));
+        assert_eq!(r.disable_ceph, Some(true));
+        assert_eq!(r.log_level, Some(log::LevelFilter::Debug));
+        assert_eq!(r.applied, None, "no desiredConfig, no fingerprint");
+        let wrong = json!({"config": {"settings": {"interval": true, "disable_ceph": "yes", "report_ip": 5}}});
+        assert_eq!(
+            verify(&wrong, "a", &Trust::default(), now()).unwrap(),
+            Remote::default()
+        );
+    }
+
+    #[test]
+    fn signatures() {
+        let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7u8; 32]));
+        let b64 = |b: &[u8]| {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut s = String::new();
+            for c in b.chunks(3) {
+                let n = (u32::from(c[0]) << 16)
+                    | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                    | u32::from(*c.get(2).unwrap_or(&0));
+                for i in 0..4 {
+                    if i <= c.len() {
+                        s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                    } else {
+                        s.push('=');
+                    }
+                }
+            }
+            s
+        };
+        let trust = Trust {
+            public_keys: Some(b64(kp.pk.as_ref())),
+            signature_required: true,
+        };
+        let payload = r#"{"agentId":"host-1","issuedAt":"2026-08-22T14:50:00Z","expiresAt":"2026-08-22T15:50:00Z","settings":{"interval":"2m"}}"#;
+        let sig = b64(kp.sk.sign(payload, None).as_ref());
+        let doc = |sig: &str, id: &str| {
+            json!({"agentId": id, "config": {"settings": {"interval": "2m"}, "issuedAt": "2026-08-22T14:50:00Z",
+                "expiresAt": "2026-08-22T15:50:00Z", "signature": sig}})
+        };
+        let r = verify(&doc(&sig, "host-1"), "host-1", &trust, now()).unwrap();
+        assert_eq!(r.interval, Some(Duration::from_secs(120)));
+        assert!(
+            verify(&doc(&sig, "host-2"), "host-2", &trust, now()).is_err(),
+            "signed for another agent"
+        );
+        assert!(
+            verify(&doc(&sig, "host-1"), "other", &trust, now()).is_err(),
+            "answer for another agent"
+        );
+        let late = now() + Duration::from_secs(7200);
+        assert!(
+            verify(&doc(&sig, "host-1"), "host-1", &trust, late)
+                .unwrap_err()
+                .contains("expired")
+        );
+        let mut bad = base64_decode(&sig).unwrap();
+        bad[0] ^= 1;
+        assert!(verify(&doc(&b64(&bad), "host-1"), "host-1", &trust, now()).is_err());
+        let unsigned = json!({"config": {"settings": {"interval": "2m"}}});
+        assert!(
+            verify(&unsigned, "host-1", &trust, now())
+                .unwrap_err()
+                .contains("not signed")
+        );
+        // The embedded key parses.
+        assert_eq!(trusted_keys(&Trust::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn go_encoding() {
+        assert_eq!(
+            go_json(&json!({"b": "<a&b>", "a": [1, 2.5, 1e21, 0.0000001, null, true]})),
+            r#"{"a":[1,2.5,1e+21,1e-07,null,true],"b":"\u003ca\u0026b\u003e"}"#
+        );
+        assert_eq!(escape("my host/x", true), "my+host%2Fx");
+        assert_eq!(escape("a b", false), "a%20b");
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("!"), None);
+    }
+
+    #[test]
+    fn times() {
+        let t = parse_rfc3339("2026-08-22T14:52:27.123456789Z").unwrap();
+        assert_eq!(crate::report::rfc3339(t), "2026-08-22T14:52:27.123456789Z");
+        let t = parse_rfc3339("2026-08-22T16:52:27+02:00").unwrap();
+        assert_eq!(crate::report::rfc3339(t), "2026-08-22T14:52:27Z");
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00Z")
+                .map(crate::report::rfc3339)
+                .as_deref(),
+            Some("2000-02-29T00:00:00Z")
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-08-22 14:52:27Z",
+            "2026-08-22T14:52:27",
+            "2026-08-22T14:52:27.Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+}

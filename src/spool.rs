@@ -1,0 +1,353 @@
+//! The spool: a durable, bounded FIFO of reports the server has not taken yet.
+//!
+//! Each report is one file, `<state-dir>/spool/<20-digit id>.json`, written
+//! with `state::write_atomic` (temporary file, fsync, rename, fsync of the
+//! directory), so a report in the spool survives SIGKILL and power loss. The
+//! oldest report is sent first. Bounds: `max_reports` reports and
+//! `max_bytes` bytes; past either, the oldest is dropped (and the drop
+//! logged), like the stock agent's 60-report buffer.
+//!
+//! What it will not do: write anything while deliveries succeed (the spool
+//! is only used after a failure); stop the agent when the disk is full or
+//! read-only (the report is then kept in memory, within the same bounds, and
+//! the condition logged once); let a corrupt file block the queue (it is
+//! logged, deleted and skipped).
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::state;
+
+/// Default bound, the stock agent's.
+pub const DEFAULT_MAX_REPORTS: usize = 60;
+/// A report is a few KiB; this only guards small root filesystems against
+/// very large ones.
+pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// A spooled file larger than this is not a report the agent wrote.
+const MAX_FILE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    size: u64,
+    /// Held in memory because it could not be written to disk.
+    memory: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    dir: Option<PathBuf>,
+    entries: VecDeque<Entry>,
+    next_id: u64,
+    bytes: u64,
+    max_reports: usize,
+    max_bytes: u64,
+    disk_ok: bool,
+    dropped: u64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, taking over the reports a
+    /// previous run left. `dir = None` keeps reports in memory only.
+    pub fn open(dir: Option<&Path>, max_reports: usize, max_bytes: u64) -> Spool {
+        let mut s = Spool {
+            dir: dir.map(Path::to_path_buf),
+            entries: VecDeque::new(),
+            next_id: 1,
+            bytes: 0,
+            max_reports,
+            max_bytes,
+            disk_ok: true,
+            dropped: 0,
+        };
+        if let Some(dir) = dir {
+            s.scan(dir);
+        }
+        s.enforce_bounds();
+        if !s.entries.is_empty() {
+            log::info!(
+                "spool: {} report(s) from an earlier run will be sent first",
+                s.entries.len()
+            );
+        }
+        s
+    }
+
+    fn scan(&mut self, dir: &Path) {
+        if let Err(e) = fs::create_dir_all(dir) {
+            log::warn!(
+                "spool: cannot create {}: {e}; keeping reports in memory",
+                dir.display()
+            );
+            self.disk_ok = false;
+            return;
+        }
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let mut found = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                // A write interrupted by a crash: never renamed, never a report.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            found.push((id, size));
+        }
+        found.sort_unstable();
+        for (id, size) in found {
+            self.bytes += size;
+            self.entries.push_back(Entry {
+                id,
+                size,
+                memory: None,
+            });
+            self.next_id = self.next_id.max(id + 1);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Reports dropped because the spool was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn path(&self, id: u64) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{id:020}.json")))
+    }
+
+    /// Appends a report. It is on disk when this returns, unless the disk
+    /// refused it (then it is kept in memory).
+    pub fn push(&mut self, body: Vec<u8>) {
+        if self.max_reports == 0 {
+            self.dropped += 1;
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let size = body.len() as u64;
+        let memory = match self.path(id) {
+            Some(path) => match state::write_atomic(&path, &body) {
+                Ok(()) => {
+                    if !self.disk_ok {
+                        log::info!("spool: writing to {} works again", path.display());
+                        self.disk_ok = true;
+                    }
+                    None
+                }
+                Err(e) => {
+                    if self.disk_ok {
+                        log::warn!(
+                            "spool: cannot write {}: {e}; keeping unsent reports in memory until it works",
+                            path.display()
+                        );
+                        self.disk_ok = false;
+                    }
+                    Some(body)
+                }
+            },
+            None => Some(body),
+        };
+        self.bytes += size;
+        self.entries.push_back(Entry { id, size, memory });
+        self.enforce_bounds();
+    }
+
+    fn enforce_bounds(&mut self) {
+        while self.entries.len() > self.max_reports.max(1)
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            if let Some(e) = self.entries.pop_front() {
+                self.forget(&e);
+                self.dropped += 1;
+                log::warn!(
+                    "spool: full ({} reports, {} bytes at most); dropped the oldest unsent report",
+                    self.max_reports,
+                    self.max_bytes
+                );
+            }
+        }
+    }
+
+    fn forget(&mut self, e: &Entry) {
+        self.bytes = self.bytes.saturating_sub(e.size);
+        if e.memory.is_none() {
+            if let Some(p) = self.path(e.id) {
+                // No fsync: a deleted report that reappears after a power loss
+                // is sent again and dropped by the server as a replay.
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    /// The oldest report, `(id, body)`. Unreadable or corrupt entries are
+    /// logged, deleted and skipped.
+    pub fn front(&mut self) -> Option<(u64, Vec<u8>)> {
+        loop {
+            let e = self.entries.front()?;
+            let id = e.id;
+            if let Some(body) = &e.memory {
+                return Some((id, body.clone()));
+            }
+            let path = self
+                .path(id)
+                .expect("invariant: disk entries exist only with a spool directory");
+            match read_report(&path) {
+                Ok(body) => return Some((id, body)),
+                Err(why) => {
+                    log::warn!("spool: skipping {}: {why}", path.display());
+                    let e = self.entries.pop_front().expect("invariant: front exists");
+                    self.forget(&e);
+                }
+            }
+        }
+    }
+
+    /// Removes the report `id` once the server has taken it (or refused it for good).
+    pub fn remove(&mut self, id: u64) {
+        if self.entries.front().is_some_and(|e| e.id == id) {
+            let e = self.entries.pop_front().expect("invariant: front exists");
+            self.forget(&e);
+        }
+    }
+
+    /// Drops every report (the server said the token is not valid).
+    pub fn clear(&mut self) -> usize {
+        let n = self.entries.len();
+        while let Some(e) = self.entries.pop_front() {
+            self.forget(&e);
+        }
+        n
+    }
+}
+
+/// Reads a spooled report and checks it is a JSON object.
+fn read_report(path: &Path) -> Result<Vec<u8>, String> {
+    let f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
+    if body.len() as u64 > MAX_FILE {
+        return Err("larger than any report".into());
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) if v.is_object() => Ok(body),
+        _ => Err("not a JSON report".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pulse-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn report(n: u32) -> Vec<u8> {
+        format!("{{\"sequenceId\":\"v1:x:{n}\"}}").into_bytes()
+    }
+
+    #[test]
+    fn fifo_survives_reopen() {
+        let d = dir("reopen");
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        for n in 1..=3 {
+            s.push(report(n));
+        }
+        drop(s);
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        assert_eq!(s.len(), 3);
+        let (id, body) = s.front().unwrap();
+        assert_eq!(body, report(1));
+        s.remove(id);
+        s.push(report(4));
+        let mut got = Vec::new();
+        while let Some((id, body)) = s.front() {
+            got.push(body);
+            s.remove(id);
+        }
+        assert_eq!(got, vec![report(2), report(3), report(4)]);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "nothing left on disk");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let d = dir("bounds");
+        let mut s = Spool::open(Some(&d), 3, DEFAULT_MAX_BYTES);
+        for n in 1..=5 {
+            s.push(report(n));
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.dropped(), 2);
+        assert_eq!(s.front().unwrap().1, report(3));
+        let mut s = Spool::open(None, 100, 50);
+        for n in 1..=5 {
+            s.push(report(n));
+        }
+        assert!(s.len() <= 2, "{}", s.len());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_entries_are_skipped_and_tmp_files_removed() {
+        let d = dir("corrupt");
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        s.push(report(1));
+        s.push(report(2));
+        drop(s);
+        fs::write(d.join(format!("{:020}.json", 1)), b"{\"trunc").unwrap();
+        fs::write(d.join(".00000000000000000009.json.tmp-1"), b"partial").unwrap();
+        fs::write(d.join("unrelated.txt"), b"x").unwrap();
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        assert_eq!(s.front().unwrap().1, report(2));
+        assert!(!d.join(".00000000000000000009.json.tmp-1").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unwritable_disk_keeps_reports_in_memory() {
+        // A path under a regular file can never be created.
+        let blocker =
+            std::env::temp_dir().join(format!("pulse-spool-blocker-{}", std::process::id()));
+        fs::write(&blocker, b"").unwrap();
+        let mut s = Spool::open(Some(&blocker.join("spool")), 60, DEFAULT_MAX_BYTES);
+        s.push(report(1));
+        s.push(report(2));
+        assert_eq!(s.len(), 2);
+        let (id, body) = s.front().unwrap();
+        assert_eq!(body, report(1));
+        s.remove(id);
+        assert_eq!(s.front().unwrap().1, report(2));
+        assert_eq!(s.clear(), 1);
+        fs::remove_file(&blocker).unwrap();
+    }
+
+    #[test]
+    fn zero_capacity_drops() {
+        let mut s = Spool::open(None, 0, DEFAULT_MAX_BYTES);
+        s.push(report(1));
+        assert!(s.is_empty());
+        assert_eq!(s.dropped(), 1);
+    }
+}

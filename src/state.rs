@@ -1,0 +1,121 @@
+//! The state directory and durable writes.
+//!
+//! Everything the agent persists (the agent ID, the runtime token, spooled
+//! reports) is written the same way: to a temporary file in the same
+//! directory, `fsync`ed, renamed over the target, and the directory `fsync`ed,
+//! so a crash or power loss leaves either the old file or the new one, never a
+//! torn one. Files are created 0600 and the directory 0700.
+//!
+//! Nothing here is called while reports are being delivered normally: the
+//! happy path writes nothing to disk (flash on NAS boxes and SD cards wears out).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Creates `dir` (and parents) if needed and makes it 0700. Failing to
+/// tighten the mode of an existing directory is reported, not fatal.
+pub fn ensure_dir(dir: &Path) -> io::Result<Option<String>> {
+    fs::create_dir_all(dir)?;
+    let meta = fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+            return Ok(Some(format!(
+                "cannot make {} mode 0700: {e}",
+                dir.display()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `data` to `path` atomically and durably, mode 0600.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `fsync` on a directory, so a rename or unlink in it survives power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a small state file, trimmed; `None` when absent or empty.
+pub fn read_trimmed(path: &Path, cap: u64) -> io::Result<Option<String>> {
+    use std::io::Read;
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut s = String::new();
+    f.take(cap).read_to_string(&mut s)?;
+    let t = s.trim();
+    Ok((!t.is_empty()).then(|| t.to_string()))
+}
+
+/// Writes `value` to `path` only if the file does not already hold it, so an
+/// unchanged agent ID costs no flash write.
+pub fn write_if_changed(path: &Path, value: &str) -> io::Result<bool> {
+    if read_trimmed(path, 4096).ok().flatten().as_deref() == Some(value) {
+        return Ok(false);
+    }
+    write_atomic(path, value.as_bytes())?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_and_modes() {
+        let dir = std::env::temp_dir().join(format!("pulse-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(ensure_dir(&dir).unwrap().is_none());
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let f = dir.join("agent-id");
+        write_atomic(&f, b"abc").unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "abc");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!write_if_changed(&f, "abc").unwrap());
+        assert!(write_if_changed(&f, "def").unwrap());
+        assert_eq!(read_trimmed(&f, 10).unwrap().as_deref(), Some("def"));
+        assert_eq!(read_trimmed(&dir.join("none"), 10).unwrap(), None);
+        // No temporary files left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
