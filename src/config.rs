@@ -43,6 +43,10 @@ fn err(msg: impl Into<String>) -> ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -124,6 +128,8 @@ pub struct Config {
     pub interval: Duration,
     pub disk_exclude: Vec<String>,
     pub disk_include: Vec<String>,
+    /// Unsent reports kept on disk at most (`--spool-reports`).
+    pub spool_reports: usize,
     pub once: bool,
     pub root: PathBuf,
     pub enable_host: bool,
@@ -177,6 +183,16 @@ impl Config {
                 "--interval must be at least 1s (got {interval:?})"
             )));
         }
+
+        let spool_reports = match args.int("spool-reports") {
+            None => crate::spool::DEFAULT_MAX_REPORTS,
+            Some(n) if (0..=100_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(format!(
+                    "--spool-reports must be between 0 and 100000 (got {n})"
+                )));
+            }
+        };
 
         let enroll = args.flag("enroll");
         let (token, token_source) = if url.is_some() || enroll {
@@ -327,6 +343,7 @@ impl Config {
             interval,
             disk_exclude: args.list("disk-exclude").to_vec(),
             disk_include: args.list("disk-include").to_vec(),
+            spool_reports,
             once: args.flag("once"),
             root,
             enable_host,

@@ -19,6 +19,8 @@ use log::{Level, LevelFilter};
 pub const LOG_FILE_CAP: u64 = 1024 * 1024;
 
 /// Installs the global logger. Safe to call once; later calls do nothing.
+/// The level can be changed later with [`set_level`] (remote configuration);
+/// the libraries' own logs are capped at `warn` unless the level is `trace`.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let file = match file {
@@ -26,22 +28,33 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
         None => None,
     };
     let mut b = env_logger::Builder::new();
-    b.filter_level(level)
-        .format(move |buf, record| {
-            if journal {
-                writeln!(buf, "<{}>{}", priority(record.level()), record.args())
-            } else {
-                writeln!(
-                    buf,
-                    "pulse-agent: {}: {}",
-                    word(record.level()),
-                    record.args()
-                )
-            }
-        })
-        .target(env_logger::Target::Pipe(Box::new(Tee { file })));
+    b.filter_level(LevelFilter::Trace);
+    if level < LevelFilter::Trace {
+        for noisy in ["ureq", "ureq_proto", "rustls", "tiny_http"] {
+            b.filter_module(noisy, LevelFilter::Warn);
+        }
+    }
+    b.format(move |buf, record| {
+        if journal {
+            writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+        } else {
+            writeln!(
+                buf,
+                "pulse-agent: {}: {}",
+                word(record.level()),
+                record.args()
+            )
+        }
+    })
+    .target(env_logger::Target::Pipe(Box::new(Tee { file })));
     let _ = b.try_init();
+    set_level(level);
     Ok(())
+}
+
+/// Changes the log level while running.
+pub fn set_level(level: LevelFilter) {
+    log::set_max_level(level);
 }
 
 fn priority(l: Level) -> u8 {

@@ -77,6 +77,8 @@ pub struct Agent<'a> {
     pub disk_exclude: &'a [String],
     pub modules: &'a [Module],
     pub privilege: &'a Privilege,
+    /// `(version, hash)` of the remote config this agent applied.
+    pub applied_config: Option<(&'a str, &'a str)>,
 }
 
 /// Everything one host report is made of.
@@ -155,6 +157,12 @@ fn agent(a: &Agent) -> Value {
     o.uint("intervalSeconds", a.interval_seconds);
     o.str("hostname", a.hostname);
     o.strs("diskExclude", a.disk_exclude);
+    if let Some((version, hash)) = a.applied_config {
+        let mut ac = Obj::default();
+        ac.str("version", version);
+        ac.str("hash", hash);
+        o.put("appliedConfig", ac.done());
+    }
     // This agent never replaces itself with the stock agent's downloads.
     let mut update = Obj::default();
     update.str("state", "disabled");

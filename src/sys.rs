@@ -206,3 +206,104 @@ pub fn process_cpu_time() -> std::time::Duration {
     };
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
+
+/// The agent's own process figures for `process_*` metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessStats {
+    /// (virtual, resident) bytes.
+    pub memory: Option<(u64, u64)>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    pub threads: Option<u64>,
+}
+
+/// Reads this process's memory, descriptors and threads. This is the one
+/// place that reads an absolute `/proc` path: `/proc/self` is the agent
+/// itself, not the host, and must not follow `--root`.
+pub fn process_stats() -> ProcessStats {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let memory = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((
+                f.next()??.saturating_mul(page),
+                f.next()??.saturating_mul(page),
+            ))
+        });
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
+        .then_some(lim.rlim_cur as u64);
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        });
+    ProcessStats {
+        memory,
+        open_fds,
+        max_fds,
+        threads,
+    }
+}
+
+/// The signals that stop the agent.
+const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
+fn stop_set() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only modifies it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in STOP_SIGNALS {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
+/// starts afterwards, so that [`wait_stop_signal`] can take them
+/// synchronously. Call before starting any thread.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_set();
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
+pub fn wait_stop_signal() -> libc::c_int {
+    let set = stop_set();
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` is ours to write.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+/// Keeps glibc from giving each thread its own malloc arena: the agent has a
+/// few mostly idle threads, and per-thread arenas would multiply its resident
+/// memory for nothing. No effect with other C libraries.
+pub fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tunables; M_ARENA_MAX = -8.
+    unsafe {
+        libc::mallopt(-8, 1);
+    }
+}

@@ -260,7 +260,7 @@ fn hostile_files_fail_only_their_own_source() {
     let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
     let doc = pulse_agent::agent::once(
         &config,
-        &common::pinned_now,
+        common::pinned_now,
         &mut seq,
         &common::pinned_privilege(),
     )
@@ -417,7 +417,7 @@ fn disk_exclude_patterns() {
     let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
     let doc = pulse_agent::agent::once(
         &config,
-        &common::pinned_now,
+        common::pinned_now,
         &mut seq,
         &common::pinned_privilege(),
     )

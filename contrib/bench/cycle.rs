@@ -55,6 +55,7 @@ fn main() {
                 disk_exclude: &[],
                 modules: &modules,
                 privilege: &privilege,
+                applied_config: None,
             },
             identity: &identity,
             report_ip: None,

@@ -95,7 +95,7 @@ pub fn config_for(args: &[String]) -> Config {
 pub fn pinned_report(case: &str) -> Value {
     let config = config_for(&case_args(case));
     let mut seq = Sequence::with_stream(&PINNED_STREAM);
-    pulse_agent::agent::once(&config, &pinned_now, &mut seq, &pinned_privilege()).expect("report")
+    pulse_agent::agent::once(&config, pinned_now, &mut seq, &pinned_privilege()).expect("report")
 }
 
 /// Rewrites what differs between runs of the binary (time, the random stream,

@@ -460,11 +460,7 @@ fn token_of(req: &Request) -> Option<String> {
 }
 
 /// Authenticates and checks one of `scopes`; `Err` is the server's answer.
-fn authorize(
-    req: &Request,
-    st: &State,
-    scopes: &[&str],
-) -> Result<String, Answer> {
+fn authorize(req: &Request, st: &State, scopes: &[&str]) -> Result<String, Answer> {
     let Some(token) = token_of(req) else {
         return Err((
             401,
@@ -527,10 +523,7 @@ fn record(st: &mut State, req: &Request, status: u16, doc: Option<Value>, accept
     });
 }
 
-fn validate_report(
-    req: &Request,
-    st: &mut State,
-) -> (u16, Option<Value>, bool, Answer) {
+fn validate_report(req: &Request, st: &mut State) -> (u16, Option<Value>, bool, Answer) {
     if req.body.len() > 256 * 1024 {
         let e = api_error(400, "invalid_json", "http: request body too large");
         return (400, None, false, e);

@@ -1,0 +1,360 @@
+//! Prometheus text exposition (format 0.0.4) of the agent's own state.
+//!
+//! The `pulse_agent_*` families the stock agent documents, with its help
+//! texts and labels exactly (spec §5), then this agent's own: per-collector
+//! duration and success, report and delivery counters, the spool, and the
+//! `process_*` basics. Rendered once per cycle by the main thread; a scrape
+//! only appends the `process_*` lines, which are cheap syscalls.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::collect::{Outcome, SourceStatus};
+use crate::report::{Module, ModuleState};
+
+/// What the agent knows about its own delivery.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryState {
+    /// A server URL is configured.
+    pub configured: bool,
+    /// Result of the most recent attempt; `None` before the first.
+    pub last_ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub spooled: usize,
+}
+
+/// Everything the metrics page shows, gathered by the main thread.
+#[derive(Debug, Clone)]
+pub struct State<'a> {
+    pub version: &'a str,
+    pub modules: &'a [Module],
+    pub sources: &'a [SourceStatus],
+    pub delivery: &'a DeliveryState,
+    pub reports_built: u64,
+    pub last_report: Option<SystemTime>,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn b(v: bool) -> u8 {
+    u8::from(v)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The page without the `process_*` families.
+pub fn render(s: &State) -> String {
+    let mut o = String::with_capacity(4096);
+    let enabled = |name: &str| s.modules.iter().any(|m| m.name == name && m.enabled);
+    family(
+        &mut o,
+        "pulse_agent_info",
+        "gauge",
+        "Information about the Pulse agent",
+    );
+    let _ = writeln!(
+        o,
+        "pulse_agent_info{{docker_enabled=\"{}\",host_enabled=\"{}\",kubernetes_enabled=\"{}\",version=\"{}\"}} 1",
+        enabled("docker"),
+        enabled("host"),
+        enabled("kubernetes"),
+        escape_label(s.version)
+    );
+    family(
+        &mut o,
+        "pulse_agent_up",
+        "gauge",
+        "Whether the Pulse agent is running (1 = up, 0 = down)",
+    );
+    o.push_str("pulse_agent_up 1\n");
+    let mut modules: Vec<&Module> = s.modules.iter().collect();
+    modules.sort_by_key(|m| m.name);
+    family(
+        &mut o,
+        "pulse_agent_module_enabled",
+        "gauge",
+        "Whether a Pulse Unified Agent module is configured to run (1 = enabled, 0 = disabled)",
+    );
+    for m in &modules {
+        let _ = writeln!(
+            o,
+            "pulse_agent_module_enabled{{module=\"{}\"}} {}",
+            m.name,
+            b(m.enabled)
+        );
+    }
+    family(
+        &mut o,
+        "pulse_agent_module_ready",
+        "gauge",
+        "Whether a configured Pulse Unified Agent module initialized successfully (1 = ready, 0 = not ready)",
+    );
+    for m in &modules {
+        let ready = m.enabled && m.state == ModuleState::Running;
+        let _ = writeln!(
+            o,
+            "pulse_agent_module_ready{{module=\"{}\"}} {}",
+            m.name,
+            b(ready)
+        );
+    }
+    let d = s.delivery;
+    let dest = "destination=\"primary\",module=\"host\",role=\"primary\"";
+    if d.configured {
+        family(
+            &mut o,
+            "pulse_agent_destination_configured",
+            "gauge",
+            "Configured Pulse report destinations by module and authority role.",
+        );
+        let _ = writeln!(o, "pulse_agent_destination_configured{{{dest}}} 1");
+        if let Some(ok) = d.last_ok {
+            family(
+                &mut o,
+                "pulse_agent_destination_delivery_up",
+                "gauge",
+                "Whether the most recent report delivery to a Pulse destination succeeded.",
+            );
+            let _ = writeln!(o, "pulse_agent_destination_delivery_up{{{dest}}} {}", b(ok));
+        }
+    }
+
+    family(
+        &mut o,
+        "pulse_agent_collector_duration_seconds",
+        "gauge",
+        "How long each host collector took in the last cycle.",
+    );
+    for src in s.sources {
+        let _ = writeln!(
+            o,
+            "pulse_agent_collector_duration_seconds{{collector=\"{}\"}} {}",
+            src.name,
+            secs(src.duration)
+        );
+    }
+    family(
+        &mut o,
+        "pulse_agent_collector_success",
+        "gauge",
+        "Whether each host collector produced data in the last cycle (0 when its source is absent or failed).",
+    );
+    for src in s.sources {
+        let _ = writeln!(
+            o,
+            "pulse_agent_collector_success{{collector=\"{}\"}} {}",
+            src.name,
+            b(src.outcome == Outcome::Ok)
+        );
+    }
+    family(
+        &mut o,
+        "pulse_agent_reports_built_total",
+        "counter",
+        "Host reports built since start.",
+    );
+    let _ = writeln!(o, "pulse_agent_reports_built_total {}", s.reports_built);
+    if let Some(t) = s.last_report {
+        family(
+            &mut o,
+            "pulse_agent_last_report_timestamp_seconds",
+            "gauge",
+            "When the last host report was built (Unix time).",
+        );
+        let _ = writeln!(
+            o,
+            "pulse_agent_last_report_timestamp_seconds {}",
+            secs(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+        );
+    }
+    if d.configured {
+        family(
+            &mut o,
+            "pulse_agent_reports_delivered_total",
+            "counter",
+            "Host reports the server accepted since start.",
+        );
+        let _ = writeln!(o, "pulse_agent_reports_delivered_total {}", d.delivered);
+        family(
+            &mut o,
+            "pulse_agent_delivery_failures_total",
+            "counter",
+            "Delivery attempts that failed since start.",
+        );
+        let _ = writeln!(o, "pulse_agent_delivery_failures_total {}", d.failed);
+        family(
+            &mut o,
+            "pulse_agent_reports_dropped_total",
+            "counter",
+            "Host reports given up on since start (spool full, or refused by the server).",
+        );
+        let _ = writeln!(o, "pulse_agent_reports_dropped_total {}", d.dropped);
+        family(
+            &mut o,
+            "pulse_agent_spool_reports",
+            "gauge",
+            "Host reports waiting in the spool to be delivered.",
+        );
+        let _ = writeln!(o, "pulse_agent_spool_reports {}", d.spooled);
+    }
+    o
+}
+
+/// The `process_*` families, read at scrape time (syscalls and /proc/self).
+pub fn process(start: SystemTime) -> String {
+    let mut o = String::with_capacity(768);
+    let p = crate::sys::process_stats();
+    family(
+        &mut o,
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+    );
+    let _ = writeln!(
+        o,
+        "process_cpu_seconds_total {}",
+        secs(crate::sys::process_cpu_time())
+    );
+    if let Some((vsz, rss)) = p.memory {
+        family(
+            &mut o,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(o, "process_resident_memory_bytes {rss}");
+        family(
+            &mut o,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+        );
+        let _ = writeln!(o, "process_virtual_memory_bytes {vsz}");
+    }
+    if let Some(n) = p.open_fds {
+        family(
+            &mut o,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(o, "process_open_fds {n}");
+    }
+    if let Some(n) = p.max_fds {
+        family(
+            &mut o,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+        );
+        let _ = writeln!(o, "process_max_fds {n}");
+    }
+    if let Some(n) = p.threads {
+        family(
+            &mut o,
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+        );
+        let _ = writeln!(o, "process_threads {n}");
+    }
+    family(
+        &mut o,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    let _ = writeln!(
+        o,
+        "process_start_time_seconds {}",
+        secs(start.duration_since(UNIX_EPOCH).unwrap_or_default())
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_families_and_labels() {
+        let at = UNIX_EPOCH;
+        let m = |name, enabled, state| Module {
+            name,
+            enabled,
+            state,
+            last_error: None,
+            updated_at: at,
+        };
+        let modules = [
+            m("host", true, ModuleState::Running),
+            m("docker", false, ModuleState::Disabled),
+            m("kubernetes", false, ModuleState::Disabled),
+        ];
+        let d = DeliveryState {
+            configured: true,
+            ..DeliveryState::default()
+        };
+        let sources = [SourceStatus {
+            name: "memory",
+            outcome: Outcome::Ok,
+            duration: Duration::from_micros(42),
+            warnings: vec![],
+        }];
+        let s = State {
+            version: "v0.1.0",
+            modules: &modules,
+            sources: &sources,
+            delivery: &d,
+            reports_built: 3,
+            last_report: None,
+        };
+        let page = render(&s);
+        assert!(page.contains("pulse_agent_info{docker_enabled=\"false\",host_enabled=\"true\",kubernetes_enabled=\"false\",version=\"v0.1.0\"} 1\n"));
+        assert!(page.contains(
+            "# HELP pulse_agent_up Whether the Pulse agent is running (1 = up, 0 = down)\n"
+        ));
+        assert!(page.contains("pulse_agent_module_ready{module=\"docker\"} 0\npulse_agent_module_ready{module=\"host\"} 1\n"));
+        assert!(page.contains("pulse_agent_destination_configured{destination=\"primary\",module=\"host\",role=\"primary\"} 1\n"));
+        assert!(
+            !page.contains("pulse_agent_destination_delivery_up"),
+            "absent before the first attempt"
+        );
+        assert!(
+            page.contains(
+                "pulse_agent_collector_duration_seconds{collector=\"memory\"} 0.000042\n"
+            )
+        );
+        let d2 = DeliveryState {
+            last_ok: Some(false),
+            ..d.clone()
+        };
+        let page = render(&State { delivery: &d2, ..s });
+        assert!(page.contains("pulse_agent_destination_delivery_up{destination=\"primary\",module=\"host\",role=\"primary\"} 0\n"));
+        // Every sample line belongs to a family declared just before it.
+        let mut declared = std::collections::HashSet::new();
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{line}");
+            }
+        }
+        assert!(process(UNIX_EPOCH).contains("process_cpu_seconds_total "));
+    }
+}
