@@ -7,15 +7,20 @@
 //!
 //! tiny_http starts a thread for every connection it accepts and has no read
 //! timeout, so it is not exposed directly. A gate thread accepts TCP
-//! connections itself and admits at most [`MAX_CONNECTIONS`] at once (others
-//! get an immediate 503); each admitted connection is relayed to tiny_http
-//! over a unix socket in a private (0700) directory, with an idle timeout, a
-//! write timeout and a lifetime cap. A flood of idle or slow connections
-//! therefore costs a bounded number of threads and bytes, and cannot delay a
-//! report: reports are built and sent by the main thread.
+//! connections itself and keeps the ones that have not sent anything yet in a
+//! `poll(2)` set (at most [`MAX_WAITING`], none for longer than the idle
+//! timeout; no thread each). A connection that sends a request gets one of
+//! [`MAX_CONNECTIONS`] relay slots (when all are busy it gets an immediate
+//! 503) and is relayed to tiny_http over a unix socket in a private (0700)
+//! directory, with an idle timeout, a write timeout and a lifetime cap. A
+//! flood of idle or slow connections therefore costs a bounded number of
+//! threads, descriptors and bytes, leaves the slots to clients that ask
+//! something, and cannot delay a report: reports are built and sent by the
+//! main thread.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Connections served at once; more get `503` and are closed.
 pub const MAX_CONNECTIONS: usize = 8;
+/// Connections kept open while they have not sent anything; past this the
+/// oldest is closed.
+pub const MAX_WAITING: usize = 256;
 /// A connection that sends nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(5);
 /// A client that does not read its answer for this long is dropped.
@@ -88,35 +96,76 @@ pub fn start(addr: &str, published: Arc<Published>, started: SystemTime) -> io::
             }
         })?;
 
-    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("health-gate".into())
-        .spawn(move || {
-            for conn in public.incoming() {
-                let Ok(mut tcp) = conn else { continue };
-                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
-                    let _ = tcp.write_all(BUSY);
-                    continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
-                let slot = active.clone();
-                let sock = sock.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("health-conn".into())
-                    .stack_size(RELAY_STACK)
-                    .spawn(move || {
-                        relay(tcp, &sock);
-                        slot.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    // Out of threads: the connection is dropped and its slot freed.
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })?;
+        .stack_size(RELAY_STACK)
+        .spawn(move || gate(public, sock))?;
     log::info!("health listener on http://{local} (/healthz /readyz /status /metrics /report)");
     Ok(Listener { addr: local, dir })
+}
+
+/// Accepts connections, holds the silent ones, relays the ones that speak.
+fn gate(public: TcpListener, sock: PathBuf) {
+    if public.set_nonblocking(true).is_err() {
+        return;
+    }
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut waiting: std::collections::VecDeque<(TcpStream, Instant)> =
+        std::collections::VecDeque::new();
+    loop {
+        let mut fds = Vec::with_capacity(waiting.len() + 1);
+        fds.push(public.as_raw_fd());
+        fds.extend(waiting.iter().map(|(c, _)| c.as_raw_fd()));
+        let timeout = waiting
+            .front()
+            .map(|(_, at)| (*at + IDLE).saturating_duration_since(Instant::now()));
+        let Ok(ready) = crate::sys::poll_readable(&fds, timeout) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        // Hand over (or refuse) the connections that have something to say.
+        let mut still = std::collections::VecDeque::with_capacity(waiting.len());
+        for ((conn, at), r) in waiting.drain(..).zip(ready.iter().skip(1)) {
+            if !*r {
+                if at.elapsed() < IDLE {
+                    still.push_back((conn, at));
+                }
+                continue;
+            }
+            admit(conn, &active, &sock);
+        }
+        waiting = still;
+        if ready[0] {
+            while let Ok((conn, _)) = public.accept() {
+                if waiting.len() >= MAX_WAITING {
+                    waiting.pop_front();
+                }
+                waiting.push_back((conn, Instant::now()));
+            }
+        }
+    }
+}
+
+fn admit(mut tcp: TcpStream, active: &Arc<AtomicUsize>, sock: &Path) {
+    if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+        let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = tcp.write_all(BUSY);
+        return;
+    }
+    active.fetch_add(1, Ordering::SeqCst);
+    let slot = active.clone();
+    let sock = sock.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("health-conn".into())
+        .stack_size(RELAY_STACK)
+        .spawn(move || {
+            relay(tcp, &sock);
+            slot.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        // Out of threads: the connection is dropped and its slot freed.
+        active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";

@@ -240,8 +240,9 @@ pub fn process_stats() -> ProcessStats {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own.
-    let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then_some(lim.rlim_cur as u64);
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    #[allow(clippy::useless_conversion)] // rlim_t is 32-bit on some targets
+    let max_fds = ok.then_some(u64::from(lim.rlim_cur));
     let threads = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -306,4 +307,36 @@ pub fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(-8, 1);
     }
+}
+
+/// `poll(2)` for input on `fds`: for each, whether it is readable or closed
+/// (so a read will not block). `None` waits without a time limit.
+pub fn poll_readable(
+    fds: &[std::os::fd::RawFd],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut set: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    loop {
+        // SAFETY: `set` is a valid array of `set.len()` pollfd structs.
+        let rc = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, ms) };
+        if rc >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(set
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect())
 }

@@ -1,0 +1,691 @@
+//! End-to-end delivery: the built binary reporting to the loopback Pulse
+//! stand-in over HTTPS with a CA made in the test. Outages, SIGKILL and
+//! restart, 401/403, certificates, redirects, remote config, enrollment,
+//! stopping, and the health listener under a connection flood.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::standin::{Mode, REPORT_TOKEN, StandIn};
+use serde_json::json;
+
+/// A scratch directory for one test: state dir, token file, CA file, logs.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("delivery-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn token_file(&self, token: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.0.join("token");
+        std::fs::write(&p, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    fn state(&self) -> PathBuf {
+        self.0.join("state")
+    }
+
+    fn spooled(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.state().join("spool"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent as a child process; killed when dropped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Dir, args: &[String]) -> Agent {
+        let log = dir
+            .0
+            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let child = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+            .args(args)
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `t`.
+    fn wait_exit(&mut self, t: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + t;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Common flags: the fixture host, the stand-in, 1 s interval, no listener.
+fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        format!("--root={}", common::case_root("debian12-vm").display()),
+        format!("--url={}", s.url()),
+        format!("--token-file={}", dir.token_file(REPORT_TOKEN).display()),
+        format!("--cacert={}", s.ca_file(&dir.0).display()),
+        format!("--state-dir={}", dir.state().display()),
+        "--interval=1s".to_string(),
+        "--health-addr=".to_string(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn seqs(s: &StandIn) -> Vec<u64> {
+    s.accepted_sequence().into_iter().map(|(_, n)| n).collect()
+}
+
+#[test]
+fn reports_arrive_every_interval_with_increasing_sequence_ids() {
+    let s = StandIn::start();
+    let dir = Dir::new("steady");
+    let agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(
+        s.wait_for(Duration::from_secs(20), |r| r.len() >= 4),
+        "log:\n{}",
+        agent.log()
+    );
+    let reports = s.reports();
+    assert!(reports.iter().all(|r| r.status == 200 && r.accepted));
+    assert_eq!(seqs(&s)[..4], [1, 2, 3, 4]);
+    let streams: std::collections::HashSet<String> = s
+        .accepted_sequence()
+        .into_iter()
+        .map(|(st, _)| st)
+        .collect();
+    assert_eq!(streams.len(), 1, "one stream per process");
+    // One second apart, give or take scheduling: no burst, no drift.
+    for w in reports.windows(2) {
+        let gap = w[1].at - w[0].at;
+        assert!(
+            gap > Duration::from_millis(500) && gap < Duration::from_millis(2500),
+            "{gap:?}"
+        );
+    }
+    let h = &reports[0].headers;
+    assert_eq!(h.get("x-api-token").map(String::as_str), Some(REPORT_TOKEN));
+    assert_eq!(
+        h.get("authorization").cloned(),
+        Some(format!("Bearer {REPORT_TOKEN}"))
+    );
+    assert!(
+        h.get("user-agent")
+            .is_some_and(|u| u.starts_with("pulse-agent/"))
+    );
+    assert_eq!(
+        h.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert!(s.schema_notes().is_empty(), "{:?}", s.schema_notes());
+    assert!(
+        dir.spooled().is_empty(),
+        "the happy path writes no spool file"
+    );
+    // The server's agent ID is saved for the next start.
+    let saved = std::fs::read_to_string(dir.state().join("agent-id")).unwrap();
+    assert_eq!(saved.trim(), "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4");
+}
+
+#[test]
+fn an_outage_of_ten_intervals_loses_nothing_and_keeps_order() {
+    let s = StandIn::start();
+    let dir = Dir::new("outage");
+    let agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    s.go_down();
+    std::thread::sleep(Duration::from_secs(10));
+    let spooled = dir.spooled().len();
+    assert!(
+        spooled >= 8,
+        "reports kept during the outage: {spooled}; log:\n{}",
+        agent.log()
+    );
+    s.come_up();
+    let want = seqs(&s).len() + spooled;
+    assert!(s.wait_for(
+        Duration::from_secs(20),
+        |r| r.iter().filter(|x| x.accepted).count() > want
+    ));
+    let got = seqs(&s);
+    let expected: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(got, expected, "every report once, in order");
+    // Only the report in flight when the server went away can arrive twice
+    // (the server took it, the agent did not hear back); the server drops the copy.
+    let replays = s.reports().iter().filter(|r| !r.accepted).count();
+    assert!(replays <= 1, "{replays} replays");
+    assert!(
+        s.wait_for(Duration::from_secs(5), |_| dir.spooled().is_empty()),
+        "spool drained"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("delivery to") && log.contains("failed"),
+        "{log}"
+    );
+    assert!(log.contains("works again"), "{log}");
+}
+
+#[test]
+fn sigkill_during_an_outage_then_restart_loses_nothing() {
+    let s = StandIn::start();
+    let dir = Dir::new("sigkill");
+    let mut first = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
+    s.go_down();
+    std::thread::sleep(Duration::from_millis(4500));
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    let spooled = dir.spooled().len();
+    assert!(spooled >= 3, "{spooled}");
+    // The last report the killed process built is the highest number it spooled.
+    let built = dir
+        .spooled()
+        .iter()
+        .map(|f| {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.state().join("spool").join(f)).unwrap())
+                    .unwrap();
+            doc["sequenceId"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    s.come_up();
+    let second = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(
+        Duration::from_secs(20),
+        |r| r.iter().filter(|x| x.accepted).count() as u64 > built
+    ));
+    let got = s.accepted_sequence();
+    let first_stream = &got[0].0;
+    let from_first: Vec<u64> = got
+        .iter()
+        .filter(|(st, _)| st == first_stream)
+        .map(|(_, n)| *n)
+        .collect();
+    // A report in flight when the server went away may have arrived and been
+    // spooled too: its second copy is discarded by the server as a replay.
+    assert_eq!(
+        from_first,
+        (1..=built).collect::<Vec<_>>(),
+        "every report of the killed run arrived once, in order"
+    );
+    // Then the new process's stream, which starts at 1.
+    let second_stream: Vec<&(String, u64)> =
+        got.iter().filter(|(st, _)| st != first_stream).collect();
+    assert_eq!(second_stream[0].1, 1, "{got:?}\n{}", second.log());
+}
+
+#[test]
+fn unauthorized_and_forbidden_reports_are_dropped_not_spooled() {
+    for (token, scopes, status) in [
+        ("unknown-token-aaaa", None, 401),
+        ("docker-only-token", Some(&["docker:report"][..]), 403),
+    ] {
+        let s = StandIn::start();
+        if let Some(scopes) = scopes {
+            s.add_token(token, scopes);
+        }
+        let dir = Dir::new(&format!("auth{status}"));
+        let mut a = args(&s, &dir, &[]);
+        a[2] = format!("--token-file={}", dir.token_file(token).display());
+        let agent = Agent::start(&dir, &a);
+        assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 3));
+        assert!(s.reports().iter().all(|r| r.status == status));
+        assert!(dir.spooled().is_empty(), "{status}: nothing spooled");
+        let log = agent.log();
+        assert_eq!(
+            log.matches(&format!("({status})")).count(),
+            1,
+            "logged once, not every cycle:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn unauthorized_during_a_flush_drops_the_whole_spool() {
+    let s = StandIn::start();
+    let dir = Dir::new("flush401");
+    let _agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
+    s.go_down();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!dir.spooled().is_empty());
+    s.set_mode(Mode::Status(401));
+    s.come_up();
+    assert!(
+        s.wait_for(Duration::from_secs(10), |_| dir.spooled().is_empty()),
+        "{:?}",
+        dir.spooled()
+    );
+}
+
+#[test]
+fn a_server_error_keeps_the_report_for_later() {
+    let s = StandIn::start();
+    let dir = Dir::new("500");
+    s.set_mode(Mode::Status(500));
+    let _agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |_| dir.spooled().len() >= 2));
+    s.set_mode(Mode::Normal);
+    assert!(s.wait_for(
+        Duration::from_secs(20),
+        |r| r.iter().filter(|x| x.accepted).count() >= 3
+    ));
+    let got = seqs(&s);
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+}
+
+/// `--once` with a URL: exit 0 only when the server took the report.
+fn once(s: &StandIn, dir: &Dir, extra: &[&str]) -> std::process::Output {
+    let mut a = args(s, dir, extra);
+    a.push("--once".into());
+    Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&a)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn once_with_a_url_delivers_and_tells_by_its_exit_status() {
+    let s = StandIn::start();
+    let dir = Dir::new("once");
+    let o = once(&s, &dir, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout.is_empty(),
+        "with --url the report is sent, not printed"
+    );
+    assert_eq!(s.reports().len(), 1);
+    s.set_mode(Mode::Status(503));
+    let o = once(&s, &dir, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(dir.spooled().len(), 1, "kept for the next run");
+    s.set_mode(Mode::Normal);
+    let o = once(&s, &dir, &[]);
+    assert!(o.status.success());
+    let got = s.accepted_sequence();
+    assert_eq!(
+        got.len(),
+        3,
+        "the spooled report went first, then the new one: {got:?}"
+    );
+    assert!(dir.spooled().is_empty());
+}
+
+#[test]
+fn certificates_are_checked_unless_told_otherwise() {
+    let s = StandIn::start();
+    let dir = Dir::new("tls");
+    let mut no_ca = args(&s, &dir, &["--once"]);
+    no_ca.retain(|a| !a.starts_with("--cacert"));
+    let run = |a: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+            .args(a)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let o = run(&no_ca);
+    assert_eq!(o.status.code(), Some(1), "an unknown CA is refused");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .to_lowercase()
+            .contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(s.reports().is_empty());
+    // A CA that did not sign this server is refused too.
+    let other = common::standin::Pki::new("other");
+    let other_ca = dir.0.join("other.pem");
+    std::fs::write(&other_ca, &other.ca_pem).unwrap();
+    let mut wrong = no_ca.clone();
+    wrong.push(format!("--cacert={}", other_ca.display()));
+    assert_eq!(run(&wrong).status.code(), Some(1));
+    for ok in [
+        format!("--cacert={}", s.ca_file(&dir.0).display()),
+        "--insecure".to_string(),
+        format!("--server-fingerprint={}", s.pki.fingerprint()),
+    ] {
+        let mut a = no_ca.clone();
+        a.push(ok.clone());
+        let o = run(&a);
+        assert!(
+            o.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let mut pinned_wrong = no_ca.clone();
+    pinned_wrong.push(format!("--server-fingerprint={}", other.fingerprint()));
+    let o = run(&pinned_wrong);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match --server-fingerprint"));
+    // The refused runs kept their reports (a TLS failure may be temporary);
+    // the first trusted run delivered them, oldest first, before its own.
+    let got = s.accepted_sequence();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(
+        dir.spooled().len(),
+        1,
+        "the wrongly pinned run kept its report"
+    );
+}
+
+#[test]
+fn redirects_are_refused() {
+    let s = StandIn::start();
+    let dir = Dir::new("redirect");
+    s.set_mode(Mode::Redirect(
+        "https://evil.example/api/agents/agent/report".into(),
+    ));
+    let o = once(&s, &dir, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("redirects are not followed"), "{err}");
+    assert!(!err.contains(REPORT_TOKEN));
+}
+
+#[test]
+fn reports_the_server_will_never_take_are_dropped() {
+    let s = StandIn::start();
+    let dir = Dir::new("413");
+    s.set_mode(Mode::Status(413));
+    let o = once(&s, &dir, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        dir.spooled().is_empty(),
+        "a 413 would block every later report"
+    );
+}
+
+#[test]
+fn remote_config_sets_the_interval_and_is_reported() {
+    let s = StandIn::start();
+    let dir = Dir::new("remote");
+    // The host is known to the server, with a profile that sets 1 s.
+    let seed = once(&s, &dir, &[]);
+    assert!(seed.status.success());
+    s.set_settings(Some(json!({"interval": "1s"})));
+    let _agent = Agent::start(&dir, &args(&s, &dir, &["--interval=1m"]));
+    assert!(
+        s.wait_for(Duration::from_secs(15), |r| r.len() >= 4),
+        "reports at the remote interval, not 1 minute"
+    );
+    let last = s.reports().last().unwrap().doc.clone().unwrap();
+    assert_eq!(last["agent"]["intervalSeconds"], 1);
+    assert_eq!(
+        last["agent"]["appliedConfig"]["version"],
+        "host-agent-config/v1"
+    );
+    assert!(
+        last["agent"]["appliedConfig"]["hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(s.config_requests() >= 1);
+}
+
+#[test]
+fn enrollment_trades_the_bootstrap_token_once() {
+    let s = StandIn::start();
+    let dir = Dir::new("enroll");
+    let runtime = "runtime-token-5e0c9a1f";
+    s.add_bootstrap_token("bootstrap-1", runtime);
+    let mut a = args(&s, &dir, &["--enroll", "--once"]);
+    a[2] = format!("--token-file={}", dir.token_file("bootstrap-1").display());
+    let o = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&a)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.state().join("runtime.token")).unwrap(),
+        runtime
+    );
+    let r = &s.reports()[0];
+    assert_eq!(
+        r.headers.get("x-api-token").map(String::as_str),
+        Some(runtime)
+    );
+    assert_eq!(s.enroll_requests()[0]["hostname"], "vm");
+    // The next start uses the saved runtime token and does not enroll again.
+    let o = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&a)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.enroll_requests().len(), 1);
+}
+
+#[test]
+fn sigterm_stops_within_two_seconds_even_when_the_server_hangs() {
+    let s = StandIn::start();
+    let dir = Dir::new("sigterm");
+    let mut agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
+    s.set_mode(Mode::Slow(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(1500)); // a POST is now hanging
+    let asked = Instant::now();
+    agent.signal("TERM");
+    let status = agent.wait_exit(Duration::from_secs(5)).expect("exited");
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert_eq!(
+        dir.spooled().len(),
+        1,
+        "the report in flight was kept:\n{}",
+        agent.log()
+    );
+
+    // With a responsive server it stops at once.
+    s.set_mode(Mode::Normal);
+    let mut agent = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(
+        Duration::from_secs(20),
+        |r| r.iter().filter(|x| x.accepted).count() >= 3
+    ));
+    let asked = Instant::now();
+    agent.signal("INT");
+    assert!(
+        agent
+            .wait_exit(Duration::from_secs(3))
+            .expect("exited")
+            .success()
+    );
+    assert!(asked.elapsed() < Duration::from_secs(2));
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    let status = s
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        s.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn health_listener_endpoints() {
+    let s = StandIn::start();
+    let dir = Dir::new("health");
+    let port = free_port();
+    let mut a = args(&s, &dir, &[]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let _agent = Agent::start(&dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    assert_eq!(get(port, "/healthz"), (200, "ok".into()));
+    let (st, body) = get(port, "/readyz");
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["modules"].as_array().unwrap().len(), 3);
+    assert!(!body.contains(REPORT_TOKEN));
+    let (_, status) = get(port, "/status");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&status).unwrap()["delivery"]["lastOk"],
+        true
+    );
+    let (st, metrics) = get(port, "/metrics");
+    assert_eq!(st, 200);
+    for family in [
+        "pulse_agent_info{",
+        "pulse_agent_up 1",
+        "pulse_agent_module_enabled{module=\"host\"} 1",
+        "pulse_agent_module_ready{module=\"host\"} 1",
+        "pulse_agent_destination_configured{",
+        "pulse_agent_destination_delivery_up{destination=\"primary\",module=\"host\",role=\"primary\"} 1",
+        "pulse_agent_collector_duration_seconds{collector=\"memory\"}",
+        "pulse_agent_collector_success{collector=\"network\"} 1",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let (st, report) = get(port, "/report");
+    assert_eq!(st, 200);
+    let doc: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(doc["host"]["hostname"], "vm");
+    assert_eq!(get(port, "/nope").0, 404);
+}
+
+/// 500 idle connections to the listener while it is scraped: reports keep
+/// coming every interval, scrapes are answered, threads and memory stay bounded.
+#[test]
+fn five_hundred_idle_connections_change_nothing() {
+    let s = StandIn::start();
+    let dir = Dir::new("flood");
+    let port = free_port();
+    let mut a = args(&s, &dir, &[]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let agent = Agent::start(&dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    let threads_before = proc_status(agent.pid(), "Threads:");
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let n0 = s.reports().len();
+    let started = Instant::now();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let (st, _) = get(port, "/metrics");
+        assert_eq!(st, 200, "scrapes are answered during the flood");
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let threads = proc_status(agent.pid(), "Threads:");
+    let rss_kb = proc_status(agent.pid(), "VmHWM:");
+    let during = s.reports().len() - n0;
+    assert!(during >= 4, "reports kept flowing: {during} in 5 s");
+    assert!(
+        threads <= threads_before + 4,
+        "threads {threads_before} → {threads}"
+    );
+    assert!(rss_kb < 32 * 1024, "peak RSS {rss_kb} kB");
+    eprintln!(
+        "flood: {scrapes} scrapes answered, {during} reports, threads {threads_before} → {threads}, peak RSS {rss_kb} kB"
+    );
+    drop(idle);
+}
