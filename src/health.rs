@@ -9,10 +9,11 @@
 //! timeout, so it is not exposed directly. A gate thread accepts TCP
 //! connections itself and keeps the ones that have not sent anything yet in a
 //! `poll(2)` set (at most [`MAX_WAITING`], none for longer than the idle
-//! timeout; no thread each). A connection that sends a request gets one of
-//! [`MAX_CONNECTIONS`] relay slots (when all are busy it gets an immediate
-//! 503) and is relayed to tiny_http over a unix socket in a private (0700)
-//! directory, with an idle timeout, a write timeout and a lifetime cap. A
+//! timeout; no thread each). A connection that sends a request goes to one of
+//! at most [`MAX_CONNECTIONS`] relay workers (when all are busy it gets an
+//! immediate 503), which relays it to tiny_http over a unix socket in a
+//! private (0700) directory, with an idle timeout, a write timeout and a
+//! lifetime cap. A
 //! flood of idle or slow connections therefore costs a bounded number of
 //! threads, descriptors and bytes, leaves the slots to clients that ask
 //! something, and cannot delay a report: reports are built and sent by the
@@ -25,7 +26,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Connections served at once; more get `503` and are closed.
@@ -37,8 +38,11 @@ pub const MAX_WAITING: usize = 256;
 const IDLE: Duration = Duration::from_secs(5);
 /// A client that does not read its answer for this long is dropped.
 const WRITE: Duration = Duration::from_secs(10);
-/// No connection lives longer than this, however it trickles.
+/// A connection older than this is closed at its next quiet moment (no
+/// input for [`QUIET`]), so a keep-alive scraper reconnects between requests...
 const LIFETIME: Duration = Duration::from_secs(60);
+/// ...and one that never goes quiet (it trickles) at twice this age.
+const QUIET: Duration = Duration::from_millis(250);
 const RELAY_STACK: usize = 64 * 1024;
 
 /// What the listener answers with, replaced whole after each cycle.
@@ -82,6 +86,9 @@ impl Drop for Listener {
 /// Starts the listener on `addr` (e.g. `127.0.0.1:9191`).
 pub fn start(addr: &str, published: Arc<Published>, started: SystemTime) -> io::Result<Listener> {
     let public = TcpListener::bind(addr)?;
+    // Silent connections stay in the kernel; the gate sees requests. (Best
+    // effort: the poll set below bounds them where this is not available.)
+    let _ = crate::sys::defer_accept(public.as_raw_fd(), IDLE.as_secs() as i32);
     let local = public.local_addr()?;
     let dir = private_dir()?;
     let sock = dir.join("http.sock");
@@ -109,7 +116,7 @@ fn gate(public: TcpListener, sock: PathBuf) {
     if public.set_nonblocking(true).is_err() {
         return;
     }
-    let active = Arc::new(AtomicUsize::new(0));
+    let mut relays = Relays::new(sock);
     let mut waiting: std::collections::VecDeque<(TcpStream, Instant)> =
         std::collections::VecDeque::new();
     loop {
@@ -132,39 +139,25 @@ fn gate(public: TcpListener, sock: PathBuf) {
                 }
                 continue;
             }
-            admit(conn, &active, &sock);
+            relays.admit(conn);
         }
         waiting = still;
         if ready[0] {
             while let Ok((conn, _)) = public.accept() {
+                // With TCP_DEFER_ACCEPT a new connection usually has its
+                // request already: relay it without another trip through poll.
+                if crate::sys::poll_readable(&[conn.as_raw_fd()], Some(Duration::ZERO))
+                    .is_ok_and(|r| r[0])
+                {
+                    relays.admit(conn);
+                    continue;
+                }
                 if waiting.len() >= MAX_WAITING {
                     waiting.pop_front();
                 }
                 waiting.push_back((conn, Instant::now()));
             }
         }
-    }
-}
-
-fn admit(mut tcp: TcpStream, active: &Arc<AtomicUsize>, sock: &Path) {
-    if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-        let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
-        let _ = tcp.write_all(BUSY);
-        return;
-    }
-    active.fetch_add(1, Ordering::SeqCst);
-    let slot = active.clone();
-    let sock = sock.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("health-conn".into())
-        .stack_size(RELAY_STACK)
-        .spawn(move || {
-            relay(tcp, &sock);
-            slot.fetch_sub(1, Ordering::SeqCst);
-        });
-    if spawned.is_err() {
-        // Out of threads: the connection is dropped and its slot freed.
-        active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -192,46 +185,135 @@ fn private_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Relays one admitted connection to tiny_http and back.
-fn relay(tcp: TcpStream, sock: &Path) {
-    let _ = tcp.set_read_timeout(Some(IDLE));
-    let _ = tcp.set_write_timeout(Some(WRITE));
-    let Ok(unix) = UnixStream::connect(sock) else {
-        return;
-    };
-    let _ = unix.set_write_timeout(Some(WRITE));
-    let (Ok(mut tcp_back), Ok(mut unix_back)) = (tcp.try_clone(), unix.try_clone()) else {
-        return;
-    };
-    let back = std::thread::Builder::new()
-        .name("health-back".into())
-        .stack_size(RELAY_STACK)
-        .spawn(move || {
-            let _ = pump(&mut unix_back, &mut tcp_back, None);
-            let _ = tcp_back.shutdown(Shutdown::Both);
-        });
-    let (mut tcp, mut unix) = (tcp, unix);
-    let _ = pump(&mut tcp, &mut unix, Some(Instant::now() + LIFETIME));
-    let _ = unix.shutdown(Shutdown::Both);
-    let _ = tcp.shutdown(Shutdown::Both);
-    if let Ok(h) = back {
-        let _ = h.join();
+/// The relay workers: started on demand, at most [`MAX_CONNECTIONS`], kept
+/// for the next connection (starting a thread per scrape would cost more than
+/// the scrape).
+struct Relays {
+    sock: PathBuf,
+    jobs: mpsc::Sender<TcpStream>,
+    queue: Arc<Mutex<mpsc::Receiver<TcpStream>>>,
+    busy: Arc<AtomicUsize>,
+    workers: usize,
+}
+
+impl Relays {
+    fn new(sock: PathBuf) -> Relays {
+        let (jobs, rx) = mpsc::channel();
+        Relays {
+            sock,
+            jobs,
+            queue: Arc::new(Mutex::new(rx)),
+            busy: Arc::new(AtomicUsize::new(0)),
+            workers: 0,
+        }
+    }
+
+    /// Hands a connection to a free worker, or answers 503 when all are busy.
+    fn admit(&mut self, mut tcp: TcpStream) {
+        let busy = self.busy.load(Ordering::SeqCst);
+        if busy >= MAX_CONNECTIONS {
+            let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
+            let _ = tcp.write_all(BUSY);
+            return;
+        }
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        if busy >= self.workers {
+            let (queue, busy, sock) = (self.queue.clone(), self.busy.clone(), self.sock.clone());
+            let started = std::thread::Builder::new()
+                .name("health-relay".into())
+                .stack_size(RELAY_STACK)
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(tcp) = job else { return };
+                        relay(tcp, &sock);
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            match started {
+                Ok(_) => self.workers += 1,
+                Err(_) => {
+                    // Out of threads: the connection is dropped and its slot freed.
+                    self.busy.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        let _ = self.jobs.send(tcp);
     }
 }
 
-/// Copies until end of stream, an error (including a timeout), or `until`.
-fn pump(from: &mut impl Read, to: &mut impl Write, until: Option<Instant>) -> io::Result<()> {
-    let mut buf = [0u8; 4096];
+/// Relays one connection to tiny_http and back, both directions in one
+/// thread, until either side closes, the client is idle for [`IDLE`], or the
+/// connection is past [`LIFETIME`] (see there).
+fn relay(mut tcp: TcpStream, sock: &Path) {
+    let _ = tcp.set_write_timeout(Some(WRITE));
+    // Answers are written in pieces; do not let Nagle hold them back.
+    let _ = tcp.set_nodelay(true);
+    let Ok(mut unix) = UnixStream::connect(sock) else {
+        return;
+    };
+    let _ = unix.set_write_timeout(Some(WRITE));
+    let born = Instant::now();
+    let mut last_input = born;
+    let mut client_done = false;
+    // One read carries a whole /metrics answer.
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if until.is_some_and(|t| Instant::now() >= t) {
-            return Ok(());
+        let now = Instant::now();
+        let old = now >= born + LIFETIME;
+        if (old && now >= last_input + QUIET) || now >= born + 2 * LIFETIME {
+            break;
         }
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
+        let mut deadline = last_input + IDLE;
+        if old {
+            deadline = deadline.min(last_input + QUIET);
+        } else {
+            deadline = deadline.min(born + LIFETIME);
         }
-        to.write_all(&buf[..n])?;
+        let wait = deadline
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        let fds = if client_done {
+            vec![unix.as_raw_fd()]
+        } else {
+            vec![unix.as_raw_fd(), tcp.as_raw_fd()]
+        };
+        let Ok(ready) = crate::sys::poll_readable(&fds, Some(wait)) else {
+            break;
+        };
+        if !ready.iter().any(|r| *r) {
+            if Instant::now() >= last_input + IDLE {
+                break;
+            }
+            continue;
+        }
+        if ready[0] {
+            match unix.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tcp.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !client_done && ready.get(1) == Some(&true) {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    client_done = true;
+                    let _ = unix.shutdown(Shutdown::Write);
+                }
+                Ok(n) => {
+                    last_input = Instant::now();
+                    if unix.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
     }
+    let _ = tcp.shutdown(Shutdown::Both);
 }
 
 fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {

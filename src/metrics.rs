@@ -245,15 +245,6 @@ pub fn process(start: SystemTime) -> String {
         );
         let _ = writeln!(o, "process_virtual_memory_bytes {vsz}");
     }
-    if let Some(n) = p.open_fds {
-        family(
-            &mut o,
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-        );
-        let _ = writeln!(o, "process_open_fds {n}");
-    }
     if let Some(n) = p.max_fds {
         family(
             &mut o,
@@ -262,15 +253,6 @@ pub fn process(start: SystemTime) -> String {
             "Maximum number of open file descriptors.",
         );
         let _ = writeln!(o, "process_max_fds {n}");
-    }
-    if let Some(n) = p.threads {
-        family(
-            &mut o,
-            "process_threads",
-            "gauge",
-            "Number of OS threads in the process.",
-        );
-        let _ = writeln!(o, "process_threads {n}");
     }
     family(
         &mut o,

@@ -212,12 +212,10 @@ pub fn process_cpu_time() -> std::time::Duration {
 pub struct ProcessStats {
     /// (virtual, resident) bytes.
     pub memory: Option<(u64, u64)>,
-    pub open_fds: Option<u64>,
     pub max_fds: Option<u64>,
-    pub threads: Option<u64>,
 }
 
-/// Reads this process's memory, descriptors and threads. This is the one
+/// Reads this process's memory and descriptors. This is the one
 /// place that reads an absolute `/proc` path: `/proc/self` is the agent
 /// itself, not the host, and must not follow `--root`.
 pub fn process_stats() -> ProcessStats {
@@ -232,9 +230,6 @@ pub fn process_stats() -> ProcessStats {
                 f.next()??.saturating_mul(page),
             ))
         });
-    let open_fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as u64);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -243,19 +238,7 @@ pub fn process_stats() -> ProcessStats {
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
     #[allow(clippy::useless_conversion)] // rlim_t is 32-bit on some targets
     let max_fds = ok.then_some(u64::from(lim.rlim_cur));
-    let threads = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        });
-    ProcessStats {
-        memory,
-        open_fds,
-        max_fds,
-        threads,
-    }
+    ProcessStats { memory, max_fds }
 }
 
 /// The signals that stop the agent.
@@ -339,4 +322,24 @@ pub fn poll_readable(
         .iter()
         .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
         .collect())
+}
+
+/// Asks the kernel to hand a TCP connection to `accept` only once the client
+/// has sent something (`TCP_DEFER_ACCEPT`, Linux): connections that never
+/// send are held (and eventually dropped) by the kernel, not the agent.
+pub fn defer_accept(fd: std::os::fd::RawFd, seconds: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads `seconds` for the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
