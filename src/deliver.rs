@@ -368,36 +368,36 @@ impl Client {
         timeout: Duration,
         user_agent: Option<&str>,
     ) -> Reply {
-        let mut req = self
+        let req = self
             .agent
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json");
-        if let Some(ua) = user_agent {
-            req = req.header("User-Agent", ua);
-        }
-        let req = self
-            .auth(req)
-            .config()
-            .timeout_global(Some(timeout))
-            .build();
-        answer(req.send(body))
+        answer(self.finish(req, timeout, user_agent).send(body))
     }
 
     /// `GET base+path_and_query`.
     pub fn get(&self, path_and_query: &str, timeout: Duration, user_agent: Option<&str>) -> Reply {
-        let mut req = self
+        let req = self
             .agent
             .get(format!("{}{path_and_query}", self.base))
             .header("Accept", "application/json");
+        answer(self.finish(req, timeout, user_agent).call())
+    }
+
+    /// Adds the user agent, the token and the timeout every request carries.
+    fn finish<B>(
+        &self,
+        mut req: ureq::RequestBuilder<B>,
+        timeout: Duration,
+        user_agent: Option<&str>,
+    ) -> ureq::RequestBuilder<B> {
         if let Some(ua) = user_agent {
             req = req.header("User-Agent", ua);
         }
-        let req = self
-            .auth(req)
+        self.auth(req)
             .config()
             .timeout_global(Some(timeout))
-            .build();
-        answer(req.call())
+            .build()
     }
 }
 
@@ -482,17 +482,19 @@ pub fn classify(reply: Reply) -> Delivery {
 /// Errors ignored, like the stock agent: a 2xx is a delivery whatever its body.
 pub fn parse_ack(body: &[u8]) -> Ack {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let s = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(str::to_string)
-    };
     Ack {
-        agent_id: s("agentId"),
-        server_version: s("serverVersion"),
+        agent_id: json_str(&v, "agentId"),
+        server_version: json_str(&v, "serverVersion"),
     }
+}
+
+/// A string member of a JSON answer, trimmed; `None` when missing or blank.
+pub fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
 }
 
 /// The start of an error body, on one line, for a log message.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::Secret;
-use crate::deliver::{Client, REPORT_TIMEOUT, Reply};
+use crate::deliver::{Client, REPORT_TIMEOUT, Reply, json_str};
 use crate::state;
 
 /// What enrollment produced.
@@ -66,15 +66,10 @@ fn attempt(client: &Client, host: &Host) -> Attempt {
                 Ok(v) => v,
                 Err(e) => return Attempt::Retry(format!("bad JSON in the answer: {e}")),
             };
-            let s = |k: &str| {
-                v.get(k)
-                    .and_then(|x| x.as_str())
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-            };
-            match s("runtimeToken") {
-                Some(t) => Attempt::Done(Enrolled::Runtime(Secret::new(t), s("agentId"))),
+            match json_str(&v, "runtimeToken") {
+                Some(t) => {
+                    Attempt::Done(Enrolled::Runtime(Secret::new(t), json_str(&v, "agentId")))
+                }
                 None => Attempt::Retry("the answer has no runtimeToken".into()),
             }
         }

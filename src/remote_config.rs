@@ -161,17 +161,7 @@ pub fn verify(
             "{{\"version\":{}",
             go_json(&Value::String(DESIRED_VERSION.into()))
         );
-        if let Some(c) = commands {
-            let _ = write!(canon, ",\"commandsEnabled\":{c}");
-        }
-        if !settings.is_empty() {
-            let _ = write!(
-                canon,
-                ",\"settings\":{}",
-                go_json(&Value::Object(settings.clone()))
-            );
-        }
-        canon.push('}');
+        close_canonical(&mut canon, commands, &settings);
         let want = format!(
             "sha256:{}",
             crate::deliver::hex(&Sha256::digest(canon.as_bytes()))
@@ -291,17 +281,7 @@ fn verify_signature(
             go_json(&Value::String(crate::report::rfc3339(issued))),
             go_json(&Value::String(crate::report::rfc3339(expires)))
         );
-        if let Some(c) = commands {
-            let _ = write!(canon, ",\"commandsEnabled\":{c}");
-        }
-        if !settings.is_empty() {
-            let _ = write!(
-                canon,
-                ",\"settings\":{}",
-                go_json(&Value::Object(settings.clone()))
-            );
-        }
-        canon.push('}');
+        close_canonical(&mut canon, commands, settings);
         let Ok(sig) = ed25519_compact::Signature::from_slice(&signature) else {
             return Err("config signature has the wrong length".into());
         };
@@ -313,6 +293,22 @@ fn verify_signature(
         }
     }
     Err("config signature does not verify against any trusted key; ignoring it".into())
+}
+
+/// The optional tail both canonical documents share: `commandsEnabled` when
+/// the server set it, the applied settings when there are any, and `}`.
+fn close_canonical(canon: &mut String, commands: Option<&Value>, settings: &Map<String, Value>) {
+    if let Some(c) = commands {
+        let _ = write!(canon, ",\"commandsEnabled\":{c}");
+    }
+    if !settings.is_empty() {
+        let _ = write!(
+            canon,
+            ",\"settings\":{}",
+            go_json(&Value::Object(settings.clone()))
+        );
+    }
+    canon.push('}');
 }
 
 fn trusted_keys(trust: &Trust) -> Result<Vec<ed25519_compact::PublicKey>, String> {

@@ -589,6 +589,17 @@ fn get(port: u16, path: &str) -> (u16, String) {
     )
 }
 
+/// The agent with its health listener on a free port, after two reports.
+fn with_listener(s: &StandIn, dir: &Dir) -> (Agent, u16) {
+    let port = free_port();
+    let mut a = args(s, dir, &[]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let agent = Agent::start(dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    (agent, port)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -607,14 +618,8 @@ fn proc_status(pid: u32, key: &str) -> u64 {
 
 #[test]
 fn health_listener_endpoints() {
-    let s = StandIn::start();
-    let dir = Dir::new("health");
-    let port = free_port();
-    let mut a = args(&s, &dir, &[]);
-    a.retain(|x| x != "--health-addr=");
-    a.push(format!("--health-addr=127.0.0.1:{port}"));
-    let _agent = Agent::start(&dir, &a);
-    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    let (s, dir) = (StandIn::start(), Dir::new("health"));
+    let (_agent, port) = with_listener(&s, &dir);
     assert_eq!(get(port, "/healthz"), (200, "ok".into()));
     let (st, body) = get(port, "/readyz");
     assert_eq!(st, 200);
@@ -654,14 +659,8 @@ fn health_listener_endpoints() {
 /// coming every interval, scrapes are answered, threads and memory stay bounded.
 #[test]
 fn five_hundred_idle_connections_change_nothing() {
-    let s = StandIn::start();
-    let dir = Dir::new("flood");
-    let port = free_port();
-    let mut a = args(&s, &dir, &[]);
-    a.retain(|x| x != "--health-addr=");
-    a.push(format!("--health-addr=127.0.0.1:{port}"));
-    let agent = Agent::start(&dir, &a);
-    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    let (s, dir) = (StandIn::start(), Dir::new("flood"));
+    let (agent, port) = with_listener(&s, &dir);
     let threads_before = proc_status(agent.pid(), "Threads:");
     let idle: Vec<std::net::TcpStream> = (0..500)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())

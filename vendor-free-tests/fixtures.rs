@@ -187,37 +187,7 @@ fn source<'a>(snap: &'a collect::HostSnapshot, name: &str) -> &'a collect::Sourc
 #[test]
 fn huge_mountinfo_and_meminfo() {
     let s = Scratch::new("huge");
-    let mut mi = String::new();
-    let mut statvfs = String::new();
-    for i in 0..10_000u32 {
-        let (mp, fstype, dev) = match i % 100 {
-            0 => (format!("/srv/disk{i}"), "ext4", format!("/dev/sd{i}")),
-            1..=9 => (format!("/run/user/{i}"), "tmpfs", "tmpfs".to_string()),
-            _ => (
-                format!("/var/lib/docker/overlay2/{i:064x}/merged"),
-                "overlay",
-                "overlay".into(),
-            ),
-        };
-        mi.push_str(&format!(
-            "{} 1 {}:{} / {mp} rw,relatime - {fstype} {dev} rw\n",
-            i + 100,
-            8 + i / 1000,
-            i % 1000
-        ));
-        statvfs.push_str(&format!("{mp} 4096 {} 500 400\n", 1000 + i));
-    }
-    s.write("proc/1/mountinfo", &mi);
-    s.write(".capture/statvfs", &statvfs);
-    let mut meminfo = String::from(
-        "MemTotal:       16303748 kB\nMemFree:         2097152 kB\nMemAvailable:   10485760 kB\n",
-    );
-    while meminfo.len() < 10 * 1024 * 1024 {
-        meminfo.push_str("Garbage_Key_That_Repeats:    123456789 kB\n");
-    }
-    s.write("proc/meminfo", &meminfo);
-    s.write("proc/sys/kernel/hostname", "big\n");
-
+    common::hostile::write_big_host(&s.0);
     let started = Instant::now();
     let mut host = Host::new(s.root(), Options::default());
     let snap = host.collect();
@@ -257,14 +227,7 @@ fn hostile_files_fail_only_their_own_source() {
     let mut config =
         common::config_for(&["--once".into(), "--root".into(), s.0.display().to_string()]);
     config.agent_id_file = common::no_state_dir().join("agent-id");
-    let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
-    let doc = pulse_agent::agent::once(
-        &config,
-        common::pinned_now,
-        &mut seq,
-        &common::pinned_privilege(),
-    )
-    .unwrap();
+    let doc = common::report_for(&config);
     let errs = check_host_report(&doc);
     assert!(errs.is_empty(), "{}", errs.join("\n"));
     assert_eq!(doc["host"]["hostname"], "hostile");
@@ -368,26 +331,27 @@ fn repeated_mount_point_reports_the_mount_in_use() {
 /// release, before os-release.
 #[test]
 fn red_hat_release_names_the_os() {
-    let s = Scratch::new("centos");
-    s.write(
-        "etc/redhat-release",
-        "CentOS Linux release 7.9.2009 (Core)\n",
-    );
-    s.write("etc/os-release", "ID=\"centos\"\nVERSION_ID=\"7\"\n");
-    assert_eq!(
-        pulse_agent::collect::identity::os(&s.root()),
-        ("centos".to_string(), "7.9.2009".to_string())
-    );
-    let s = Scratch::new("rhel");
-    s.write(
-        "etc/redhat-release",
-        "Red Hat Enterprise Linux release 9.3 (Plow)\n",
-    );
-    s.write("etc/os-release", "ID=\"rhel\"\nVERSION_ID=\"9.3\"\n");
-    assert_eq!(
-        pulse_agent::collect::identity::os(&s.root()),
-        ("redhat".to_string(), "9.3".to_string())
-    );
+    let cases = [
+        (
+            "CentOS Linux release 7.9.2009 (Core)",
+            "ID=\"centos\"\nVERSION_ID=\"7\"\n",
+            ("centos", "7.9.2009"),
+        ),
+        (
+            "Red Hat Enterprise Linux release 9.3 (Plow)",
+            "ID=\"rhel\"\nVERSION_ID=\"9.3\"\n",
+            ("redhat", "9.3"),
+        ),
+    ];
+    for (release, os_release, (name, version)) in cases {
+        let s = Scratch::new("redhat");
+        s.write("etc/redhat-release", format!("{release}\n"));
+        s.write("etc/os-release", os_release);
+        assert_eq!(
+            pulse_agent::collect::identity::os(&s.root()),
+            (name.to_string(), version.to_string())
+        );
+    }
 }
 
 /// Without --disk-include, network filesystems are never asked at all.
@@ -414,14 +378,7 @@ fn disk_exclude_patterns() {
     let mut args = common::case_args("debian12-vm");
     args.extend(["--disk-exclude".into(), "vda".into()]);
     let config = common::config_for(&args);
-    let mut seq = pulse_agent::report::Sequence::with_stream(&common::PINNED_STREAM);
-    let doc = pulse_agent::agent::once(
-        &config,
-        common::pinned_now,
-        &mut seq,
-        &common::pinned_privilege(),
-    )
-    .unwrap();
+    let doc = common::report_for(&config);
     assert!(
         doc.get("disks").is_none(),
         "/dev/vda excluded by its bare name"

@@ -10,13 +10,15 @@
 //! /proc/stat has not moved) is turned off here; in service the interval is
 //! seconds and the sample is only taken at start.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use pulse_agent::collect::{Host, Options, identity};
 use pulse_agent::report::{self, Privilege, Sequence};
 use pulse_agent::root::Root;
 use pulse_agent::sys::process_cpu_time;
+
+#[path = "../../vendor-free-tests/common/hostile.rs"]
+mod hostile;
 
 const CYCLES: u32 = 2000;
 
@@ -99,40 +101,8 @@ fn main() {
 fn hostile() {
     let dir = std::env::temp_dir().join(format!("pulse-bench-hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let w = |rel: &str, text: &str| {
-        let p: PathBuf = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
-    let mut mi = String::new();
-    let mut st = String::new();
-    for i in 0..10_000u32 {
-        let (mp, fstype, dev) = match i % 100 {
-            0 => (format!("/srv/disk{i}"), "ext4", format!("/dev/sd{i}")),
-            1..=9 => (format!("/run/user/{i}"), "tmpfs", "tmpfs".to_string()),
-            _ => (
-                format!("/var/lib/docker/overlay2/{i:064x}/merged"),
-                "overlay",
-                "overlay".into(),
-            ),
-        };
-        mi.push_str(&format!(
-            "{} 1 {}:{} / {mp} rw,relatime - {fstype} {dev} rw\n",
-            i + 100,
-            8 + i / 1000,
-            i % 1000
-        ));
-        st.push_str(&format!("{mp} 4096 {} 500 400\n", 1000 + i));
-    }
-    w("proc/1/mountinfo", &mi);
-    w(".capture/statvfs", &st);
-    w(".capture/ip-addr", "");
-    let mut meminfo =
-        String::from("MemTotal: 16303748 kB\nMemFree: 2097152 kB\nMemAvailable: 10485760 kB\n");
-    while meminfo.len() < 10 * 1024 * 1024 {
-        meminfo.push_str("Garbage_Key_That_Repeats:    123456789 kB\n");
-    }
-    w("proc/meminfo", &meminfo);
+    std::fs::create_dir_all(&dir).unwrap();
+    hostile::write_big_host(&dir);
     let mut host = Host::new(Root::new(&dir).unwrap(), Options::default());
     let (cpu0, wall0) = (process_cpu_time(), Instant::now());
     let snap = host.collect();

@@ -93,9 +93,13 @@ pub fn config_for(args: &[String]) -> Config {
 
 /// The case's report with time, sequence and privilege pinned.
 pub fn pinned_report(case: &str) -> Value {
-    let config = config_for(&case_args(case));
+    report_for(&config_for(&case_args(case)))
+}
+
+/// One report for `config`, with time, sequence and privilege pinned.
+pub fn report_for(config: &Config) -> Value {
     let mut seq = Sequence::with_stream(&PINNED_STREAM);
-    pulse_agent::agent::once(&config, pinned_now, &mut seq, &pinned_privilege()).expect("report")
+    pulse_agent::agent::once(config, pinned_now, &mut seq, &pinned_privilege()).expect("report")
 }
 
 /// Rewrites what differs between runs of the binary (time, the random stream,
@@ -165,4 +169,5 @@ fn line_diff(want: &str, got: &str) -> String {
     }
     out
 }
+pub mod hostile;
 pub mod standin;
