@@ -452,6 +452,28 @@ fn redirects_are_refused() {
 }
 
 #[test]
+fn a_reset_connection_keeps_the_report_for_the_next_run() {
+    let s = StandIn::start();
+    let dir = Dir::new("reset");
+    s.set_mode(Mode::Reset);
+    let o = once(&s, &dir, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(dir.spooled().len(), 1);
+    s.set_mode(Mode::Normal);
+    assert!(once(&s, &dir, &[]).status.success());
+    assert_eq!(
+        s.accepted_sequence().len(),
+        2,
+        "the kept report, then the new one"
+    );
+}
+
+#[test]
 fn reports_the_server_will_never_take_are_dropped() {
     let s = StandIn::start();
     let dir = Dir::new("413");
