@@ -128,26 +128,37 @@ pub fn once(
     Ok(doc)
 }
 
+/// What wakes the service loop besides its schedule.
+enum Event {
+    Stop,
+    Config(Result<Option<remote_config::Remote>, String>),
+}
+
 /// The reporting service.
 fn serve(config: &Config) -> Result<(), Error> {
     sys::block_stop_signals().map_err(Error::Signals)?;
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (events_tx, events) = mpsc::channel::<Event>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut agent = Agent::new(config, SystemTime::now)?;
 
     let spool = agent.spool.clone();
     let inflight = agent.inflight.clone();
+    let stop_tx = events_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             let sig = sys::wait_stop_signal();
             log::info!("received signal {sig}; stopping after the current cycle");
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(Event::Stop);
             if done_rx.recv_timeout(STOP_GRACE).is_err() {
                 // The cycle is stuck (an unresponsive server): keep its report.
-                if let Some(body) = inflight.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    spool.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                // Lock order as in Agent::deliver: in-flight, then spool. Both
+                // stay held until exit, so no spool write is cut in half.
+                let mut inflight = lock(&inflight);
+                let mut spool = lock(&spool);
+                if let Some(body) = inflight.take() {
+                    spool.push(body);
                     log::info!("saved the report in flight to the spool");
                 }
                 log::info!("stopped");
@@ -171,13 +182,8 @@ fn serve(config: &Config) -> Result<(), Error> {
         None => None,
     };
 
-    let stopped = |d: Duration| {
-        matches!(
-            stop_rx.recv_timeout(d),
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected)
-        )
-    };
-    let mut wait = |d: Duration| !stopped(d);
+    let mut wait =
+        |d: Duration| matches!(events.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
     if let Err(e) = agent.enroll_if_asked(false, &mut wait) {
         let _ = done_tx.send(());
         return Err(e);
@@ -189,24 +195,45 @@ fn serve(config: &Config) -> Result<(), Error> {
             agent.interval.as_secs()
         ),
     }
-    agent.refresh_config();
+    // The first config is applied before the first report (one 10 s budget);
+    // later ones are fetched on their own thread so a slow server never
+    // delays a report.
+    if let Some(fetch) = agent.config_fetcher() {
+        agent.apply_fetched(fetch.fetch());
+        let tx = events_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("remote-config".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(remote_config::REFRESH);
+                    if tx.send(Event::Config(fetch.fetch())).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!(
+                "cannot start the remote-config thread: {e}; using the config fetched at start"
+            );
+        }
+    }
+    drop(events_tx);
 
     let mut next_report = Instant::now();
-    let mut next_config = Instant::now() + remote_config::REFRESH;
     loop {
-        let wake = next_report.min(next_config);
-        if stopped(wake.saturating_duration_since(Instant::now())) {
-            break;
-        }
-        let now = Instant::now();
-        if now >= next_config {
-            let before = agent.interval;
-            agent.refresh_config();
-            next_config = Instant::now() + remote_config::REFRESH;
-            if agent.interval != before {
-                // Like a reset ticker: the new interval counts from now.
-                next_report = Instant::now() + agent.interval;
+        match events.recv_timeout(next_report.saturating_duration_since(Instant::now())) {
+            Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Event::Config(fetched)) => {
+                let before = agent.interval;
+                agent.apply_fetched(fetched);
+                if agent.interval != before {
+                    // Like a reset ticker: the new interval counts from now.
+                    next_report = Instant::now() + agent.interval;
+                }
+                continue;
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() >= next_report {
             agent.cycle();
@@ -214,8 +241,15 @@ fn serve(config: &Config) -> Result<(), Error> {
         }
     }
     let _ = done_tx.send(());
+    // If the watchdog is already saving the report in flight, let it finish
+    // (it exits the process); returning now could cut its write short.
+    let _wait = lock(&agent.inflight);
     log::info!("stopped");
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The next report time on the grid `previous + k × interval`. After an
@@ -460,27 +494,28 @@ impl Agent {
     }
 
     fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.spool)
     }
 
     /// Delivers a fresh report, oldest spooled reports first. Returns whether
     /// the fresh report reached the server.
     fn deliver(&mut self, body: Vec<u8>) -> bool {
+        let dropped_before = self.spool().dropped();
         let delivered = if !self.spool().is_empty() {
             // During an outage a report is on disk before any network attempt.
-            self.spool().push(body);
-            self.flush()
+            let fresh = self.spool().push(body);
+            self.flush(fresh)
         } else {
-            *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) = Some(body.clone());
+            *lock(&self.inflight) = Some(body.clone());
             let outcome = self.post(&body);
-            let still_ours = self
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .is_some();
+            // Held while the report is spooled: the stop watchdog takes this
+            // lock first, so it never exits in the middle of the write.
+            let inflight = self.inflight.clone();
+            let mut guard = lock(&inflight);
+            let still_ours = guard.take().is_some();
             match outcome {
                 Delivery::Delivered(ack) => {
+                    drop(guard);
                     self.delivered(ack);
                     true
                 }
@@ -488,35 +523,51 @@ impl Agent {
                     if still_ours {
                         self.spool().push(body);
                     }
+                    drop(guard);
                     self.failed(why);
                     false
                 }
                 other => {
+                    drop(guard);
                     self.refused(other, 1);
                     false
                 }
             }
         };
-        let spooled = self.spool().len();
+        let spool = self.spool();
+        let (dropped, spooled) = (spool.dropped() - dropped_before, spool.len());
+        drop(spool);
+        self.delivery.dropped += dropped;
         self.delivery.spooled = spooled;
         delivered
     }
 
-    /// Sends spooled reports oldest first until one fails. Returns whether the
-    /// spool was emptied.
-    fn flush(&mut self) -> bool {
+    /// Sends spooled reports oldest first until one fails. Returns whether
+    /// `fresh` (the spool entry of the report just built) was delivered.
+    fn flush(&mut self, fresh: Option<u64>) -> bool {
         let mut sent = 0;
+        let mut fresh_delivered = false;
         loop {
-            let Some((id, body)) = self.spool().front() else {
-                if sent > 0 {
-                    log::info!("sent {sent} spooled report(s)");
+            let front = self.spool().front();
+            let (id, body) = match front {
+                Ok(Some(entry)) => entry,
+                Ok(None) => {
+                    if sent > 0 {
+                        log::info!("sent {sent} spooled report(s)");
+                    }
+                    return fresh_delivered;
                 }
-                return true;
+                Err(e) => {
+                    // Kept for the next cycle: the problem may pass.
+                    self.failed(format!("cannot read the spool: {e}"));
+                    return false;
+                }
             };
             match self.post(&body) {
                 Delivery::Delivered(ack) => {
                     self.spool().remove(id);
                     self.delivered(ack);
+                    fresh_delivered |= Some(id) == fresh;
                     sent += 1;
                 }
                 Delivery::Failed(why) => {
@@ -600,19 +651,24 @@ impl Agent {
         }
     }
 
-    /// Fetches the remote config and applies what applies while running.
-    fn refresh_config(&mut self) {
-        let Some(client) = &self.client else { return };
+    /// What a remote-config fetch needs, when this agent fetches one (a
+    /// server and a token).
+    fn config_fetcher(&self) -> Option<remote_config::Fetcher> {
+        let client = self.client.as_ref()?;
         if self.config.token.is_none() && !self.config.enroll {
-            return;
+            return None;
         }
-        match remote_config::fetch(
-            client,
-            &self.identity.hostname,
-            &self.agent_id,
-            &self.trust,
-            (self.clock)(),
-        ) {
+        Some(remote_config::Fetcher {
+            client: client.clone(),
+            hostname: self.identity.hostname.clone(),
+            agent_id: self.agent_id.clone(),
+            trust: self.trust.clone(),
+            clock: self.clock,
+        })
+    }
+
+    fn apply_fetched(&mut self, fetched: Result<Option<remote_config::Remote>, String>) {
+        match fetched {
             Ok(Some(r)) => self.apply(r),
             Ok(None) => log::debug!("the server has no config for this agent yet"),
             Err(e) => log::debug!("remote config: {e}"),

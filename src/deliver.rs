@@ -97,6 +97,7 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let mut bundle = Vec::new();
         if let Some(path) = &opts.cacert {
             let bad = |why: String| Error::CaCert(path.clone(), why);
             let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
@@ -106,29 +107,32 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
             if certs.is_empty() {
                 return Err(bad("holds no certificate".into()));
             }
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
             if added == 0 {
                 return Err(bad("none of its certificates can be used as a CA".into()));
             }
+            bundle = certs;
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Bundle {
+                webpki,
+                bundle,
+                algorithms,
+            }))
+            .with_no_client_auth()
     };
     Ok(Arc::new(config))
 }
 
-/// Accepts exactly the leaf certificate with this SHA-256 (of its DER).
-#[derive(Debug)]
-struct Pinned {
-    sha256: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-/// Accepts any certificate (`--insecure`).
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
+/// The handshake-signature checks every verifier here shares: the server
+/// must hold its certificate's key, whatever is trusted about the certificate.
 macro_rules! verify_signatures_with {
     () => {
         fn verify_tls12_signature(
@@ -153,6 +157,62 @@ macro_rules! verify_signatures_with {
             self.algorithms.supported_schemes()
         }
     };
+}
+
+/// Accepts exactly the leaf certificate with this SHA-256 (of its DER).
+#[derive(Debug)]
+struct Pinned {
+    sha256: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// The web roots plus `--cacert`, verified by webpki; a server certificate
+/// that is itself in the `--cacert` bundle (a self-signed certificate, as
+/// `openssl req -x509` makes them, which webpki refuses as a CA used as an
+/// end entity) is trusted as it is, for the name it carries.
+#[derive(Debug)]
+struct Bundle {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    bundle: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Bundle {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e)
+                if self
+                    .bundle
+                    .iter()
+                    .any(|c| c.as_ref() == end_entity.as_ref()) =>
+            {
+                let parsed =
+                    rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    verify_signatures_with!();
+}
+
+/// Accepts any certificate (`--insecure`).
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -288,6 +348,83 @@ impl Transport for TlsTransport {
     }
 }
 
+/// The proxy for requests to `url`, from the environment as Go reads it:
+/// `HTTPS_PROXY` for an https server, `HTTP_PROXY` for an http one (either
+/// case), none for a server on this machine or a host `NO_PROXY` lists.
+pub fn proxy_for(url: &ServerUrl, env: &dyn Fn(&str) -> Option<String>) -> Option<ureq::Proxy> {
+    let host = url.host.as_str();
+    let loopback = host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
+    }
+    let get = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| env(n))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(no) = get(["NO_PROXY", "no_proxy"]) {
+        if no
+            .split(',')
+            .any(|entry| no_proxy_matches(entry.trim(), host))
+        {
+            return None;
+        }
+    }
+    let value = match url.scheme {
+        crate::config::Scheme::Https => get(["HTTPS_PROXY", "https_proxy"]),
+        crate::config::Scheme::Http => get(["HTTP_PROXY", "http_proxy"]),
+    }?;
+    match ureq::Proxy::new(&value) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("ignoring the proxy in the environment: {e}");
+            None
+        }
+    }
+}
+
+/// One `NO_PROXY` entry: `*`, a host or domain (`example.com` also covers
+/// `a.example.com`; a leading `.` or `*.` is the same), an IP, or an IP
+/// range (`10.0.0.0/8`); a port on the entry is ignored.
+fn no_proxy_matches(entry: &str, host: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    let entry = entry.to_ascii_lowercase();
+    if let Some((net, bits)) = entry.split_once('/') {
+        let (Ok(net), Ok(bits), Ok(ip)) = (
+            net.parse::<std::net::IpAddr>(),
+            bits.parse::<u32>(),
+            host.parse::<std::net::IpAddr>(),
+        ) else {
+            return false;
+        };
+        return match (net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) if bits <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) if bits <= 128 => {
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        };
+    }
+    let entry = entry.trim_start_matches("*.").trim_start_matches('.');
+    let entry = match entry.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+        _ => entry,
+    };
+    !entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}")))
+}
+
 /// A request's outcome at the HTTP level.
 #[derive(Debug)]
 pub enum Reply {
@@ -297,7 +434,8 @@ pub enum Reply {
     Failed(String),
 }
 
-/// The HTTP client for one Pulse server.
+/// The HTTP client for one Pulse server. Clones share the connection pool.
+#[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     base: String,
@@ -326,7 +464,7 @@ impl Client {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(user_agent)
-            .proxy(ureq::Proxy::try_from_env())
+            .proxy(proxy_for(url, &|k| std::env::var(k).ok()))
             .timeout_global(Some(REPORT_TIMEOUT))
             .max_idle_connections(2)
             .max_idle_connections_per_host(1)
@@ -542,6 +680,41 @@ mod tests {
             classify(Reply::Status(404, vec![])),
             Delivery::Failed(_)
         ));
+    }
+
+    #[test]
+    fn proxies_by_scheme_never_for_loopback() {
+        let url = |s: &str| crate::config::parse_url(s, true, &|_| None).unwrap();
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://proxy.lan:3128".to_string()),
+            "http_proxy" => Some("http://plain.lan:8080".to_string()),
+            "NO_PROXY" => Some("internal.example, .corp.example:443, 10.0.0.0/8".to_string()),
+            _ => None,
+        };
+        let host = |p: Option<ureq::Proxy>| p.map(|p| p.host().to_string());
+        assert_eq!(
+            host(proxy_for(&url("https://pulse.example"), &env)).as_deref(),
+            Some("proxy.lan")
+        );
+        assert_eq!(
+            host(proxy_for(&url("http://pulse.example"), &env)).as_deref(),
+            Some("plain.lan")
+        );
+        for direct in [
+            "https://localhost:7655",
+            "https://127.0.0.1",
+            "https://[::1]:7655",
+            "https://internal.example",
+            "https://pulse.internal.example",
+            "https://x.corp.example",
+            "https://10.1.2.3",
+        ] {
+            assert!(proxy_for(&url(direct), &env).is_none(), "{direct}");
+        }
+        assert!(proxy_for(&url("https://11.1.2.3"), &env).is_some());
+        assert!(proxy_for(&url("https://pulse.example"), &|_| None).is_none());
+        assert!(no_proxy_matches("*", "anything"));
+        assert!(!no_proxy_matches("example.com", "notexample.com"));
     }
 
     #[test]

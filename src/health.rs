@@ -32,17 +32,19 @@ use std::time::{Duration, Instant, SystemTime};
 /// Connections served at once; more get `503` and are closed.
 pub const MAX_CONNECTIONS: usize = 8;
 /// Connections kept open while they have not sent anything; past this the
-/// oldest is closed.
+/// oldest is closed. Lower when the descriptor limit is low.
 pub const MAX_WAITING: usize = 256;
 /// A connection that sends nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(5);
 /// A client that does not read its answer for this long is dropped.
 const WRITE: Duration = Duration::from_secs(10);
-/// A connection older than this is closed at its next quiet moment (no
-/// input for [`QUIET`]), so a keep-alive scraper reconnects between requests...
-const LIFETIME: Duration = Duration::from_secs(60);
-/// ...and one that never goes quiet (it trickles) at twice this age.
-const QUIET: Duration = Duration::from_millis(250);
+/// No connection lives longer than this: each carries one request (answers
+/// close it), which takes milliseconds; a client that trickles is cut off.
+const LIFETIME: Duration = Duration::from_secs(10);
+/// A request is a GET with a few headers; tiny_http would buffer a header
+/// line of any length, so more than this is refused (431) before it gets there.
+const MAX_REQUEST: usize = 16 * 1024;
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrequest too large\n";
 const RELAY_STACK: usize = 64 * 1024;
 
 /// What the listener answers with, replaced whole after each cycle.
@@ -117,6 +119,12 @@ fn gate(public: TcpListener, sock: PathBuf) {
         return;
     }
     let mut relays = Relays::new(sock);
+    // Leave descriptors for everything else even under a low RLIMIT_NOFILE.
+    let max_waiting = crate::sys::process_stats()
+        .max_fds
+        .map_or(MAX_WAITING, |n| {
+            MAX_WAITING.min((n.saturating_sub(64) / 2) as usize).max(8)
+        });
     let mut waiting: std::collections::VecDeque<(TcpStream, Instant)> =
         std::collections::VecDeque::new();
     loop {
@@ -143,7 +151,18 @@ fn gate(public: TcpListener, sock: PathBuf) {
         }
         waiting = still;
         if ready[0] {
-            while let Ok((conn, _)) = public.accept() {
+            loop {
+                let conn = match public.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE): poll would report the
+                        // listener ready again at once; back off instead of spinning.
+                        log::debug!("health listener: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                };
                 // With TCP_DEFER_ACCEPT a new connection usually has its
                 // request already: relay it without another trip through poll.
                 if crate::sys::poll_readable(&[conn.as_raw_fd()], Some(Duration::ZERO))
@@ -152,7 +171,7 @@ fn gate(public: TcpListener, sock: PathBuf) {
                     relays.admit(conn);
                     continue;
                 }
-                if waiting.len() >= MAX_WAITING {
+                if waiting.len() >= max_waiting {
                     waiting.pop_front();
                 }
                 waiting.push_back((conn, Instant::now()));
@@ -244,8 +263,8 @@ impl Relays {
 }
 
 /// Relays one connection to tiny_http and back, both directions in one
-/// thread, until either side closes, the client is idle for [`IDLE`], or the
-/// connection is past [`LIFETIME`] (see there).
+/// thread, until either side closes, the client is idle for [`IDLE`], sends
+/// more than [`MAX_REQUEST`], or the connection reaches [`LIFETIME`].
 fn relay(mut tcp: TcpStream, sock: &Path) {
     let _ = tcp.set_write_timeout(Some(WRITE));
     // Answers are written in pieces; do not let Nagle hold them back.
@@ -254,26 +273,17 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
         return;
     };
     let _ = unix.set_write_timeout(Some(WRITE));
-    let born = Instant::now();
-    let mut last_input = born;
+    let end = Instant::now() + LIFETIME;
+    let mut last_input = Instant::now();
+    let mut received = 0usize;
     let mut client_done = false;
     // One read carries a whole /metrics answer.
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let now = Instant::now();
-        let old = now >= born + LIFETIME;
-        if (old && now >= last_input + QUIET) || now >= born + 2 * LIFETIME {
+        let deadline = (last_input + IDLE).min(end);
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
             break;
-        }
-        let mut deadline = last_input + IDLE;
-        if old {
-            deadline = deadline.min(last_input + QUIET);
-        } else {
-            deadline = deadline.min(born + LIFETIME);
-        }
-        let wait = deadline
-            .saturating_duration_since(now)
-            .max(Duration::from_millis(1));
+        };
         let fds = if client_done {
             vec![unix.as_raw_fd()]
         } else {
@@ -283,10 +293,7 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
             break;
         };
         if !ready.iter().any(|r| *r) {
-            if Instant::now() >= last_input + IDLE {
-                break;
-            }
-            continue;
+            break; // idle, or too old
         }
         if ready[0] {
             match unix.read(&mut buf) {
@@ -305,6 +312,11 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
                     let _ = unix.shutdown(Shutdown::Write);
                 }
                 Ok(n) => {
+                    received += n;
+                    if received > MAX_REQUEST {
+                        let _ = tcp.write_all(TOO_LARGE);
+                        break;
+                    }
                     last_input = Instant::now();
                     if unix.write_all(&buf[..n]).is_err() {
                         break;

@@ -74,22 +74,52 @@ pub struct Trust {
     pub signature_required: bool,
 }
 
-/// Looks up this host's agent ID and fetches its config. `Ok(None)`: the
-/// server has no config for it (yet).
+/// Everything a fetch needs; moved to the remote-config thread.
+pub struct Fetcher {
+    pub client: Client,
+    pub hostname: String,
+    pub agent_id: String,
+    pub trust: Trust,
+    pub clock: fn() -> SystemTime,
+}
+
+impl Fetcher {
+    /// Lookup and config within one [`CONFIG_TIMEOUT`] budget.
+    pub fn fetch(&self) -> Result<Option<Remote>, String> {
+        let deadline = std::time::Instant::now() + CONFIG_TIMEOUT;
+        fetch(
+            &self.client,
+            &self.hostname,
+            &self.agent_id,
+            &self.trust,
+            (self.clock)(),
+            deadline,
+        )
+    }
+}
+
+/// Looks up this host's agent ID and fetches its config, both before
+/// `deadline`. `Ok(None)`: the server has no config for it (yet).
 pub fn fetch(
     client: &Client,
     hostname: &str,
     local_id: &str,
     trust: &Trust,
     now: SystemTime,
+    deadline: std::time::Instant,
 ) -> Result<Option<Remote>, String> {
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let mut id = local_id.to_string();
     if !hostname.is_empty() {
         let path = format!(
             "/api/agents/agent/lookup?hostname={}",
             escape(hostname, true)
         );
-        match client.get(&path, CONFIG_TIMEOUT, Some(USER_AGENT)) {
+        match client.get(&path, left(), Some(USER_AGENT)) {
             Reply::Status(200, body) => {
                 let v: Value =
                     serde_json::from_slice(&body).map_err(|e| format!("lookup: bad JSON: {e}"))?;
@@ -116,7 +146,7 @@ pub fn fetch(
         }
     }
     let path = format!("/api/agents/agent/{}/config", escape(&id, false));
-    let body = match client.get(&path, CONFIG_TIMEOUT, Some(USER_AGENT)) {
+    let body = match client.get(&path, left(), Some(USER_AGENT)) {
         Reply::Status(200, body) => body,
         Reply::Status(404, _) => return Ok(None),
         Reply::Status(s, body) => {
@@ -430,13 +460,13 @@ fn go_number(n: &serde_json::Number) -> String {
         format!("{f}")
     } else {
         let s = format!("{f:e}");
-        // Rust: 1e21, 1.5e-7 → Go: 1e+21, 1.5e-07
+        // Rust: 1e21, 1.5e-7 → Go: 1e+21, 1.5e-7 (Go pads a positive exponent
+        // to two digits and strips the zero padding of a negative one).
         let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        let (sign, digits) = match exp.strip_prefix('-') {
-            Some(d) => ('-', d),
-            None => ('+', exp),
-        };
-        format!("{mant}e{sign}{digits:0>2}")
+        match exp.strip_prefix('-') {
+            Some(digits) => format!("{mant}e-{}", digits.trim_start_matches('0')),
+            None => format!("{mant}e+{exp:0>2}"),
+        }
     }
 }
 
@@ -654,7 +684,7 @@ mod tests {
     fn go_encoding() {
         assert_eq!(
             go_json(&json!({"b": "<a&b>", "a": [1, 2.5, 1e21, 0.0000001, null, true]})),
-            r#"{"a":[1,2.5,1e+21,1e-07,null,true],"b":"\u003ca\u0026b\u003e"}"#
+            r#"{"a":[1,2.5,1e+21,1e-7,null,true],"b":"\u003ca\u0026b\u003e"}"#
         );
         assert_eq!(escape("my host/x", true), "my+host%2Fx");
         assert_eq!(escape("a b", false), "a%20b");

@@ -134,10 +134,10 @@ impl Spool {
 
     /// Appends a report. It is on disk when this returns, unless the disk
     /// refused it (then it is kept in memory).
-    pub fn push(&mut self, body: Vec<u8>) {
+    pub fn push(&mut self, body: Vec<u8>) -> Option<u64> {
         if self.max_reports == 0 {
             self.dropped += 1;
-            return;
+            return None;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -167,6 +167,7 @@ impl Spool {
         self.bytes += size;
         self.entries.push_back(Entry { id, size, memory });
         self.enforce_bounds();
+        Some(id)
     }
 
     fn enforce_bounds(&mut self) {
@@ -196,25 +197,35 @@ impl Spool {
         }
     }
 
-    /// The oldest report, `(id, body)`. Unreadable or corrupt entries are
-    /// logged, deleted and skipped.
-    pub fn front(&mut self) -> Option<(u64, Vec<u8>)> {
+    /// The oldest report, `(id, body)`. A file that is not a report (corrupt,
+    /// truncated, not JSON) is logged, deleted and skipped; one that cannot be
+    /// read right now (out of descriptors, an I/O error) is kept and the error
+    /// returned, so a passing problem never destroys reports.
+    pub fn front(&mut self) -> Result<Option<(u64, Vec<u8>)>, std::io::Error> {
         loop {
-            let e = self.entries.front()?;
+            let Some(e) = self.entries.front() else {
+                return Ok(None);
+            };
             let id = e.id;
             if let Some(body) = &e.memory {
-                return Some((id, body.clone()));
+                return Ok(Some((id, body.clone())));
             }
             let path = self
                 .path(id)
                 .expect("invariant: disk entries exist only with a spool directory");
             match read_report(&path) {
-                Ok(body) => return Some((id, body)),
-                Err(why) => {
+                Ok(body) => return Ok(Some((id, body))),
+                Err(Unreadable::NotAReport(why)) => {
                     log::warn!("spool: skipping {}: {why}", path.display());
                     let e = self.entries.pop_front().expect("invariant: front exists");
                     self.forget(&e);
                 }
+                Err(Unreadable::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // Removed behind our back: nothing left to send.
+                    let e = self.entries.pop_front().expect("invariant: front exists");
+                    self.forget(&e);
+                }
+                Err(Unreadable::Io(err)) => return Err(err),
             }
         }
     }
@@ -237,19 +248,26 @@ impl Spool {
     }
 }
 
+enum Unreadable {
+    /// The file's content is not a report: it will never be sendable.
+    NotAReport(String),
+    /// The file could not be read now.
+    Io(std::io::Error),
+}
+
 /// Reads a spooled report and checks it is a JSON object.
-fn read_report(path: &Path) -> Result<Vec<u8>, String> {
-    let f = fs::File::open(path).map_err(|e| e.to_string())?;
+fn read_report(path: &Path) -> Result<Vec<u8>, Unreadable> {
+    let f = fs::File::open(path).map_err(Unreadable::Io)?;
     let mut body = Vec::new();
     f.take(MAX_FILE + 1)
         .read_to_end(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(Unreadable::Io)?;
     if body.len() as u64 > MAX_FILE {
-        return Err("larger than any report".into());
+        return Err(Unreadable::NotAReport("larger than any report".into()));
     }
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(v) if v.is_object() => Ok(body),
-        _ => Err("not a JSON report".into()),
+        _ => Err(Unreadable::NotAReport("not a JSON report".into())),
     }
 }
 
@@ -277,12 +295,12 @@ mod tests {
         drop(s);
         let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
         assert_eq!(s.len(), 3);
-        let (id, body) = s.front().unwrap();
+        let (id, body) = s.front().unwrap().unwrap();
         assert_eq!(body, report(1));
         s.remove(id);
         s.push(report(4));
         let mut got = Vec::new();
-        while let Some((id, body)) = s.front() {
+        while let Some((id, body)) = s.front().unwrap() {
             got.push(body);
             s.remove(id);
         }
@@ -300,7 +318,7 @@ mod tests {
         }
         assert_eq!(s.len(), 3);
         assert_eq!(s.dropped(), 2);
-        assert_eq!(s.front().unwrap().1, report(3));
+        assert_eq!(s.front().unwrap().unwrap().1, report(3));
         let mut s = Spool::open(None, 100, 50);
         for n in 1..=5 {
             s.push(report(n));
@@ -320,8 +338,25 @@ mod tests {
         fs::write(d.join(".00000000000000000009.json.tmp-1"), b"partial").unwrap();
         fs::write(d.join("unrelated.txt"), b"x").unwrap();
         let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
-        assert_eq!(s.front().unwrap().1, report(2));
+        assert_eq!(s.front().unwrap().unwrap().1, report(2));
         assert!(!d.join(".00000000000000000009.json.tmp-1").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_read_error_keeps_the_entry() {
+        let d = dir("ioerr");
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        s.push(report(1));
+        drop(s);
+        // A directory where the report should be: reading it fails with EISDIR,
+        // an I/O error, not bad content.
+        let f = d.join(format!("{:020}.json", 1));
+        fs::remove_file(&f).unwrap();
+        fs::create_dir(&f).unwrap();
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        assert!(s.front().is_err());
+        assert_eq!(s.len(), 1, "kept for a later attempt");
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -335,10 +370,10 @@ mod tests {
         s.push(report(1));
         s.push(report(2));
         assert_eq!(s.len(), 2);
-        let (id, body) = s.front().unwrap();
+        let (id, body) = s.front().unwrap().unwrap();
         assert_eq!(body, report(1));
         s.remove(id);
-        assert_eq!(s.front().unwrap().1, report(2));
+        assert_eq!(s.front().unwrap().unwrap().1, report(2));
         assert_eq!(s.clear(), 1);
         fs::remove_file(&blocker).unwrap();
     }

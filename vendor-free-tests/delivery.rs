@@ -36,6 +36,16 @@ impl Dir {
         self.0.join("state")
     }
 
+    /// The sequence numbers of the spooled reports, oldest first.
+    fn spooled_sequence(&self) -> Vec<u64> {
+        self.spooled()
+            .iter()
+            .filter_map(|f| std::fs::read(self.state().join("spool").join(f)).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter_map(|v| v["sequenceId"].as_str()?.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
     fn spooled(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.state().join("spool"))
             .map(|rd| {
@@ -151,13 +161,12 @@ fn reports_arrive_every_interval_with_increasing_sequence_ids() {
         .map(|(st, _)| st)
         .collect();
     assert_eq!(streams.len(), 1, "one stream per process");
-    // One second apart, give or take scheduling: no burst, no drift.
-    for w in reports.windows(2) {
-        let gap = w[1].at - w[0].at;
-        assert!(
-            gap > Duration::from_millis(500) && gap < Duration::from_millis(2500),
-            "{gap:?}"
-        );
+    // On a fixed grid: the n-th report n seconds after the first, give or
+    // take scheduling (a loop that slept a full interval after each cycle
+    // would drift by the cycle's length every time).
+    for (n, r) in reports.iter().enumerate() {
+        let since = (r.at - reports[0].at).as_secs_f64();
+        assert!((since - n as f64).abs() < 0.5, "report {n} at {since:.3} s");
     }
     let h = &reports[0].headers;
     assert_eq!(h.get("x-api-token").map(String::as_str), Some(REPORT_TOKEN));
@@ -313,7 +322,9 @@ fn unauthorized_during_a_flush_drops_the_whole_spool() {
     assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
     s.go_down();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!dir.spooled().is_empty());
+    let spooled = dir.spooled_sequence();
+    assert!(!spooled.is_empty());
+    let newest_spooled = *spooled.iter().max().unwrap();
     s.set_mode(Mode::Status(401));
     s.come_up();
     assert!(
@@ -321,6 +332,23 @@ fn unauthorized_during_a_flush_drops_the_whole_spool() {
         "{:?}",
         dir.spooled()
     );
+    // One refusal dropped the whole spool: of the spooled reports only the
+    // oldest was ever tried (later 401s are fresh reports of later cycles).
+    let tried: Vec<u64> = s
+        .reports()
+        .iter()
+        .filter(|r| r.status == 401)
+        .filter_map(|r| {
+            r.doc
+                .as_ref()?
+                .get("sequenceId")?
+                .as_str()
+                .map(String::from)
+        })
+        .filter_map(|q| q.rsplit(':').next()?.parse().ok())
+        .filter(|&n| n <= newest_spooled)
+        .collect();
+    assert_eq!(tried, [spooled[0]], "spooled {spooled:?}");
 }
 
 #[test]
@@ -435,6 +463,62 @@ fn certificates_are_checked_unless_told_otherwise() {
         1,
         "the wrongly pinned run kept its report"
     );
+}
+
+#[test]
+fn once_fails_when_the_new_report_is_refused_even_after_a_flush() {
+    let s = StandIn::start();
+    let dir = Dir::new("once400");
+    s.set_mode(Mode::Status(503));
+    assert_eq!(once(&s, &dir, &[]).status.code(), Some(1));
+    assert_eq!(dir.spooled().len(), 1);
+    s.set_mode(Mode::Status(400));
+    let o = once(&s, &dir, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the new report was refused: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        dir.spooled().is_empty(),
+        "both refused for good, neither kept"
+    );
+}
+
+#[test]
+fn a_self_signed_server_certificate_is_trusted_through_cacert() {
+    let s = StandIn::start_with(common::standin::Pki::self_signed("pulse.lan"));
+    let dir = Dir::new("selfsigned");
+    let o = once(&s, &dir, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut no_ca = args(&s, &dir, &["--once"]);
+    no_ca.retain(|a| !a.starts_with("--cacert"));
+    let o = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&no_ca)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "not without it");
+}
+
+#[test]
+fn proxy_variables_do_not_apply_to_a_server_on_this_machine() {
+    let s = StandIn::start();
+    let dir = Dir::new("proxy");
+    // A proxy that does not exist: using it would fail the delivery.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut a = args(&s, &dir, &["--once"]);
+    a[1] = format!("--url=https://localhost:{}", s.addr.port());
+    let o = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&a)
+        .env_clear()
+        .env("HTTPS_PROXY", &dead)
+        .env("HTTP_PROXY", &dead)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.reports().len(), 1);
 }
 
 #[test]
@@ -675,6 +759,36 @@ fn health_listener_endpoints() {
     let doc: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(doc["host"]["hostname"], "vm");
     assert_eq!(get(port, "/nope").0, 404);
+}
+
+/// A client that sends an endless header is cut off with 431 before tiny_http
+/// buffers it, and the agent's memory does not grow.
+#[test]
+fn endless_request_headers_are_refused() {
+    use std::io::{Read, Write};
+    let (s, dir) = (StandIn::start(), Dir::new("bighdr"));
+    let (agent, port) = with_listener(&s, &dir);
+    let rss_before = proc_status(agent.pid(), "VmRSS:");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nX-A: ").unwrap();
+    let chunk = vec![b'A'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 8 * 1024 * 1024 && c.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{answer:?} after {sent} bytes"
+    );
+    let rss_after = proc_status(agent.pid(), "VmRSS:");
+    assert!(
+        rss_after < rss_before + 4096,
+        "RSS {rss_before} → {rss_after} kB"
+    );
+    assert_eq!(get(port, "/healthz"), (200, "ok".into()), "still serving");
 }
 
 /// 500 idle connections to the listener while it is scraped: reports keep

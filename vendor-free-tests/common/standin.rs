@@ -51,6 +51,23 @@ impl Pki {
         }
     }
 
+    /// One self-signed certificate, marked as a CA, that the server presents
+    /// itself (what `openssl req -x509` makes); `ca_pem` is that certificate.
+    pub fn self_signed(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Pki {
+            ca_pem: cert.pem(),
+            leaf_der: cert.der().to_vec(),
+            leaf_key_der: key.serialize_der(),
+        }
+    }
+
     /// SHA-256 of the server certificate, as `--server-fingerprint` wants it.
     pub fn fingerprint(&self) -> String {
         use sha2::Digest;
@@ -134,7 +151,11 @@ impl StandIn {
     /// Starts on an ephemeral loopback port; `REPORT_TOKEN` carries the
     /// standard install scopes.
     pub fn start() -> StandIn {
-        let pki = Pki::new("pulse-standin");
+        StandIn::start_with(Pki::new("pulse-standin"))
+    }
+
+    /// Starts with the given certificates.
+    pub fn start_with(pki: Pki) -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let s = StandIn {
@@ -339,6 +360,11 @@ fn connection(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>, state: Arc<(Mutex<
                 false,
             ),
             Mode::Status(s) => {
+                if req.path.ends_with("/report") {
+                    let doc = serde_json::from_slice(&req.body).ok();
+                    record(&mut state.0.lock().unwrap(), &req, *s, doc, false);
+                    state.1.notify_all();
+                }
                 let (ctype, body) = error_body(*s);
                 (*s, ctype, body, false)
             }
