@@ -32,12 +32,15 @@ use crate::remote_config::{self, Trust};
 use crate::report::{self, Module, ModuleState, Privilege, Sequence};
 use crate::root::Root;
 use crate::spool::{self, Spool};
-use crate::{enroll, logging, state, sys};
+use crate::{enroll, logging, smart, state, sys};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a stop may wait for the cycle in progress.
 pub const STOP_GRACE: Duration = Duration::from_millis(1800);
 const REPORT_PATH: &str = "/api/agents/agent/report";
+/// How long the first report waits for the first SMART refresh; a hung
+/// smartctl costs the first report at most this, later reports nothing.
+pub const SMART_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub enum Error {
@@ -290,6 +293,8 @@ struct Agent {
     auth_logged: Option<Instant>,
     server_id_logged: bool,
     server_version: Option<String>,
+    smart: Option<smart::Service>,
+    smart_waited: bool,
 }
 
 impl Agent {
@@ -302,6 +307,7 @@ impl Agent {
         }
         let mut opts = options(config);
         opts.zfs_arc_is_cache = identity.container.is_none();
+        let smart = start_smart(config, &root);
         let host = collect::Host::new(root, opts);
 
         let mut client = None;
@@ -376,6 +382,8 @@ impl Agent {
             auth_logged: None,
             server_id_logged: false,
             server_version: None,
+            smart,
+            smart_waited: false,
             agent_id,
             identity,
             host,
@@ -419,7 +427,8 @@ impl Agent {
 
     /// Collects and builds one report: the document and its wire bytes.
     fn build(&mut self) -> (Value, Vec<u8>) {
-        let snapshot = self.host.collect();
+        let mut snapshot = self.host.collect();
+        self.add_smart(&mut snapshot);
         self.log_outcomes(&snapshot.sources);
         let sequence_id = self.seq.next_id();
         let version = version();
@@ -454,6 +463,40 @@ impl Agent {
         let body =
             serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
         (doc, body)
+    }
+
+    /// Puts the latest SMART refresh into `snap`. The first report waits for
+    /// the first refresh, up to [`SMART_WAIT`]; later ones never wait.
+    fn add_smart(&mut self, snap: &mut collect::HostSnapshot) {
+        let Some(service) = &self.smart else {
+            return;
+        };
+        let refresh = if self.smart_waited {
+            service.latest()
+        } else {
+            self.smart_waited = true;
+            service.wait(SMART_WAIT)
+        };
+        snap.sources.push(match refresh {
+            Some(r) => {
+                snap.smart = r.rows.clone();
+                SourceStatus {
+                    name: "smart",
+                    outcome: r.outcome.clone(),
+                    duration: r.duration,
+                    warnings: r.warnings.clone(),
+                }
+            }
+            None => SourceStatus {
+                name: "smart",
+                outcome: Outcome::Failed(format!(
+                    "the first SMART refresh has not finished (waited {} s)",
+                    SMART_WAIT.as_secs()
+                )),
+                duration: Duration::ZERO,
+                warnings: Vec::new(),
+            },
+        });
     }
 
     /// Logs a source's outcome when it changes, not every cycle.
@@ -779,6 +822,28 @@ fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Resul
         fingerprint: config.server_fingerprint,
     };
     Client::new(url, token, &tls, &format!("pulse-agent/{}", version())).map_err(Error::Tls)
+}
+
+/// The SMART thread, unless SMART is off (`--smart-interval=0`) or the host
+/// is not reported.
+fn start_smart(config: &Config, root: &Root) -> Option<smart::Service> {
+    if config.smart_interval.is_zero() || !config.enable_host {
+        return None;
+    }
+    let settings = smart::Settings {
+        smartctl: config.smartctl_path.clone(),
+        interval: config.smart_interval,
+        max_age: config.smart_max_age,
+        exclude: config.disk_exclude.clone(),
+        parallel: smart::PARALLEL,
+    };
+    match smart::Service::start(smart::Smart::new(root.clone(), settings)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("cannot start the SMART thread: {e}; disks are not reported");
+            None
+        }
+    }
 }
 
 /// Settings the collectors take from the configuration.

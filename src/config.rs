@@ -141,8 +141,13 @@ pub struct Config {
     pub health_addr: Option<String>,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
-    /// `PULSE_SMARTCTL_PATH`: a privilege helper wraps smartctl.
+    /// `--smartctl` / `PULSE_SMARTCTL_PATH` (absolute): a privilege helper
+    /// may wrap smartctl; `None` looks smartctl up in `PATH`.
     pub smartctl_path: Option<PathBuf>,
+    /// Time between SMART refreshes; zero turns SMART off.
+    pub smart_interval: Duration,
+    /// An idle disk is probed again only after this long.
+    pub smart_max_age: Duration,
     /// `PULSE_PCT_PATH`: a privilege helper wraps Proxmox's pct.
     pub pct_path: Option<PathBuf>,
     /// Things to log once the logger runs: ignored flags, unusable environment values.
@@ -160,7 +165,7 @@ pub type Resolver = dyn Fn(&str) -> Option<Vec<IpAddr>>;
 
 impl Config {
     /// Validates `args`, reading the environment through `env` for the values
-    /// that have no flag (`PULSE_TOKEN`, `PULSE_SMARTCTL_PATH`).
+    /// that have no flag (`PULSE_TOKEN`, `PULSE_PCT_PATH`).
     pub fn from_args(
         args: &Args,
         env: &dyn Fn(&str) -> Option<String>,
@@ -183,6 +188,22 @@ impl Config {
                 "--interval must be at least 1s (got {interval:?})"
             )));
         }
+
+        let smartctl_path = non_empty(args.str("smartctl").map(str::trim)).map(PathBuf::from);
+        if let Some(p) = &smartctl_path {
+            if !p.is_absolute() {
+                return Err(err(format!(
+                    "--smartctl (PULSE_SMARTCTL_PATH) must be an absolute path (got {})",
+                    p.display()
+                )));
+            }
+        }
+        let smart_interval = args
+            .duration("smart-interval")
+            .unwrap_or(crate::smart::DEFAULT_INTERVAL);
+        let smart_max_age = args
+            .duration("smart-max-age")
+            .unwrap_or(crate::smart::DEFAULT_MAX_AGE);
 
         let spool_reports = match args.int("spool-reports") {
             None => crate::spool::DEFAULT_MAX_REPORTS,
@@ -354,7 +375,9 @@ impl Config {
             health_addr,
             log_level,
             log_file: non_empty(args.str("log-file")).map(PathBuf::from),
-            smartctl_path: env_path(env, "PULSE_SMARTCTL_PATH"),
+            smartctl_path,
+            smart_interval,
+            smart_max_age,
             pct_path: env_path(env, "PULSE_PCT_PATH"),
             notices,
         })

@@ -13,7 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Number, Value};
 
 use crate::collect::HostSnapshot;
+use crate::collect::diskio::DiskIo;
 use crate::collect::identity::Identity;
+use crate::smart::Disk;
+use crate::smart::parse::Status;
 
 /// The state of one agent module, as `agent.modules[]` and `/status` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,21 +118,7 @@ pub fn host(r: &HostReport) -> Value {
             o.done()
         }),
     );
-    doc.list(
-        "diskIO",
-        s.disk_io.iter().map(|d| {
-            let mut o = Obj::default();
-            o.put("device", Value::String(d.device.clone()));
-            o.uint("readBytes", d.read_bytes);
-            o.uint("writeBytes", d.write_bytes);
-            o.uint("readOps", d.read_ops);
-            o.uint("writeOps", d.write_ops);
-            o.uint("readTimeMs", d.read_time_ms);
-            o.uint("writeTimeMs", d.write_time_ms);
-            o.uint("ioTimeMs", d.io_time_ms);
-            o.done()
-        }),
-    );
+    doc.list("diskIO", s.disk_io.iter().map(disk_io));
     doc.list(
         "network",
         s.network.iter().map(|n| {
@@ -142,11 +131,108 @@ pub fn host(r: &HostReport) -> Value {
             o.done()
         }),
     );
-    doc.put("sensors", Value::Object(Map::new()));
+    let mut sensors = Obj::default();
+    sensors.list(
+        "smart",
+        s.smart.iter().map(|d| smart_row(d, &s.smart, &s.disk_io)),
+    );
+    doc.put("sensors", sensors.done());
     doc.strs("tags", r.tags);
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.str("sequenceId", r.sequence_id);
     doc.done()
+}
+
+fn disk_io(d: &DiskIo) -> Value {
+    let mut o = Obj::default();
+    o.put("device", Value::String(d.device.clone()));
+    o.uint("readBytes", d.read_bytes);
+    o.uint("writeBytes", d.write_bytes);
+    o.uint("readOps", d.read_ops);
+    o.uint("writeOps", d.write_ops);
+    o.uint("readTimeMs", d.read_time_ms);
+    o.uint("writeTimeMs", d.write_time_ms);
+    o.uint("ioTimeMs", d.io_time_ms);
+    o.done()
+}
+
+/// One `sensors.smart[]` row, with the disk's own `diskIO` entry as `io`.
+pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
+    let mut o = Obj::default();
+    o.put("device", Value::String(d.device.clone()));
+    o.str("model", &d.model);
+    o.str("serial", &d.serial);
+    o.str("wwn", &d.wwn);
+    o.str("type", &d.kind);
+    o.str("controller", &d.controller);
+    o.str("target", &d.target);
+    o.uint("sizeBytes", d.size_bytes);
+    o.put("temperature", Value::Number(d.temperature.into()));
+    o.str("health", d.health.as_str());
+    o.flag("standby", d.standby);
+    // `io` by device name: not for controller members (their counters are
+    // the array's) nor for a name several rows share.
+    let token = device_token(&d.device);
+    let shared = all
+        .iter()
+        .filter(|r| device_token(&r.device) == token)
+        .count()
+        > 1;
+    let io_status = if d.member || shared {
+        Status::new(
+            "unsupported",
+            "kernel_diskstats",
+            "controller target does not expose member-level I/O counters",
+        )
+    } else if io.is_empty() {
+        Status::new(
+            "unavailable",
+            "kernel_diskstats",
+            "no disk I/O counters were collected",
+        )
+    } else if let Some(entry) = io.iter().find(|e| e.device.to_lowercase() == token) {
+        o.put("io", disk_io(entry));
+        Status::new("available", "kernel_diskstats", "")
+    } else {
+        Status::new(
+            "missing",
+            "kernel_diskstats",
+            "no I/O counters for this device",
+        )
+    };
+    let status = |s: &Status| {
+        let mut so = Obj::default();
+        so.put("state", Value::String(s.state.to_string()));
+        so.str("source", s.source);
+        so.str("reason", s.reason);
+        so.done()
+    };
+    let c = &d.collection;
+    let mut col = Obj::default();
+    col.put("serial", status(&c.serial));
+    col.put("temperature", status(&c.temperature));
+    col.put("io", status(&io_status));
+    col.put("controller", status(&c.controller));
+    // Pool membership is not collected yet: sent unset, as Go does.
+    col.put("pool", status(&Status::default()));
+    o.put("collection", col.done());
+    if let Some(a) = &d.attributes {
+        let mut ao = Map::new();
+        for (k, v) in a.fields() {
+            if let Some(v) = v {
+                ao.insert(k.to_string(), Value::Number(v.into()));
+            }
+        }
+        o.put("attributes", Value::Object(ao));
+    }
+    o.done()
+}
+
+/// The name a SMART row and a `diskIO` entry share: no `/dev/`, the first
+/// word (`sda [megaraid,0]` → `sda`), lowercase.
+fn device_token(device: &str) -> String {
+    let d = device.strip_prefix("/dev/").unwrap_or(device);
+    d.split_whitespace().next().unwrap_or("").to_lowercase()
 }
 
 fn agent(a: &Agent) -> Value {

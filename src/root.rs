@@ -198,6 +198,15 @@ impl Root {
         std::fs::read_link(self.path(abs)).map_err(|e| self.err(abs, e))
     }
 
+    /// `realpath(abs)` as a host path (symlinks inside the root resolved
+    /// inside it); `None` if it does not resolve or leaves the root.
+    pub fn real_path(&self, abs: &str) -> Option<String> {
+        let base = std::fs::canonicalize(&self.base).ok()?;
+        let real = std::fs::canonicalize(self.path(abs)).ok()?;
+        let rel = real.strip_prefix(&base).ok()?;
+        Some(format!("/{}", rel.to_str()?))
+    }
+
     /// Filesystem numbers of the mount at `mountpoint` (a host path).
     /// A live root may block here forever on a dead network mount: callers
     /// must use `collect::filesystems::StatfsGuard`.

@@ -343,3 +343,18 @@ pub fn defer_accept(fd: std::os::fd::RawFd, seconds: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sends SIGKILL to the process group `pgid` (a child started with its own
+/// group), so its children die with it.
+pub fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return; // never the whole session or init
+    }
+    // SAFETY: kill only sends a signal; a negative pid names a process group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}

@@ -154,6 +154,8 @@ fn usage_errors_are_one_line_and_exit_2() {
         (&["--enable-host=false"], "nothing to run"),
         (&["--root=/no/such/dir", "--once"], "not a directory"),
         (&["--health-addr=nonsense"], "--health-addr"),
+        (&["--smartctl=smartctl"], "must be an absolute path"),
+        (&["--smart-interval=5"], "missing unit"),
         (
             &["--enroll", "--url=https://pulse.example"],
             "bootstrap token",
@@ -364,4 +366,41 @@ fn hung_nfs_mount_does_not_stall_the_report() {
         "the hung mount is named in a warning: {}",
         stderr(&o)
     );
+}
+
+#[test]
+fn smartctl_path_and_smart_switch() {
+    let case = "nas-smart";
+    let smartctl = common::fake_smartctl(case);
+    let base = |extra: &[&str]| {
+        let mut a = case_args(case);
+        a.retain(|x| !x.starts_with("--smartctl"));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // From the environment: the stock agent's variable, a privilege helper.
+    let o = agent()
+        .args(base(&[]))
+        .env("PULSE_SMARTCTL_PATH", &smartctl)
+        .output()
+        .unwrap();
+    let doc = report(&o);
+    assert_eq!(doc["agent"]["privilege"]["smartctlHelper"], true);
+    assert_eq!(doc["sensors"]["smart"].as_array().unwrap().len(), 19);
+    // Off: no smartctl runs, no rows.
+    let o = agent()
+        .args(base(&["--smart-interval=0"]))
+        .env("PULSE_SMARTCTL_PATH", &smartctl)
+        .output()
+        .unwrap();
+    assert!(report(&o)["sensors"].get("smart").is_none());
+    // A smartctl that does not exist: disks from sysfs, health UNKNOWN.
+    let o = agent()
+        .args(base(&["--smartctl=/nonexistent/smartctl"]))
+        .output()
+        .unwrap();
+    let doc = report(&o);
+    let rows = doc["sensors"]["smart"].as_array().unwrap();
+    assert_eq!(rows.len(), 15, "12 SATA, 2 NVMe, the RAID volume: {rows:?}");
+    assert!(rows.iter().all(|r| r["health"] == "UNKNOWN"));
 }

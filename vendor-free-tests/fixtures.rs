@@ -62,6 +62,40 @@ fn nas_synology() {
 }
 
 #[test]
+fn nas_smart() {
+    let doc = golden("nas-smart");
+    let rows = doc["sensors"]["smart"].as_array().unwrap();
+    let devices: Vec<&str> = rows.iter().map(|r| r["device"].as_str().unwrap()).collect();
+    // 12 SATA, 2 NVMe (by namespace), 4 MegaRAID members, and the RAID
+    // volume from sysfs alone; no md, loop, dm, zram or empty card reader.
+    assert_eq!(rows.len(), 19, "{devices:?}");
+    assert_eq!(devices.iter().filter(|d| d.starts_with("sd")).count(), 13);
+    assert!(devices.contains(&"nvme0n1") && devices.contains(&"nvme1n1"));
+    assert_eq!(
+        devices.iter().filter(|d| d.contains("[megaraid,")).count(),
+        4
+    );
+    let asleep: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["standby"] == true)
+        .map(|r| r["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(asleep, ["sdc", "sdf", "sdi", "sdl"]);
+    for r in rows {
+        let h = r["health"].as_str().unwrap_or("");
+        assert!(["", "PASSED", "FAILED", "UNKNOWN"].contains(&h), "{r}");
+    }
+    let sdh = rows.iter().find(|r| r["device"] == "sdh").unwrap();
+    assert_eq!(sdh["attributes"]["reallocatedSectors"], 8);
+    assert_eq!(sdh["attributes"]["pendingSectors"], 2);
+    let sdm = rows.iter().find(|r| r["device"] == "sdm").unwrap();
+    assert_eq!(
+        sdm["health"], "UNKNOWN",
+        "the RAID volume itself has no SMART"
+    );
+}
+
+#[test]
 fn nas_truenas() {
     let doc = golden("nas-truenas");
     let zfs: Vec<&Value> = doc["disks"]

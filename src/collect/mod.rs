@@ -135,6 +135,8 @@ pub struct HostSnapshot {
     pub filesystems: Vec<filesystems::Filesystem>,
     pub disk_io: Vec<diskio::DiskIo>,
     pub network: Vec<network::Interface>,
+    /// The SMART rows of the latest refresh (collected on their own thread).
+    pub smart: Vec<crate::smart::Disk>,
     pub sources: Vec<SourceStatus>,
 }
 

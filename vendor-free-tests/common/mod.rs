@@ -65,6 +65,9 @@ pub fn case_args(case: &str) -> Vec<String> {
         case_root(case).display().to_string(),
         "--state-dir".to_string(),
         no_state_dir().display().to_string(),
+        // Never the machine's own smartctl: its scan would list this
+        // machine's disks. A case's `smartctl/` holds its answers.
+        format!("--smartctl={}", fake_smartctl(case).display()),
     ];
     if let Ok(extra) = std::fs::read_to_string(fixtures_dir().join(case).join("args")) {
         args.extend(
@@ -76,6 +79,17 @@ pub fn case_args(case: &str) -> Vec<String> {
         );
     }
     args
+}
+
+/// The fake smartctl for a fixture case: `fixtures/<case>/smartctl/smartctl`
+/// (a link to `fake-smartctl` beside its answers) if the case has one, else
+/// the bare fake, which knows no disk.
+pub fn fake_smartctl(case: &str) -> PathBuf {
+    let own = fixtures_dir().join(case).join("smartctl").join("smartctl");
+    if own.exists() {
+        return own;
+    }
+    fixtures_dir().parent().unwrap().join("fake-smartctl")
 }
 
 pub fn no_env(_: &str) -> Option<String> {

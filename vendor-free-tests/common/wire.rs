@@ -142,6 +142,48 @@ const NETWORK: &[F] = &[
     F("txBytes", UInt, Opt),
     F("speedMbps", Int, Opt),
 ];
+const STATUS: &[F] = &[
+    F("state", Str, Always),
+    F("source", Str, Opt),
+    F("reason", Str, Opt),
+];
+/// Go encodes every key of this struct, set or not.
+const COLLECTION: &[F] = &[
+    F("serial", Obj(STATUS), Always),
+    F("temperature", Obj(STATUS), Always),
+    F("io", Obj(STATUS), Always),
+    F("controller", Obj(STATUS), Always),
+    F("pool", Obj(STATUS), Always),
+];
+const SMART_ATTRIBUTES: &[F] = &[
+    F("powerOnHours", Int, Opt),
+    F("powerCycles", Int, Opt),
+    F("reallocatedSectors", Int, Opt),
+    F("pendingSectors", Int, Opt),
+    F("offlineUncorrectable", Int, Opt),
+    F("udmaCrcErrors", Int, Opt),
+    F("percentageUsed", Int, Opt),
+    F("availableSpare", Int, Opt),
+    F("mediaErrors", Int, Opt),
+    F("unsafeShutdowns", Int, Opt),
+];
+const SMART: &[F] = &[
+    F("device", Str, Always),
+    F("model", Str, Opt),
+    F("serial", Str, Opt),
+    F("wwn", Str, Opt),
+    F("type", Str, Opt),
+    F("controller", Str, Opt),
+    F("target", Str, Opt),
+    F("sizeBytes", Int, Opt),
+    F("temperature", Int, Always),
+    F("health", Str, Opt),
+    F("standby", Bool, Opt),
+    F("pool", Str, Opt),
+    F("io", Obj(DISK_IO), Opt),
+    F("collection", Obj(COLLECTION), Opt),
+    F("attributes", Obj(SMART_ATTRIBUTES), Opt),
+];
 const SENSORS: &[F] = &[
     F("temperatureCelsius", Map(&Float), Opt),
     F("fanRpm", Map(&Float), Opt),
@@ -150,7 +192,7 @@ const SENSORS: &[F] = &[
     F("custom", Any, Opt),
     F("gpu", Any, Opt),
     F("thermalState", Any, Opt),
-    F("smart", Any, Opt),
+    F("smart", Arr(&Obj(SMART)), Opt),
 ];
 pub const HOST_REPORT: &[F] = &[
     F("agent", Obj(AGENT), Always),
