@@ -133,6 +133,11 @@ fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {
         format!("--state-dir={}", dir.state().display()),
         "--interval=1s".to_string(),
         "--health-addr=".to_string(),
+        // A smartctl that knows no disk, never the machine's own.
+        format!(
+            "--smartctl={}",
+            common::fake_smartctl("debian12-vm").display()
+        ),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -823,4 +828,32 @@ fn five_hundred_idle_connections_change_nothing() {
         "flood: {scrapes} scrapes answered, {during} reports, threads {threads_before} → {threads}, peak RSS {rss_kb} kB"
     );
     drop(idle);
+}
+
+#[test]
+fn a_hung_smartctl_holds_only_the_first_report_and_only_for_its_wait() {
+    let s = StandIn::start();
+    let dir = Dir::new("hungsmart");
+    let fake = dir.0.join("smartctl-answers");
+    std::fs::create_dir_all(&fake).unwrap();
+    let bare = common::fake_smartctl("debian12-vm");
+    std::os::unix::fs::symlink(&bare, fake.join("smartctl")).unwrap();
+    std::fs::write(fake.join("scan.hang"), "").unwrap();
+    let started = Instant::now();
+    let smartctl = format!("--smartctl={}", fake.join("smartctl").display());
+    let _agent = Agent::start(&dir, &args(&s, &dir, &[&smartctl]));
+    let wait = pulse_agent::agent::SMART_WAIT;
+    assert!(s.wait_for(wait + Duration::from_secs(10), |r| r.len() >= 4));
+    let reports = s.reports();
+    let first = (reports[0].at - started).as_secs_f64();
+    assert!(
+        first < wait.as_secs_f64() + 2.0,
+        "the first report waited for SMART at most {wait:?}: {first:.1} s"
+    );
+    // Later reports never wait for the hung refresh.
+    for pair in reports.windows(2) {
+        let gap = (pair[1].at - pair[0].at).as_secs_f64();
+        assert!(gap < 1.6, "reports {gap:.2} s apart");
+    }
+    assert!(reports.iter().all(|r| r.accepted));
 }
