@@ -289,6 +289,7 @@ struct Agent {
     reports_built: u64,
     last_report: Option<SystemTime>,
     outcomes: HashMap<&'static str, Outcome>,
+    warned: HashMap<&'static str, Vec<String>>,
     last_sources: Vec<SourceStatus>,
     auth_logged: Option<Instant>,
     server_id_logged: bool,
@@ -378,6 +379,7 @@ impl Agent {
             reports_built: 0,
             last_report: None,
             outcomes: HashMap::new(),
+            warned: HashMap::new(),
             last_sources: Vec::new(),
             auth_logged: None,
             server_id_logged: false,
@@ -502,6 +504,14 @@ impl Agent {
     /// Logs a source's outcome when it changes, not every cycle.
     fn log_outcomes(&mut self, sources: &[SourceStatus]) {
         for s in sources {
+            // A warning is logged when it first appears, not every cycle.
+            let seen = self
+                .warned
+                .insert(s.name, s.warnings.clone())
+                .unwrap_or_default();
+            for w in s.warnings.iter().filter(|w| !seen.contains(w)) {
+                log::warn!("{}: {w}", s.name);
+            }
             let prev = self.outcomes.insert(s.name, s.outcome.clone());
             if prev.as_ref() == Some(&s.outcome) {
                 continue;
@@ -511,9 +521,6 @@ impl Agent {
                 (Outcome::Ok, Some(Outcome::Failed(_))) => log::info!("{}: works again", s.name),
                 (Outcome::Absent, _) => log::debug!("{}: not on this host", s.name),
                 _ => {}
-            }
-            for w in &s.warnings {
-                log::warn!("{}: {w}", s.name);
             }
         }
     }

@@ -189,21 +189,42 @@ impl Config {
             )));
         }
 
-        let smartctl_path = non_empty(args.str("smartctl").map(str::trim)).map(PathBuf::from);
-        if let Some(p) = &smartctl_path {
-            if !p.is_absolute() {
-                return Err(err(format!(
-                    "--smartctl (PULSE_SMARTCTL_PATH) must be an absolute path (got {})",
-                    p.display()
-                )));
-            }
-        }
-        let smart_interval = args
+        let mut smartctl_path = non_empty(args.str("smartctl").map(str::trim)).map(PathBuf::from);
+        let mut smart_interval = args
             .duration("smart-interval")
             .unwrap_or(crate::smart::DEFAULT_INTERVAL);
+        if let Some(p) = smartctl_path.as_ref().filter(|p| !p.is_absolute()) {
+            let why = format!("must be an absolute path (got {})", p.display());
+            if args.origin("smartctl") == Some(&crate::cli::Origin::Flag) {
+                return Err(err(format!("--smartctl {why}")));
+            }
+            // The stock agent only fails SMART over this: so do we, rather
+            // than refuse to start with an env file that worked before.
+            notices.push(Notice::Warn(format!(
+                "PULSE_SMARTCTL_PATH {why}; SMART is off"
+            )));
+            smartctl_path = None;
+            smart_interval = Duration::ZERO;
+        }
         let smart_max_age = args
             .duration("smart-max-age")
             .unwrap_or(crate::smart::DEFAULT_MAX_AGE);
+        for (name, d) in [
+            ("--smart-interval", smart_interval),
+            ("--smart-max-age", smart_max_age),
+        ] {
+            let off = name == "--smart-interval" && d.is_zero();
+            if d < Duration::from_secs(60) && !off {
+                return Err(err(format!(
+                    "{name} must be at least 1m{} (got {d:?})",
+                    if name == "--smart-interval" {
+                        ", or 0 to turn SMART off"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
 
         let spool_reports = match args.int("spool-reports") {
             None => crate::spool::DEFAULT_MAX_REPORTS,

@@ -99,6 +99,9 @@ impl Error {
 /// standard output.
 pub fn run(program: &Path, args: &[&str], deadline: Instant, cap: usize) -> Result<Output, Error> {
     let p = || program.to_path_buf();
+    if Instant::now() >= deadline {
+        return Err(Error::Timeout(p(), Duration::ZERO, Stuck::default()));
+    }
     let mut child = Command::new(program)
         .args(args)
         .env_clear()
@@ -111,28 +114,31 @@ pub fn run(program: &Path, args: &[&str], deadline: Instant, cap: usize) -> Resu
         .spawn()
         .map_err(|e| Error::Spawn(p(), e))?;
     let started = Instant::now();
-    let result = read_both(&mut child, deadline, cap);
-    match result {
-        Ok((stdout, stderr)) => {
-            // Both pipes are closed: the child has exited or is about to.
-            match wait_until(&mut child, deadline) {
-                Some(status) => Ok(Output {
-                    code: status.code(),
-                    stdout,
-                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                }),
-                None => Err(Error::Timeout(
-                    p(),
-                    deadline.saturating_duration_since(started),
-                    kill(child),
-                )),
-            }
-        }
-        Err(Stop::Deadline) => Err(Error::Timeout(
+    let timeout = |child| {
+        Error::Timeout(
             p(),
             deadline.saturating_duration_since(started),
             kill(child),
-        )),
+        )
+    };
+    match read_both(&mut child, deadline, cap) {
+        Ok((stdout, stderr, status)) => {
+            // The pipes are closed or the program has exited (a process it
+            // left behind may still hold them: the group is cleaned up).
+            let status = match status.or_else(|| wait_until(&mut child, deadline)) {
+                Some(s) => s,
+                None => return Err(timeout(child)),
+            };
+            if sys::process_group_alive(child.id()) {
+                kill(child);
+            }
+            Ok(Output {
+                code: status.code(),
+                stdout,
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        }
+        Err(Stop::Deadline) => Err(timeout(child)),
         Err(Stop::Cap) => {
             kill(child);
             Err(Error::TooLarge(p(), cap))
@@ -150,18 +156,39 @@ enum Stop {
     Io(std::io::Error),
 }
 
-/// Reads stdout and stderr until both close, the deadline, or the cap.
-fn read_both(child: &mut Child, deadline: Instant, cap: usize) -> Result<(Vec<u8>, Vec<u8>), Stop> {
+/// How long the pipes may stay open after the program itself has exited.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Reads stdout and stderr until both close (or the program has exited and
+/// [`LINGER`] has passed), the deadline, or the cap. Returns the exit status
+/// when it was seen.
+#[allow(clippy::type_complexity)]
+fn read_both(
+    child: &mut Child,
+    deadline: Instant,
+    cap: usize,
+) -> Result<(Vec<u8>, Vec<u8>, Option<std::process::ExitStatus>), Stop> {
     let mut out = child.stdout.take().expect("invariant: stdout is piped");
     let mut err = child.stderr.take().expect("invariant: stderr is piped");
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let (mut out_open, mut err_open) = (true, true);
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     let mut buf = [0u8; 16 * 1024];
     while out_open || err_open {
         let left = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or(Stop::Deadline)?;
+        if exited.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some((status, Instant::now()));
+            }
+        }
+        if let Some((_, at)) = exited {
+            if at.elapsed() >= LINGER {
+                break;
+            }
+        }
         let mut fds = Vec::with_capacity(2);
         if out_open {
             fds.push(out.as_raw_fd());
@@ -169,7 +196,9 @@ fn read_both(child: &mut Child, deadline: Instant, cap: usize) -> Result<(Vec<u8
         if err_open {
             fds.push(err.as_raw_fd());
         }
-        let ready = sys::poll_readable(&fds, Some(left)).map_err(Stop::Io)?;
+        // Wake now and then to notice a program that exited while something
+        // it started keeps the pipes open.
+        let ready = sys::poll_readable(&fds, Some(left.min(LINGER))).map_err(Stop::Io)?;
         let mut i = 0;
         if out_open {
             if ready[i] {
@@ -196,7 +225,7 @@ fn read_both(child: &mut Child, deadline: Instant, cap: usize) -> Result<(Vec<u8
             }
         }
     }
-    Ok((stdout, stderr))
+    Ok((stdout, stderr, exited.map(|(s, _)| s)))
 }
 
 /// Waits for the child until `deadline`; `None` if it is still running.
@@ -212,12 +241,20 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::Exit
     }
 }
 
-/// Kills the child's process group and reaps it; a child that does not die
-/// within [`DIE_WAIT`] is left to a reaper thread.
+/// Kills the child's process group and reaps the child. If the group does
+/// not die within [`DIE_WAIT`] (a process stuck on a disk, or one the agent
+/// may not signal, like a smartctl run through sudo), a reaper thread waits
+/// for it and [`Stuck`] stays set until it is gone.
 fn kill(mut child: Child) -> Stuck {
-    sys::kill_process_group(child.id());
+    let pgid = child.id();
+    sys::kill_process_group(pgid);
     let stuck = Stuck::default();
-    if wait_until(&mut child, Instant::now() + DIE_WAIT).is_some() {
+    let until = Instant::now() + DIE_WAIT;
+    let mut reaped = wait_until(&mut child, until).is_some();
+    while reaped && sys::process_group_alive(pgid) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if reaped && !sys::process_group_alive(pgid) {
         return stuck;
     }
     stuck.0.store(true, Ordering::SeqCst);
@@ -226,7 +263,14 @@ fn kill(mut child: Child) -> Stuck {
         .name("reaper".into())
         .stack_size(32 * 1024)
         .spawn(move || {
-            let _ = child.wait();
+            if !reaped {
+                let _ = child.wait();
+                reaped = true;
+            }
+            while reaped && sys::process_group_alive(pgid) {
+                sys::kill_process_group(pgid);
+                std::thread::sleep(Duration::from_secs(1));
+            }
             flag.0.store(false, Ordering::SeqCst);
         });
     if spawned.is_err() {
@@ -287,6 +331,20 @@ mod tests {
         let e = sh("sleep 100 & sleep 100", 1, 100).unwrap_err();
         assert!(matches!(e, Error::Timeout(..)), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn output_is_kept_when_a_leftover_process_holds_the_pipe() {
+        let started = Instant::now();
+        let o = sh("echo done; sleep 30 &", 5, 100).unwrap();
+        assert_eq!(o.stdout, b"done\n");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_passed_deadline_starts_nothing() {
+        let e = run(Path::new("/bin/sh"), &["-c", "exit 0"], Instant::now(), 10).unwrap_err();
+        assert!(matches!(e, Error::Timeout(..)), "{e}");
     }
 
     #[test]

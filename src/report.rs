@@ -213,8 +213,7 @@ pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
     col.put("temperature", status(&c.temperature));
     col.put("io", status(&io_status));
     col.put("controller", status(&c.controller));
-    // Pool membership is not collected yet: sent unset, as Go does.
-    col.put("pool", status(&Status::default()));
+    col.put("pool", status(&c.pool));
     o.put("collection", col.done());
     if let Some(a) = &d.attributes {
         let mut ao = Map::new();

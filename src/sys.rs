@@ -354,7 +354,25 @@ pub fn kill_process_group(pgid: u32) {
         return; // never the whole session or init
     }
     // SAFETY: kill only sends a signal; a negative pid names a process group.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            log::debug!("cannot kill process group {pgid}: {e}");
+        }
     }
+}
+
+/// Whether any process of group `pgid` is left (one the agent may not
+/// signal counts).
+pub fn process_group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the group exists and may be signalled.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

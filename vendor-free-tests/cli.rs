@@ -156,6 +156,11 @@ fn usage_errors_are_one_line_and_exit_2() {
         (&["--health-addr=nonsense"], "--health-addr"),
         (&["--smartctl=smartctl"], "must be an absolute path"),
         (&["--smart-interval=5"], "missing unit"),
+        (&["--smart-interval=10s"], "at least 1m, or 0"),
+        (
+            &["--smart-max-age=0s"],
+            "--smart-max-age must be at least 1m",
+        ),
         (
             &["--enroll", "--url=https://pulse.example"],
             "bootstrap token",
@@ -394,6 +399,15 @@ fn smartctl_path_and_smart_switch() {
         .output()
         .unwrap();
     assert!(report(&o)["sensors"].get("smart").is_none());
+    // A relative path in the stock agent's variable: SMART off, not a
+    // refusal to start.
+    let o = agent()
+        .args(base(&[]))
+        .env("PULSE_SMARTCTL_PATH", "smartctl")
+        .output()
+        .unwrap();
+    assert!(report(&o)["sensors"].get("smart").is_none());
+    assert!(stderr(&o).contains("PULSE_SMARTCTL_PATH must be an absolute path"));
     // A smartctl that does not exist: disks from sysfs, health UNKNOWN.
     let o = agent()
         .args(base(&["--smartctl=/nonexistent/smartctl"]))

@@ -121,7 +121,7 @@ fn first_refresh_calls() -> Vec<String> {
         want.push(probe_of(&format!("/dev/nvme{n}"), "nvme", false));
     }
     for n in 0..4 {
-        want.push(probe_of("/dev/bus/0", &format!("megaraid,{n}"), true));
+        want.push(probe_of("/dev/bus/7", &format!("megaraid,{n}"), true));
     }
     // The RAID volume and the card reader give nothing: every attempt is made.
     want.push(probe_of("/dev/sdm", "", true));
@@ -160,26 +160,33 @@ fn idle_disks_are_not_probed_again_before_max_age() {
     smart.refresh(t0);
     nas.take_calls();
 
-    // Five minutes later only sdb was used. Controller members have no I/O
-    // counters of their own, so they are asked every time.
+    // Five minutes later only sdb was used.
     nas.use_disk("sdb");
     let r = smart.refresh(t0 + Duration::from_secs(300));
-    let mut want = vec!["--scan".to_string(), probe_of("/dev/sdb", "", true)];
-    for n in 0..4 {
-        want.push(probe_of("/dev/bus/0", &format!("megaraid,{n}"), true));
-    }
-    want.sort();
+    let want = vec!["--scan".to_string(), probe_of("/dev/sdb", "", true)];
     assert_eq!(nas.take_calls(), want);
-    assert_eq!(r.idle, 15, "12 SATA + 2 NVMe + sdm + sdn, less sdb");
+    assert_eq!(r.idle, 19, "12 SATA, 2 NVMe, 4 members, sdm, sdn; less sdb");
     // Idle disks keep what was last seen, sleeping ones still asleep.
     assert_eq!(r.rows.len(), 19);
     assert_eq!(row(&r, "sdd").health, smart::parse::Health::Passed);
     assert!(ASLEEP.iter().all(|d| row(&r, d).standby));
 
-    // A busy disk is probed every interval.
+    // A busy disk is probed every interval. Controller members have no
+    // counters of their own: the controller's volume (sdm) stands in.
     nas.use_disk("sdb");
+    nas.use_disk("sdm");
     smart.refresh(t0 + Duration::from_secs(600));
-    assert!(nas.take_calls().contains(&probe_of("/dev/sdb", "", true)));
+    let mut want = vec![
+        "--scan".to_string(),
+        probe_of("/dev/sdb", "", true),
+        probe_of("/dev/sdm", "", true),
+        probe_of("/dev/sdm", "sat", true),
+    ];
+    for n in 0..4 {
+        want.push(probe_of("/dev/bus/7", &format!("megaraid,{n}"), true));
+    }
+    want.sort();
+    assert_eq!(nas.take_calls(), want);
 
     // Past --smart-max-age every disk is asked again, still guarded.
     smart.refresh(t0 + Duration::from_secs(6 * 3600 + 600));
@@ -246,9 +253,10 @@ fn hostile_answers_give_rows_or_identity_never_a_hang() {
     put("sdh.exit", b"24\n");
     put(
         "sdj.json",
-        br#"{"model_name": 42, "serial_number": ["x"], "smart_status": {"passed": "yes"},
-            "temperature": {"current": -5}, "user_capacity": {"bytes": 1e30},
-            "ata_smart_attributes": {"table": {"id": 5}},
+        br#"{"model_name": "Hostile Disk", "serial_number": ["x"], "smart_status": {"passed": "yes"},
+            "device": {"protocol": 7}, "temperature": {"current": -5}, "user_capacity": {"bytes": 1e30},
+            "ata_smart_attributes": {"table": [{"id": 9, "raw": {"value": "x", "string": "1234 h"}},
+                {"id": "5", "raw": {"value": 3}}, {"id": 12, "raw": {"value": 1e3}}, 17]},
             "nvme_smart_health_information_log": "none",
             "power_on_time": {"hours": 18446744073709551616}}"#,
     );
@@ -275,8 +283,12 @@ fn hostile_answers_give_rows_or_identity_never_a_hang() {
     assert_eq!(row(&r, "sdh").health, smart::parse::Health::Failed);
     // Wrong types: unreadable fields left out, the rest kept.
     let j = row(&r, "sdj");
-    assert_eq!(j.temperature, 0);
-    assert!(j.model.is_empty() || j.model == "WDC WD80EFZZ-68B");
+    assert_eq!((j.model.as_str(), j.temperature), ("Hostile Disk", 0));
+    assert_eq!(j.health, smart::parse::Health::Unknown);
+    let a = j.attributes.expect("the readable attribute row");
+    assert_eq!(a.power_on_hours, Some(1234));
+    assert_eq!((a.reallocated_sectors, a.power_cycles), (None, None));
+    assert_eq!(j.size_bytes, 8001563222016, "from sysfs");
     // The other disks are unaffected.
     assert_eq!(row(&r, "sdk").health, smart::parse::Health::Passed);
 }
@@ -314,6 +326,10 @@ fn a_hung_smartctl_does_not_hold_the_report_past_its_wait() {
     assert!(
         doc["metrics"]["memory"]["totalBytes"].as_u64().unwrap() > 0,
         "the host report is complete"
+    );
+    assert!(
+        doc["sensors"].get("smart").is_none(),
+        "the refresh had not finished: no rows rather than a partial list"
     );
     assert!(common::wire::check_host_report(&doc).is_empty());
 }
@@ -401,4 +417,75 @@ fn check_case(dir: &Path, name: &str, expect_path: &Path) {
         BTreeSet::from(["controller", "io", "pool", "serial", "temperature"]),
         "{name}"
     );
+}
+
+#[test]
+fn the_guard_stays_unless_sysfs_says_the_disk_cannot_spin() {
+    let nas = Nas::new("guard");
+    // No rotational flag: it may spin. A controller member behind an SSD's
+    // name: the member itself may spin.
+    std::fs::remove_file(nas.dir.join("root/sys/block/nvme0n1/queue/rotational")).unwrap();
+    let a = nas.answers();
+    let scan = std::fs::read_to_string(a.join("scan.txt")).unwrap();
+    std::fs::write(
+        a.join("scan.txt"),
+        format!("{scan}/dev/sda -d megaraid,9\n"),
+    )
+    .unwrap();
+    std::fs::copy(a.join("7@megaraid_0.json"), a.join("sda@megaraid_9.json")).unwrap();
+    nas.smart().refresh(Instant::now());
+    let calls = nas.take_calls();
+    assert!(
+        calls.contains(&probe_of("/dev/nvme0", "nvme", true)),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&probe_of("/dev/nvme1", "nvme", false)));
+    assert!(calls.contains(&probe_of("/dev/sda", "megaraid,9", true)));
+}
+
+#[test]
+fn an_excluded_nvme_namespace_is_not_probed_through_its_controller() {
+    let nas = Nas::new("exclude");
+    let mut smart = Smart::new(
+        Root::new(nas.dir.join("root")).unwrap(),
+        Settings {
+            smartctl: Some(nas.answers().join("smartctl")),
+            exclude: vec!["nvme0n1".into(), "/dev/sdb".into()],
+            ..Settings::default()
+        },
+    );
+    let r = smart.refresh(Instant::now());
+    let calls = nas.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.ends_with("/dev/nvme0") || c.ends_with("/dev/sdb")),
+        "{calls:?}"
+    );
+    assert!(
+        r.rows
+            .iter()
+            .all(|d| d.device != "nvme0n1" && d.device != "sdb")
+    );
+    assert!(r.rows.iter().any(|d| d.device == "nvme1n1"));
+}
+
+#[test]
+fn a_swapped_disk_does_not_inherit_the_old_ones_values() {
+    let nas = Nas::new("swap");
+    std::fs::remove_file(nas.answers().join("sdc.asleep")).unwrap();
+    let mut smart = nas.smart();
+    let t0 = Instant::now();
+    assert_eq!(row(&smart.refresh(t0), "sdc").serial, "WD-VGH1002K");
+    // Another disk in the same bay, asleep when first asked.
+    let dev = nas.dir.join("root/sys/block/sdc/device");
+    std::fs::write(dev.join("wwid"), "naa.5000c500deadbeef\n").unwrap();
+    std::fs::write(nas.answers().join("sdc.asleep"), "").unwrap();
+    nas.use_disk("sdc");
+    let r = smart.refresh(t0 + Duration::from_secs(300));
+    let sdc = row(&r, "sdc");
+    assert!(sdc.standby);
+    assert_eq!(sdc.serial, "", "not the old disk's serial");
+    assert_eq!(sdc.wwn, "naa.5000c500deadbeef");
+    assert_eq!(sdc.health, smart::parse::Health::Unset);
 }

@@ -60,11 +60,16 @@ const VIRTUAL_MODELS: [&str; 9] = [
 ];
 const VIRTUAL_SUBSYSTEMS: [&str; 6] = ["drbd", "nbd", "vmbus", "virtio", "xen", "zfs"];
 
-/// A `-d` type whose `,` is followed by a digit: a controller member.
+/// A `-d` type whose `,` is followed by a digit: a controller member. Not
+/// `sat,12`/`sat,16` (a SAT command length) nor the USB bridges' options.
 pub fn is_multiplexed(dtype: &str) -> bool {
-    dtype
-        .split_once(',')
-        .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))
+    let Some((kind, rest)) = dtype.split_once(',') else {
+        return false;
+    };
+    let kind = kind.to_ascii_lowercase();
+    rest.starts_with(|c: char| c.is_ascii_digit())
+        && !kind.starts_with("sat")
+        && !kind.starts_with("usb")
 }
 
 fn virtual_name(name: &str) -> bool {
@@ -209,8 +214,14 @@ pub fn canonical_block(root: &Root, path: &str) -> String {
 }
 
 /// Scan targets first, in scan order; then every sysfs disk no scan target
-/// covers, untyped.
-pub fn union(root: &Root, scan: &[(String, String)], disks: &[String]) -> Vec<Target> {
+/// covers, untyped. Exclusions apply again to the block name a scan path
+/// stands for (`nvme0` → `nvme0n1`).
+pub fn union(
+    root: &Root,
+    scan: &[(String, String)],
+    disks: &[String],
+    exclude: &[String],
+) -> Vec<Target> {
     let mut targets: Vec<Target> = scan
         .iter()
         .map(|(path, dtype)| Target {
@@ -218,6 +229,7 @@ pub fn union(root: &Root, scan: &[(String, String)], disks: &[String]) -> Vec<Ta
             dtype: dtype.clone(),
             block: canonical_block(root, path),
         })
+        .filter(|t| t.multiplexed() || !excluded(exclude, &t.block))
         .collect();
     for d in disks {
         let covered = targets
@@ -437,8 +449,16 @@ mod tests {
         ] {
             assert!(is_multiplexed(t), "{t}");
         }
-        for t in ["", "sat", "nvme", "sat,12", "scsi"] {
-            assert!(!is_multiplexed(t) || t == "sat,12", "{t}");
+        for t in [
+            "",
+            "sat",
+            "nvme",
+            "sat,12",
+            "sat,16",
+            "usbjmicron,0",
+            "scsi",
+        ] {
+            assert!(!is_multiplexed(t), "{t}");
         }
     }
 

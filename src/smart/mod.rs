@@ -100,6 +100,8 @@ struct Memory {
     identity_only: bool,
     /// The last row read from the disk itself (not a standby answer).
     known: Option<Disk>,
+    /// sysfs serial and WWN when `known` was read.
+    known_id: (String, String),
     probed_at: Option<Instant>,
     /// `/proc/diskstats` counters right after that probe.
     activity: Option<Activity>,
@@ -182,8 +184,9 @@ impl Smart {
             }
             Err(_) => Vec::new(),
         };
-        let targets = discover::union(&self.root, &scan, &disks);
-        let activity = read_activity(&self.root);
+        let targets = discover::union(&self.root, &scan, &disks, &exclude);
+        let hosts = scsi_hosts(&self.root);
+        let counters = read_activity(&self.root);
 
         // Decide who is asked.
         let mut to_probe = Vec::new();
@@ -198,12 +201,10 @@ impl Smart {
                 continue;
             }
             m.stuck = None;
-            let now_activity = activity.get(&t.block).copied();
-            // No counters at all (not in diskstats): no sign of use either,
-            // except for controller members, whose use cannot be seen.
-            let unchanged = m.probed_at.is_some()
-                && m.activity == now_activity
-                && (now_activity.is_some() || !t.multiplexed());
+            // No counters at all (not in diskstats, a member of a controller
+            // without volumes here) is no sign of use either.
+            let unchanged =
+                m.probed_at.is_some() && m.activity == activity_of(&counters, &hosts, t);
             let fresh = m
                 .probed_at
                 .is_some_and(|at| now.saturating_duration_since(at) < self.settings.max_age);
@@ -214,17 +215,21 @@ impl Smart {
             to_probe.push(i);
         }
 
+        // Each disk's counters are read right after its own probe, so use
+        // that starts later in the refresh still counts as use.
+        let root = &self.root;
+        let after = |t: &Target| activity_of(&read_activity(root), &hosts, t);
         let probes = match &smartctl {
             Some(p) => probe_all(
                 p,
-                &self.root,
+                root,
                 &targets,
                 &to_probe,
                 (started, self.settings.parallel.max(1)),
+                &after,
             ),
             None => Vec::new(),
         };
-        let after = read_activity(&self.root);
 
         let mut late = 0;
         let mut probed = 0;
@@ -236,10 +241,12 @@ impl Smart {
             let sys = discover::sysfs_disk(&self.root, &t.block);
             let transport = discover::transport(&self.root, &t.block);
             let m = self.memory.entry(t.key()).or_default();
-            let Some(result) = result else {
+            let Some((result, activity)) = result else {
                 if smartctl.is_some() {
                     late += 1;
-                    continue; // keeps its previous row
+                    if m.row.is_some() {
+                        continue; // keeps its previous row
+                    }
                 }
                 m.row = probe::identity_only(t, &sys, transport);
                 m.identity_only = true;
@@ -247,11 +254,18 @@ impl Smart {
             };
             probed += 1;
             m.probed_at = Some(now);
-            m.activity = after.get(&t.block).copied();
+            m.activity = activity;
+            // Another disk in the same place (swapped while the agent ran):
+            // what was known of the old one is not this one's.
+            let id = (sys.serial.clone(), sys.wwn.clone());
+            if m.known.is_some() && m.known_id != id {
+                m.known = None;
+            }
             match result {
                 Probe::Row(mut d) if !d.standby => {
                     probe::refine(&mut d, t, &sys, transport);
                     m.known = Some(d.clone());
+                    m.known_id = id;
                     m.row = Some(d);
                     m.identity_only = false;
                 }
@@ -307,6 +321,20 @@ impl Smart {
             }
         }
         rows.extend(identity);
+        // Pool membership is not collected yet. Without the zfs module there
+        // are no pools, so "no pool" is known; with it, it is not.
+        let zfs = self.root.exists("/sys/module/zfs") || self.root.exists("/proc/spl/kstat/zfs");
+        for r in &mut rows {
+            r.collection.pool = if zfs {
+                parse::Status::new(
+                    "unavailable",
+                    "zpool",
+                    "ZFS pool membership could not be collected",
+                )
+            } else {
+                parse::Status::new("available", "zpool", "")
+            };
+        }
         let standby = rows.iter().filter(|r| r.standby).count();
         Refresh {
             rows,
@@ -341,8 +369,10 @@ fn probe_all(
     targets: &[Target],
     which: &[usize],
     (started, parallel): (Instant, usize),
-) -> Vec<Option<Probe>> {
-    let results: Vec<Mutex<Option<Probe>>> = which.iter().map(|_| Mutex::new(None)).collect();
+    after: &(dyn Fn(&Target) -> Option<Activity> + Sync),
+) -> Vec<Option<(Probe, Option<Activity>)>> {
+    type Slot = Mutex<Option<(Probe, Option<Activity>)>>;
+    let results: Vec<Slot> = which.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let work = || loop {
         let n = next.fetch_add(1, Ordering::SeqCst);
@@ -354,7 +384,8 @@ fn probe_all(
         }
         let deadline = Instant::now() + PROBE_DEADLINE;
         let p = probe::probe(smartctl, root, &targets[i], deadline);
-        *results[n].lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        let a = after(&targets[i]);
+        *results[n].lock().unwrap_or_else(|p| p.into_inner()) = Some((p, a));
     };
     std::thread::scope(|s| {
         let workers = parallel.min(which.len());
@@ -383,6 +414,45 @@ fn lsblk(exclude: &[String], deadline: Instant) -> Option<Vec<String>> {
     let args = ["-J", "-d", "-o", "NAME,TYPE,TRAN,MODEL,VENDOR,SUBSYSTEMS"];
     let out = exec::run(&p, &args, deadline, 1024 * 1024).ok()?;
     (out.code == Some(0)).then(|| discover::parse_lsblk(&out.stdout, exclude))
+}
+
+/// Block devices per SCSI host number, for `/dev/bus/N` (the controller on
+/// host N, as smartctl names MegaRAID members).
+fn scsi_hosts(root: &Root) -> HashMap<String, Vec<String>> {
+    let mut hosts: HashMap<String, Vec<String>> = HashMap::new();
+    for b in root.read_dir("/sys/block").unwrap_or_default() {
+        let sys = discover::sysfs_disk(root, &b);
+        if let Some((host, _)) = sys.target.split_once(':') {
+            hosts.entry(host.to_string()).or_default().push(b);
+        }
+    }
+    hosts
+}
+
+/// A target's counters: its block device's, or for a controller member the
+/// sum over the controller's volumes (a member is busy when they are).
+fn activity_of(
+    counters: &HashMap<String, Activity>,
+    hosts: &HashMap<String, Vec<String>>,
+    t: &Target,
+) -> Option<Activity> {
+    if let Some(a) = counters.get(&t.block) {
+        return Some(*a);
+    }
+    let host = t
+        .path
+        .strip_prefix("/dev/bus/")
+        .filter(|_| t.multiplexed())?;
+    let mut sum: Option<Activity> = None;
+    for b in hosts.get(host)? {
+        if let Some(a) = counters.get(b) {
+            let s = sum.get_or_insert([0; 4]);
+            for (x, y) in s.iter_mut().zip(a) {
+                *x = x.wrapping_add(*y);
+            }
+        }
+    }
+    sum
 }
 
 /// Completed I/O counters per block device from `/proc/diskstats`.

@@ -58,6 +58,7 @@ pub struct Collection {
     pub serial: Status,
     pub temperature: Status,
     pub controller: Status,
+    pub pool: Status,
 }
 
 /// SMART counters, each present only when the disk reported it (0 included).
@@ -270,6 +271,7 @@ pub fn standby(path: &str, dtype: &str) -> Disk {
         ..Disk::default()
     };
     d.collection = collection(&d, "smartctl");
+    d.collection.serial = Status::new("unavailable", "smartctl", STANDBY_REASON);
     d
 }
 
@@ -292,6 +294,7 @@ fn collection(d: &Disk, source: &'static str) -> Collection {
             )
         },
         controller: Status::default(),
+        pool: Status::default(),
     }
 }
 
