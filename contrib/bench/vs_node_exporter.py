@@ -49,16 +49,23 @@ def cpu_seconds(pid):
 
 
 def cpu_ns_live(pid):
-    """CPU time of the live threads from schedstat: nanoseconds, for the idle
-    measurement, where a 10 ms clock tick would be too coarse."""
-    total = 0
+    """CPU time of each live thread from schedstat, in seconds by thread ID,
+    for the idle measurement, where a 10 ms clock tick would be too coarse."""
+    times = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+                times[tid] = int(f.read().split()[0]) / 1e9
         except OSError:
             pass
-    return total / 1e9
+    return times
+
+
+def cpu_delta(before, after):
+    """CPU spent between two cpu_ns_live readings by the threads alive at the
+    second (a thread that ended in between would otherwise take its whole
+    past CPU time off the sum)."""
+    return sum(t - before.get(tid, 0.0) for tid, t in after.items())
 
 
 def status_kb(pid, key):
@@ -242,7 +249,7 @@ def main():
         time.sleep(120)
         minutes = (time.monotonic() - t0) / 60
         c1 = [cpu_ns_live(a.pid) for a in idle] + [cpu_ns_live(node.pid)]
-        per_min = [(b - a) / minutes for a, b in zip(c0, c1)]
+        per_min = [cpu_delta(a, b) / minutes for a, b in zip(c0, c1)]
         for (label, exe, r), a in zip(results, idle):
             r["rss"] = max(r["rss"], status_kb(a.pid, "VmHWM"))
         n["idle"] = per_min[-1]
