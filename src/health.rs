@@ -277,6 +277,10 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
     let mut last_input = Instant::now();
     let mut received = 0usize;
     let mut client_done = false;
+    // One request per connection: the answer gets `Connection: close` and
+    // the connection ends with it.
+    let mut answer = Answer::default();
+    let mut out = Vec::with_capacity(16 * 1024);
     // One read carries a whole /metrics answer.
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -299,7 +303,9 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
             match unix.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tcp.write_all(&buf[..n]).is_err() {
+                    out.clear();
+                    let done = answer.relay(&buf[..n], &mut out);
+                    if tcp.write_all(&out).is_err() || done {
                         break;
                     }
                 }
@@ -312,6 +318,9 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
                     let _ = unix.shutdown(Shutdown::Write);
                 }
                 Ok(n) => {
+                    if received == 0 {
+                        answer.head_request = buf[..n].starts_with(b"HEAD ");
+                    }
                     received += n;
                     if received > MAX_REQUEST {
                         let _ = tcp.write_all(TOO_LARGE);
@@ -326,6 +335,63 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
         }
     }
     let _ = tcp.shutdown(Shutdown::Both);
+}
+
+/// An answer relayed from tiny_http: its head gets the `Connection: close`
+/// tiny_http will not write, and its end (head, then `Content-Length` bytes
+/// of body, none for HEAD) ends the connection, where tiny_http would wait
+/// for a next request.
+#[derive(Default)]
+struct Answer {
+    head: Vec<u8>,
+    /// Body bytes still to come, once the head has gone by.
+    left: Option<usize>,
+    passing: bool,
+    head_request: bool,
+}
+
+impl Answer {
+    /// Appends what to send for `bytes` to `out`; true once the whole answer
+    /// has gone by.
+    fn relay(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.passing {
+            out.extend_from_slice(bytes);
+            if let Some(left) = &mut self.left {
+                *left = left.saturating_sub(bytes.len());
+            }
+        } else {
+            self.head.extend_from_slice(bytes);
+            let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if self.head.len() > MAX_REQUEST {
+                    // Not a head we understand: pass it on as it is.
+                    out.append(&mut self.head);
+                    self.passing = true;
+                }
+                return false;
+            };
+            let head = String::from_utf8_lossy(&self.head[..end]).into_owned();
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            out.extend_from_slice(&self.head[..end]);
+            out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            let body = &self.head[end + 4..];
+            out.extend_from_slice(body);
+            self.left = match (length, self.head_request) {
+                (_, true) => Some(0),
+                (Some(n), false) => Some(n.saturating_sub(body.len())),
+                // No length (not what tiny_http sends for these answers):
+                // the connection ends when either side closes.
+                (None, false) => None,
+            };
+            self.head = Vec::new();
+            self.passing = true;
+        }
+        self.left == Some(0)
+    }
 }
 
 fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
@@ -359,4 +425,43 @@ fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
             .with_status_code(status)
             .with_header(header),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answer;
+
+    fn relay(head_request: bool, pieces: &[&[u8]]) -> (Vec<u8>, Vec<bool>) {
+        let mut a = Answer {
+            head_request,
+            ..Answer::default()
+        };
+        let (mut out, mut done) = (Vec::new(), Vec::new());
+        for p in pieces {
+            done.push(a.relay(p, &mut out));
+        }
+        (out, done)
+    }
+
+    #[test]
+    fn the_head_gets_connection_close_and_the_body_ends_the_answer() {
+        let (out, done) = relay(
+            false,
+            &[
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                b"ngth: 5\r\n\r\nab",
+                b"cde",
+            ],
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde"
+        );
+        assert_eq!(done, [false, false, true]);
+        let (_, done) = relay(true, &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"]);
+        assert_eq!(done, [true], "HEAD: no body follows");
+        let (out, done) = relay(false, &[b"HTTP/1.1 200 OK\r\n\r\nxyz", b"more"]);
+        assert_eq!(done, [false, false], "no length: until a side closes");
+        assert!(out.ends_with(b"xyzmore"));
+    }
 }

@@ -769,6 +769,30 @@ fn health_listener_endpoints() {
 /// A client that sends an endless header is cut off with 431 before tiny_http
 /// buffers it, and the agent's memory does not grow.
 #[test]
+fn answers_end_the_connection_as_they_say() {
+    use std::io::{Read, Write};
+    let (s, dir) = (StandIn::start(), Dir::new("close"));
+    let (_agent, port) = with_listener(&s, &dir);
+    // A keep-alive request (no `Connection: close`) and a HEAD: the answer
+    // says `Connection: close` and the connection ends right after it.
+    for req in [
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("closed, not timed out");
+        assert!(started.elapsed() < Duration::from_secs(1), "{req:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.to_lowercase().contains("connection: close"), "{text}");
+    }
+}
+
+#[test]
 fn endless_request_headers_are_refused() {
     use std::io::{Read, Write};
     let (s, dir) = (StandIn::start(), Dir::new("bighdr"));
