@@ -160,12 +160,14 @@ def start_agent(tmp, url, cert, port, interval, exe):
     with open(token, "w") as f:
         f.write("0123456789abcdef" * 4)
     os.chmod(token, 0o600)
-    state = os.path.join(tmp, f"state-{interval}")
+    # One state directory and log per run: two agents must not share a spool.
+    name = f"{interval}-{os.path.basename(os.path.dirname(os.path.dirname(exe)))}-{port}"
+    state = os.path.join(tmp, f"state-{name}")
     cmd = [exe, f"--url={url}", f"--token-file={token}",
            f"--cacert={cert}", f"--state-dir={state}", f"--interval={interval}",
            f"--health-addr=127.0.0.1:{port}"]
     started = time.monotonic()
-    log = open(os.path.join(tmp, f"agent-{interval}.log"), "w")
+    log = open(os.path.join(tmp, f"agent-{name}.log"), "w")
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     p.log_path = log.name
     return p, started
@@ -249,6 +251,9 @@ def main():
         time.sleep(120)
         minutes = (time.monotonic() - t0) / 60
         c1 = [cpu_ns_live(a.pid) for a in idle] + [cpu_ns_live(node.pid)]
+        for a in idle:
+            if a.poll() is not None:
+                sys.exit(f"an idle agent exited ({a.returncode}); see {a.log_path}")
         per_min = [cpu_delta(a, b) / minutes for a, b in zip(c0, c1)]
         for (label, exe, r), a in zip(results, idle):
             r["rss"] = max(r["rss"], status_kb(a.pid, "VmHWM"))

@@ -167,7 +167,9 @@ impl Smart {
         let disks = match disks {
             Ok(d) => d,
             Err(e) if scan.is_empty() => {
-                let outcome = if e.is_not_found() && smartctl.is_none() {
+                // No /sys/block at all (a container without it) and nothing
+                // scanned: there are no disks to see here.
+                let outcome = if e.is_not_found() {
                     Outcome::Absent
                 } else {
                     Outcome::Failed(format!("no list of disks: cannot read {e}"))
