@@ -18,6 +18,7 @@ pub mod memory;
 pub mod mounts;
 pub mod network;
 pub mod patterns;
+pub mod raid;
 pub mod uptime;
 
 use std::fmt;
