@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::standin::{Mode, REPORT_TOKEN, StandIn};
+use common::standin::{Mode, REPORT_TOKEN, StandIn, split_seq};
 use serde_json::json;
 
 /// A scratch directory for one test: state dir, token file, CA file, logs.
@@ -42,7 +42,7 @@ impl Dir {
             .iter()
             .filter_map(|f| std::fs::read(self.state().join("spool").join(f)).ok())
             .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .filter_map(|v| v["sequenceId"].as_str()?.rsplit(':').next()?.parse().ok())
+            .filter_map(|v| Some(split_seq(v["sequenceId"].as_str()?)?.1))
             .collect()
     }
 
@@ -249,24 +249,9 @@ fn sigkill_during_an_outage_then_restart_loses_nothing() {
     let spooled = dir.spooled().len();
     assert!(spooled >= 3, "{spooled}");
     // The last report the killed process built is the highest number it spooled.
-    let built = dir
-        .spooled()
-        .iter()
-        .map(|f| {
-            let doc: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.state().join("spool").join(f)).unwrap())
-                    .unwrap();
-            doc["sequenceId"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
+    let numbers = dir.spooled_sequence();
+    assert_eq!(numbers.len(), spooled, "every spooled report is readable");
+    let built = *numbers.iter().max().unwrap();
     s.come_up();
     let second = Agent::start(&dir, &args(&s, &dir, &[]));
     assert!(s.wait_for(
@@ -343,14 +328,7 @@ fn unauthorized_during_a_flush_drops_the_whole_spool() {
         .reports()
         .iter()
         .filter(|r| r.status == 401)
-        .filter_map(|r| {
-            r.doc
-                .as_ref()?
-                .get("sequenceId")?
-                .as_str()
-                .map(String::from)
-        })
-        .filter_map(|q| q.rsplit(':').next()?.parse().ok())
+        .filter_map(|r| Some(split_seq(r.doc.as_ref()?.get("sequenceId")?.as_str()?)?.1))
         .filter(|&n| n <= newest_spooled)
         .collect();
     assert_eq!(tried, [spooled[0]], "spooled {spooled:?}");

@@ -313,7 +313,8 @@ impl StandIn {
     }
 }
 
-fn split_seq(s: &str) -> Option<(String, u64)> {
+/// `v1:<stream>:<n>` → (stream, n).
+pub fn split_seq(s: &str) -> Option<(String, u64)> {
     let mut p = s.split(':');
     let (Some("v1"), Some(stream), Some(n)) = (p.next(), p.next(), p.next()) else {
         return None;
