@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::collect::{self, Outcome, SourceStatus, identity::Identity};
 use crate::config::{Config, Secret, ServerUrl};
 use crate::deliver::{self, Client, Delivery, REPORT_TIMEOUT, TlsOptions};
+use crate::hardware::Hardware;
 use crate::health::{self, Published, Snapshot};
 use crate::metrics::{self, DeliveryState};
 use crate::remote_config::{self, Trust};
@@ -296,6 +297,7 @@ struct Agent {
     server_version: Option<String>,
     smart: Option<smart::Service>,
     smart_waited: bool,
+    hardware: Hardware,
 }
 
 impl Agent {
@@ -309,6 +311,7 @@ impl Agent {
         let mut opts = options(config);
         opts.zfs_arc_is_cache = identity.container.is_none();
         let smart = start_smart(config, &root);
+        let hardware = Hardware::new(root.clone());
         let host = collect::Host::new(root, opts);
 
         let mut client = None;
@@ -386,6 +389,7 @@ impl Agent {
             server_version: None,
             smart,
             smart_waited: false,
+            hardware,
             agent_id,
             identity,
             host,
@@ -429,8 +433,11 @@ impl Agent {
 
     /// Collects and builds one report: the document and its wire bytes.
     fn build(&mut self) -> (Value, Vec<u8>) {
+        // The hardware workers run while the host collectors do.
+        let pending = self.hardware.begin();
         let mut snapshot = self.host.collect();
         self.add_smart(&mut snapshot);
+        self.hardware.finish(pending, &mut snapshot);
         self.log_outcomes(&snapshot.sources);
         let sequence_id = self.seq.next_id();
         let version = version();

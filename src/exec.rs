@@ -1,5 +1,5 @@
-//! Runs an external program (smartctl, lsblk, and later mdadm, zpool,
-//! nvidia-smi) with a deadline and an output cap, never through a shell.
+//! Runs an external program (smartctl, lsblk, mdadm, zpool, zfs, nvidia-smi,
+//! sensors) with a deadline and an output cap, never through a shell.
 //!
 //! The child gets its own process group, an empty stdin and a fixed
 //! environment (`PATH` and `LC_ALL=C`, so its messages are the English ones the
@@ -291,7 +291,20 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+/// The first executable `name` in `dirs` (the places a package installs it),
+/// then in `PATH`. Absolute directories only: a relative `PATH` entry would
+/// run whatever the working directory holds.
+pub fn find_in(name: &str, dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    dirs.iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

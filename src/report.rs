@@ -115,6 +115,7 @@ pub fn host(r: &HostReport) -> Value {
             o.uint("usedBytes", f.used);
             o.uint("freeBytes", f.free);
             o.float("usage", f.usage);
+            o.list("zfsDatasets", f.datasets.iter().map(zfs_dataset));
             o.done()
         }),
     );
@@ -132,11 +133,27 @@ pub fn host(r: &HostReport) -> Value {
         }),
     );
     let mut sensors = Obj::default();
+    let t = &s.temperatures;
+    sensors.floats("temperatureCelsius", &t.temperatures);
+    sensors.floats("fanRpm", &t.fans);
+    if let Some(w) = s.power {
+        let mut p = Obj::default();
+        p.float("cpu_package", w.package);
+        p.float("cpu_core", w.core);
+        p.float("dram", w.dram);
+        let p = p.done();
+        if p.as_object().is_some_and(|m| !m.is_empty()) {
+            sensors.put("powerWatts", p);
+        }
+    }
+    sensors.floats("additional", &t.additional);
+    sensors.list("gpu", s.gpus.iter().map(gpu));
     sensors.list(
         "smart",
         s.smart.iter().map(|d| smart_row(d, &s.smart, &s.disk_io)),
     );
     doc.put("sensors", sensors.done());
+    doc.list("raid", s.raid.iter().map(raid));
     doc.strs("tags", r.tags);
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.str("sequenceId", r.sequence_id);
@@ -156,6 +173,76 @@ fn disk_io(d: &DiskIo) -> Value {
     o.done()
 }
 
+fn zfs_dataset(d: &crate::collect::zfs::Dataset) -> Value {
+    let mut o = Obj::default();
+    o.put("name", Value::String(d.name.clone()));
+    o.str("type", &d.kind);
+    o.str("mountpoint", &d.mountpoint);
+    o.uint("usedBytes", d.used);
+    o.uint("availableBytes", d.available);
+    o.uint("referencedBytes", d.referenced);
+    o.done()
+}
+
+fn gpu(g: &crate::collect::gpu::Gpu) -> Value {
+    let mut o = Obj::default();
+    o.str("id", &g.id);
+    o.str("name", &g.name);
+    // Pointers in the stock agent: a reading of 0 (an idle GPU) is sent.
+    if let Some(t) = g.temperature {
+        o.put("temperatureCelsius", float(t));
+    }
+    if let Some(u) = g.utilization {
+        o.put("utilizationPercent", float(u));
+    }
+    if let Some(m) = g.memory_used {
+        o.put("memoryUsedBytes", Value::Number(m.into()));
+    }
+    if let Some(m) = g.memory_total {
+        o.put("memoryTotalBytes", Value::Number(m.into()));
+    }
+    o.done()
+}
+
+/// One `raid[]` entry: level, state, the counts, `devices` and
+/// `rebuildPercent` are always sent (no `omitempty` in the stock agent).
+fn raid(a: &crate::collect::raid::Array) -> Value {
+    let mut o = Obj::default();
+    o.put("device", Value::String(a.device.clone()));
+    o.str("name", &a.name);
+    o.put("level", Value::String(a.level.clone()));
+    o.put("state", Value::String(a.state.clone()));
+    for (k, v) in [
+        ("totalDevices", a.total),
+        ("activeDevices", a.active),
+        ("workingDevices", a.working),
+        ("failedDevices", a.failed),
+        ("spareDevices", a.spare),
+    ] {
+        o.put(k, Value::Number(v.into()));
+    }
+    o.str("uuid", &a.uuid);
+    o.put(
+        "devices",
+        Value::Array(
+            a.members
+                .iter()
+                .map(|m| {
+                    let mut d = Obj::default();
+                    d.put("device", Value::String(m.device.clone()));
+                    d.put("state", Value::String(m.state.clone()));
+                    d.put("slot", Value::Number(m.slot.into()));
+                    d.done()
+                })
+                .collect(),
+        ),
+    );
+    o.put("rebuildPercent", float(a.rebuild_percent));
+    o.str("rebuildSpeed", &a.rebuild_speed);
+    o.str("operation", &a.operation);
+    o.done()
+}
+
 /// One `sensors.smart[]` row, with the disk's own `diskIO` entry as `io`.
 pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
     let mut o = Obj::default();
@@ -170,6 +257,7 @@ pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
     o.put("temperature", Value::Number(d.temperature.into()));
     o.str("health", d.health.as_str());
     o.flag("standby", d.standby);
+    o.str("pool", &d.pool);
     // `io` by device name: not for controller members (their counters are
     // the array's) nor for a name several rows share.
     let token = device_token(&d.device);
@@ -352,6 +440,14 @@ impl Obj {
             self.put(
                 k,
                 Value::Array(v.iter().cloned().map(Value::String).collect()),
+            );
+        }
+    }
+    fn floats(&mut self, k: &str, m: &std::collections::BTreeMap<String, f64>) {
+        if !m.is_empty() {
+            self.put(
+                k,
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), float(*v))).collect()),
             );
         }
     }

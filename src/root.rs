@@ -6,9 +6,10 @@
 //! report a size of 0 or 4096 whatever the content, so `metadata().len()` is
 //! never trusted.
 //!
-//! Three facts do not come from files: filesystem sizes (`statvfs`), interface
-//! addresses (`getifaddrs`) and the machine architecture when the kernel has no
-//! `/proc/sys/kernel/arch`. A *live* root asks the kernel for them. A
+//! Four facts do not come from files: filesystem sizes (`statvfs`), interface
+//! addresses (`getifaddrs`), the machine architecture when the kernel has no
+//! `/proc/sys/kernel/arch`, and which external programs exist. A *live* root
+//! asks the kernel (and the file system) for them. A
 //! *captured* root (a directory holding `.capture/`, as written by
 //! `contrib/capture-host`) answers from recorded files instead, so a whole
 //! machine can be replayed byte for byte:
@@ -21,6 +22,10 @@
 //!   mountinfo's octal escapes.
 //! * `.capture/ip-addr`: the output of `ip -o addr show`.
 //! * `.capture/uname-m`: the output of `uname -m`.
+//! * `.capture/bin/<program>`: the external programs (mdadm, zpool, zfs,
+//!   nvidia-smi, sensors) of the captured machine, usually links to
+//!   `vendor-free-tests/fake-program`, which replays `.capture/cmd/`. A program
+//!   not there is absent on that machine.
 //!
 //! This module never interprets file contents; parsers live in `collect/`.
 
@@ -30,6 +35,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::exec;
 use crate::sys::{self, FsStats, IfAddr};
 
 /// Where the host's files are, and how the non-file facts are answered.
@@ -205,6 +211,20 @@ impl Root {
         let real = std::fs::canonicalize(self.path(abs)).ok()?;
         let rel = real.strip_prefix(&base).ok()?;
         Some(format!("/{}", rel.to_str()?))
+    }
+
+    /// The program `name`: on a live root the first executable of `dirs`,
+    /// then `PATH` ([`exec::find_in`]); a captured root answers with
+    /// `.capture/bin/<name>` (a stand-in that replays the captured output) or
+    /// nothing, never with a program of the machine running the replay.
+    pub fn program(&self, name: &str, dirs: &[&str]) -> Option<PathBuf> {
+        match &self.facts {
+            Facts::Live => exec::find_in(name, dirs),
+            Facts::Captured(_) => {
+                let p = self.base.join(".capture/bin").join(name);
+                exec::is_executable(&p).then_some(p)
+            }
+        }
     }
 
     /// Filesystem numbers of the mount at `mountpoint` (a host path).

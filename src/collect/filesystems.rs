@@ -45,6 +45,9 @@ pub struct Filesystem {
     pub free: u64,
     /// used / (used + free) × 100: the share of what a user can fill.
     pub usage: f64,
+    /// A ZFS pool's datasets (`zfsDatasets`): the mounted ones seen here,
+    /// replaced by `zfs list`'s when the hardware thread has it.
+    pub datasets: Vec<super::zfs::Dataset>,
 }
 
 pub struct Output {
@@ -296,6 +299,7 @@ fn sizes(device: &str, m: &Mount, s: FsStats) -> Filesystem {
         } else {
             0.0
         },
+        datasets: Vec::new(),
     }
 }
 
@@ -338,14 +342,30 @@ fn pool_entry(pool: String, datasets: Vec<Filesystem>) -> Filesystem {
         .iter()
         .max_by_key(|d| d.total)
         .expect("invariant: a pool entry is made from at least one dataset");
+    let mut mounted: Vec<super::zfs::Dataset> = datasets
+        .iter()
+        .filter(|d| d.device != pool)
+        .map(|d| super::zfs::Dataset {
+            name: d.device.clone(),
+            kind: "filesystem".to_string(),
+            mountpoint: d.mountpoint.clone(),
+            used: d.used,
+            available: d.free,
+            referenced: 0,
+        })
+        .collect();
+    mounted.sort_by(|a, b| a.name.cmp(&b.name));
+    mounted.dedup_by(|a, b| a.name == b.name);
+    mounted.truncate(super::zfs::MAX_DATASETS);
     Filesystem {
-        device: pool,
-        mountpoint,
-        fstype: "zfs".to_string(),
         total: largest.total,
         used: largest.used,
         free: largest.free,
         usage: largest.usage,
+        device: pool,
+        mountpoint,
+        fstype: "zfs".to_string(),
+        datasets: mounted,
     }
 }
 
@@ -535,6 +555,7 @@ mod tests {
             used: 1,
             free: 99,
             usage: 1.0,
+            datasets: Vec::new(),
         };
         let out = dedupe(vec![
             fs("/volume1/@appstore"),
@@ -555,6 +576,7 @@ mod tests {
             used: total / 2,
             free: total / 2,
             usage: 50.0,
+            datasets: Vec::new(),
         };
         let p = pool_entry(
             "rpool".into(),
@@ -571,6 +593,10 @@ mod tests {
         );
         assert_eq!(p.mountpoint, "/mnt/tank");
         assert_eq!(p.total, 30);
+        // The mounted datasets stand in for `zfs list`; not the pool's own.
+        let names: Vec<&str> = p.datasets.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["tank/a"]);
+        assert_eq!(p.datasets[0].available, 15);
         let p = pool_entry(
             "t".into(),
             vec![ds("t/a/b", "/x/y/z", 1), ds("t/c", "/q/r", 1)],

@@ -12,14 +12,18 @@
 pub mod cpu;
 pub mod diskio;
 pub mod filesystems;
+pub mod gpu;
+pub mod hwmon;
 pub mod identity;
 pub mod loadavg;
 pub mod memory;
 pub mod mounts;
 pub mod network;
 pub mod patterns;
+pub mod power;
 pub mod raid;
 pub mod uptime;
+pub mod zfs;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -138,6 +142,11 @@ pub struct HostSnapshot {
     pub network: Vec<network::Interface>,
     /// The SMART rows of the latest refresh (collected on their own thread).
     pub smart: Vec<crate::smart::Disk>,
+    /// md arrays (`raid[]`), from the hardware workers like the rest below.
+    pub raid: Vec<raid::Array>,
+    pub temperatures: hwmon::Readings,
+    pub power: Option<power::Watts>,
+    pub gpus: Vec<gpu::Gpu>,
     pub sources: Vec<SourceStatus>,
 }
 

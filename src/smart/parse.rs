@@ -131,6 +131,8 @@ pub struct Disk {
     pub standby: bool,
     pub attributes: Option<Attributes>,
     pub collection: Collection,
+    /// The ZFS pool the disk belongs to (set when the report is built).
+    pub pool: String,
     /// A RAID controller member (`-d megaraid,N`): not on the wire; its I/O
     /// counters are the controller's, not its own.
     pub member: bool,

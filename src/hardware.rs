@@ -1,0 +1,600 @@
+//! The sources that run programs or may touch a device: md RAID (`mdadm`),
+//! temperatures, fans and power (hwmon, `sensors -j`, RAPL), NVIDIA GPUs
+//! (`nvidia-smi`) and ZFS (`zpool`, `zfs`). Each runs on its own worker
+//! thread ([`Worker`]), started the first time its source is seen, so a hung
+//! program holds only its own thread.
+//!
+//! Each cycle [`Hardware::begin`] asks every worker for a run before the
+//! host collectors start, and [`Hardware::finish`] waits for the answers
+//! until [`WAIT`] after `begin`. A worker whose run is still going then, or
+//! whose last run took longer than the wait, is not waited for: its latest
+//! finished result is used (RAID excepted: `mdadm --detail` that is not from
+//! this cycle is not trusted over the fresh `/proc/mdstat`). So a hung
+//! `mdadm`, `zpool` or `nvidia-smi` costs the report at most [`WAIT`], once,
+//! and nothing after that.
+//!
+//! A program that will not die after SIGKILL (stuck in the kernel on a
+//! failing device) is not started again until the reaper has it, so hung
+//! processes cannot pile up one per cycle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::collect::{HostSnapshot, Outcome, SourceStatus, gpu, hwmon, power, raid, zfs};
+use crate::exec::{self, Stuck};
+use crate::root::Root;
+use crate::smart::parse::Status;
+use crate::worker::{Answer, Ticket, Worker};
+
+/// How long a report waits for the hardware workers, counted from `begin`.
+pub const WAIT: Duration = Duration::from_secs(4);
+
+const MDADM_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
+const NVIDIA_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/usr/local/bin",
+    "/usr/local/nvidia/bin",
+    "/bin",
+];
+const SENSORS_DIRS: &[&str] = &["/usr/bin", "/usr/local/bin", "/bin"];
+
+const MDADM_VERSION: Duration = Duration::from_secs(2);
+const MDADM_DETAIL: Duration = Duration::from_secs(5);
+/// No `mdadm --detail` starts later than this into a run.
+const RAID_BUDGET: Duration = Duration::from_secs(10);
+const NVIDIA_SMI: Duration = Duration::from_secs(5);
+const SENSORS: Duration = Duration::from_secs(5);
+const ZPOOL: Duration = Duration::from_secs(5);
+const ZFS_LIST: Duration = Duration::from_secs(10);
+const ZFS_LIST_CAP: usize = 4 * 1024 * 1024;
+const MDSTAT_CAP: usize = 1024 * 1024;
+
+/// What one `mdadm` run found.
+#[derive(Debug, Default)]
+pub struct RaidRun {
+    /// `None` when mdadm is not installed; else the `--version` probe.
+    pub mdadm: Option<Result<(), String>>,
+    pub details: Vec<(String, Result<raid::Array, String>)>,
+}
+
+/// What one sensors run found.
+#[derive(Debug, Default)]
+pub struct SensorsRun {
+    pub readings: hwmon::Readings,
+    /// Watts since the previous run; `None` on the first run or without counters.
+    pub power: Option<power::Watts>,
+    pub warnings: Vec<String>,
+}
+
+/// What one ZFS run found; `None` when zpool is not installed.
+#[derive(Debug)]
+pub struct ZfsRun {
+    pub stats: Result<BTreeMap<String, zfs::PoolStats>, String>,
+    pub datasets: Result<BTreeMap<String, Vec<zfs::Dataset>>, String>,
+    pub members: Result<HashMap<String, String>, String>,
+}
+
+type GpuRun = Result<Vec<gpu::Gpu>, String>;
+
+/// The workers and how long each last took.
+pub struct Hardware {
+    root: Root,
+    wait: Duration,
+    raid: Slot<Vec<String>, RaidRun>,
+    sensors: Slot<(), SensorsRun>,
+    gpu: Slot<PathBuf, GpuRun>,
+    zfs: Slot<(), Option<ZfsRun>>,
+}
+
+/// The requests of one cycle.
+pub struct Pending {
+    started: Instant,
+    mdstat: Result<Vec<raid::Array>, String>,
+    raid: Option<Ticket>,
+    sensors: Option<Ticket>,
+    gpu: Option<Ticket>,
+    zfs: Option<Ticket>,
+}
+
+impl Hardware {
+    pub fn new(root: Root) -> Hardware {
+        Hardware::with_wait(root, WAIT)
+    }
+
+    /// With another wait (tests).
+    pub fn with_wait(root: Root, wait: Duration) -> Hardware {
+        Hardware {
+            root,
+            wait,
+            raid: Slot::new("raid"),
+            sensors: Slot::new("sensors"),
+            gpu: Slot::new("gpu"),
+            zfs: Slot::new("zfs"),
+        }
+    }
+
+    /// Reads `/proc/mdstat` and asks each worker whose source exists for a run.
+    pub fn begin(&mut self) -> Pending {
+        let started = Instant::now();
+        let root = self.root.clone();
+        let mdstat = read_mdstat(&root);
+        let devices: Vec<String> = mdstat
+            .as_ref()
+            .map(|a| a.iter().map(|a| a.device.clone()).collect())
+            .unwrap_or_default();
+        let raid = (!devices.is_empty())
+            .then(|| {
+                let r = root.clone();
+                self.raid.ask(devices, || Box::new(raid_job(r)))
+            })
+            .flatten();
+        let r = root.clone();
+        let sensors = self.sensors.ask((), || Box::new(sensors_job(r)));
+        let gpu = root
+            .program("nvidia-smi", NVIDIA_DIRS)
+            .and_then(|p| self.gpu.ask(p, || Box::new(gpu_job())));
+        let zfs_loaded = root.exists("/sys/module/zfs") || root.exists("/proc/spl/kstat/zfs");
+        let zfs = zfs_loaded
+            .then(|| {
+                let r = root.clone();
+                self.zfs.ask((), || Box::new(zfs_job(r)))
+            })
+            .flatten();
+        Pending {
+            started,
+            mdstat,
+            raid,
+            sensors,
+            gpu,
+            zfs,
+        }
+    }
+
+    /// Waits (within [`WAIT`] of `begin`) and puts every answer into `snap`.
+    pub fn finish(&mut self, p: Pending, snap: &mut HostSnapshot) {
+        let deadline = p.started + self.wait;
+        let wait = self.wait;
+        self.finish_raid(p.mdstat, p.raid, deadline, snap);
+
+        let sensors = self.sensors.answer(p.sensors, deadline, wait);
+        let mut status = source("sensors", p.started);
+        match sensors.as_ref().and_then(|a| a.latest.clone()) {
+            Some(run) => {
+                snap.temperatures = run.readings.clone();
+                snap.power = run.power;
+                status.warnings.clone_from(&run.warnings);
+                if run.readings.is_empty() && run.power.is_none() {
+                    status.outcome = Outcome::Absent;
+                }
+            }
+            None => status.outcome = not_yet("sensors", wait),
+        }
+        snap.sources.push(status);
+
+        let mut status = source("gpu", p.started);
+        match self.gpu.answer(p.gpu, deadline, wait) {
+            None => status.outcome = Outcome::Absent,
+            Some(a) => match a.latest.as_deref() {
+                Some(Ok(gpus)) => {
+                    for g in gpus {
+                        if let Some(t) = g.temperature {
+                            snap.temperatures
+                                .temperatures
+                                .insert(format!("gpu_nvidia_{}", g.id), t);
+                        }
+                    }
+                    snap.gpus.clone_from(gpus);
+                    late_note(&a, "nvidia-smi", wait, &mut status);
+                }
+                Some(Err(e)) => status.outcome = Outcome::Failed(e.clone()),
+                None => status.outcome = not_yet("nvidia-smi", wait),
+            },
+        }
+        snap.sources.push(status);
+
+        self.finish_zfs(p.zfs, p.started, snap);
+    }
+
+    fn finish_raid(
+        &mut self,
+        mdstat: Result<Vec<raid::Array>, String>,
+        ticket: Option<Ticket>,
+        deadline: Instant,
+        snap: &mut HostSnapshot,
+    ) {
+        let started = Instant::now();
+        let mut status = source("raid", started);
+        let arrays = match mdstat {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                status.outcome = Outcome::Absent;
+                snap.sources.push(status);
+                return;
+            }
+            Err(e) => {
+                status.outcome = if e.is_empty() {
+                    Outcome::Absent
+                } else {
+                    Outcome::Failed(e)
+                };
+                snap.sources.push(status);
+                return;
+            }
+        };
+        let answer = self.raid.answer(ticket, deadline, self.wait);
+        // Only this cycle's mdadm is trusted over the fresh /proc/mdstat.
+        let run = answer
+            .as_ref()
+            .filter(|a| a.fresh)
+            .and_then(|a| a.latest.clone());
+        match &run {
+            Some(r) => {
+                if let Some(Err(e)) = &r.mdadm {
+                    status
+                        .warnings
+                        .push(format!("{e}; arrays are reported from /proc/mdstat"));
+                }
+            }
+            None => status.warnings.push(format!(
+                "mdadm did not answer within {} s; arrays are reported from /proc/mdstat",
+                self.wait.as_secs()
+            )),
+        }
+        snap.raid = arrays
+            .iter()
+            .map(|base| {
+                let detail = run
+                    .as_ref()
+                    .and_then(|r| r.details.iter().find(|(d, _)| *d == base.device));
+                match detail {
+                    Some((_, Ok(d))) => raid::merge(d.clone(), base),
+                    Some((_, Err(e))) => {
+                        status.warnings.push(e.clone());
+                        base.clone()
+                    }
+                    None => base.clone(),
+                }
+            })
+            .collect();
+        status.duration = started.elapsed();
+        snap.sources.push(status);
+    }
+
+    fn finish_zfs(&mut self, ticket: Option<Ticket>, started: Instant, snap: &mut HostSnapshot) {
+        let mut status = source("zfs", started);
+        let deadline = started + self.wait;
+        let Some(answer) = self.zfs.answer(ticket, deadline, self.wait) else {
+            status.outcome = Outcome::Absent;
+            snap.sources.push(status);
+            return;
+        };
+        let run = match answer.latest.as_deref() {
+            Some(Some(run)) => run,
+            Some(None) => {
+                // The module is loaded but zpool is not here (a container):
+                // pools keep their statfs numbers.
+                status.outcome = Outcome::Absent;
+                snap.sources.push(status);
+                return;
+            }
+            None => {
+                status.outcome = not_yet("zpool", self.wait);
+                snap.sources.push(status);
+                return;
+            }
+        };
+        late_note(&answer, "zpool", self.wait, &mut status);
+        for fs in snap.filesystems.iter_mut().filter(|f| f.fstype == "zfs") {
+            if let Ok(stats) = &run.stats {
+                if let Some(s) = stats.get(&fs.device).filter(|s| s.size > 0) {
+                    (fs.total, fs.used, fs.free, fs.usage) = zfs::usable(*s, fs.free);
+                }
+            }
+            if let Ok(datasets) = &run.datasets {
+                fs.datasets = datasets.get(&fs.device).cloned().unwrap_or_default();
+            }
+        }
+        let mut errors: Vec<&String> = Vec::new();
+        if let Err(e) = &run.stats {
+            errors.push(e);
+        }
+        if let Err(e) = &run.datasets {
+            errors.push(e);
+        }
+        match &run.members {
+            Ok(members) => {
+                for d in &mut snap.smart {
+                    d.pool = zfs::pool_of(members, &d.device, &d.serial, &d.wwn)
+                        .unwrap_or("")
+                        .to_string();
+                    d.collection.pool = Status::new("available", "zpool", "");
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                for d in &mut snap.smart {
+                    d.collection.pool = Status::new(
+                        "unavailable",
+                        "zpool",
+                        "ZFS pool membership could not be collected",
+                    );
+                }
+            }
+        }
+        status.warnings.extend(errors.into_iter().cloned());
+        snap.sources.push(status);
+    }
+}
+
+fn source(name: &'static str, started: Instant) -> SourceStatus {
+    SourceStatus {
+        name,
+        outcome: Outcome::Ok,
+        duration: started.elapsed(),
+        warnings: Vec::new(),
+    }
+}
+
+fn not_yet(what: &str, wait: Duration) -> Outcome {
+    Outcome::Failed(format!(
+        "the first {what} run has not finished (waited {} s)",
+        wait.as_secs()
+    ))
+}
+
+/// Notes that the data is from an earlier run.
+fn late_note<T>(a: &Answer<T>, what: &str, wait: Duration, status: &mut SourceStatus) {
+    if !a.fresh {
+        status.warnings.push(format!(
+            "{what} is slow (its last run took {:.1} s, the report waits {} s); the report carries its previous answer",
+            a.took.as_secs_f64(),
+            wait.as_secs()
+        ));
+    }
+}
+
+/// `/proc/mdstat`'s arrays; `Err("")` when the file does not exist.
+fn read_mdstat(root: &Root) -> Result<Vec<raid::Array>, String> {
+    match root.read_capped("/proc/mdstat", MDSTAT_CAP) {
+        Ok(c) if c.truncated => Err("/proc/mdstat is larger than 1 MiB".into()),
+        Ok(c) => Ok(raid::parse_mdstat(&c.text)),
+        Err(e) if e.is_not_found() => Err(String::new()),
+        Err(e) => Err(format!("cannot read {e}")),
+    }
+}
+
+type Job<I, T> = Box<dyn FnMut(I) -> T + Send>;
+
+/// One worker, started the first time it is asked for something.
+struct Slot<I, T> {
+    name: &'static str,
+    worker: Option<Worker<I, T>>,
+}
+
+impl<I: Send + 'static, T: Send + Sync + 'static> Slot<I, T> {
+    fn new(name: &'static str) -> Slot<I, T> {
+        Slot { name, worker: None }
+    }
+
+    fn ask(&mut self, input: I, make: impl FnOnce() -> Job<I, T>) -> Option<Ticket> {
+        if self.worker.is_none() {
+            let job = make();
+            match Worker::start(&format!("hw-{}", self.name), job) {
+                Ok(w) => self.worker = Some(w),
+                Err(e) => {
+                    log::warn!("{}: cannot start a thread: {e}", self.name);
+                    return None;
+                }
+            }
+        }
+        self.worker.as_ref().map(|w| w.ask(input))
+    }
+
+    /// The answer to `ticket`: waited for until `deadline` unless the worker
+    /// was still busy when asked, or its last run took longer than `wait`.
+    fn answer(
+        &self,
+        ticket: Option<Ticket>,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Option<Answer<T>> {
+        let (w, t) = (self.worker.as_ref()?, ticket?);
+        let first = w.wait(t, Instant::now());
+        if first.fresh || t.behind || first.latest.is_some() && first.took > wait {
+            return Some(first);
+        }
+        Some(w.wait(t, deadline))
+    }
+}
+
+/// A program that may hang: not started again while an earlier run of it
+/// is still stuck in the kernel.
+struct Tool {
+    name: &'static str,
+    stuck: Option<Stuck>,
+}
+
+impl Tool {
+    fn new(name: &'static str) -> Tool {
+        Tool { name, stuck: None }
+    }
+
+    fn run(
+        &mut self,
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<exec::Output, String> {
+        let what = format!("{} {}", self.name, args.join(" "));
+        if self.stuck.as_ref().is_some_and(Stuck::is_stuck) {
+            return Err(format!(
+                "{what}: an earlier {} has not exited; not started again until it does",
+                self.name
+            ));
+        }
+        match exec::run(program, args, Instant::now() + timeout, cap) {
+            Ok(o) => Ok(o),
+            Err(exec::Error::Timeout(_, _, stuck)) => {
+                self.stuck = Some(stuck);
+                Err(format!("{what}: no answer within {} s", timeout.as_secs()))
+            }
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// The first line of what a failed program said.
+fn failure(o: &exec::Output) -> String {
+    let text = if o.stderr.trim().is_empty() {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    } else {
+        o.stderr.clone()
+    };
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let code = o
+        .code
+        .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+    if line.is_empty() {
+        code
+    } else {
+        format!("{code}: {}", line.trim())
+    }
+}
+
+fn raid_job(root: Root) -> impl FnMut(Vec<String>) -> RaidRun + Send {
+    let mut tool = Tool::new("mdadm");
+    move |devices| {
+        let started = Instant::now();
+        let Some(mdadm) = root.program("mdadm", MDADM_DIRS) else {
+            return RaidRun::default();
+        };
+        let version = match tool.run(&mdadm, &["--version"], MDADM_VERSION, 64 * 1024) {
+            Ok(o) if o.code == Some(0) => Ok(()),
+            Ok(o) => Err(format!("mdadm --version: {}", failure(&o))),
+            Err(e) => Err(e),
+        };
+        let mut details = Vec::new();
+        if version.is_ok() {
+            for dev in devices.iter().filter(|d| is_md_device(d)) {
+                if started.elapsed() >= RAID_BUDGET {
+                    break;
+                }
+                let r = match tool.run(&mdadm, &["--detail", dev], MDADM_DETAIL, exec::STDOUT_CAP) {
+                    Ok(o) if o.code == Some(0) => {
+                        raid::parse_detail(&String::from_utf8_lossy(&o.stdout), dev)
+                    }
+                    Ok(o) => Err(format!("mdadm --detail {dev}: {}", failure(&o))),
+                    Err(e) => Err(e),
+                };
+                details.push((dev.clone(), r));
+            }
+        }
+        RaidRun {
+            mdadm: Some(version),
+            details,
+        }
+    }
+}
+
+/// `/dev/md` followed by digits only: nothing else is passed to mdadm.
+fn is_md_device(d: &str) -> bool {
+    d.strip_prefix("/dev/md")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn sensors_job(root: Root) -> impl FnMut(()) -> SensorsRun + Send {
+    let mut tool = Tool::new("sensors");
+    let mut previous: Option<power::Sample> = None;
+    move |()| {
+        let mut run = SensorsRun::default();
+        let chips = hwmon::read_sysfs(&root).unwrap_or_default();
+        run.readings = hwmon::map(&chips);
+        let no_temperatures =
+            run.readings.temperatures.is_empty() && run.readings.additional.is_empty();
+        if no_temperatures {
+            if let Some(p) = root.program("sensors", SENSORS_DIRS) {
+                match tool.run(&p, &["-j"], SENSORS, exec::STDOUT_CAP) {
+                    // sensors exits non-zero when one subfeature fails.
+                    Ok(o) if !o.stdout.iter().all(u8::is_ascii_whitespace) => {
+                        match hwmon::parse_sensors_json(&String::from_utf8_lossy(&o.stdout)) {
+                            Ok(chips) => {
+                                let r = hwmon::map(&chips);
+                                if !r.is_empty() {
+                                    run.readings = r;
+                                }
+                            }
+                            Err(e) => run.warnings.push(e),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => run.warnings.push(e),
+                }
+            }
+        }
+        if run.readings.temperatures.is_empty() && run.readings.additional.is_empty() {
+            let zones = hwmon::map(&hwmon::read_thermal_zones(&root));
+            run.readings.temperatures = zones.temperatures;
+            run.readings.additional = zones.additional;
+        }
+        let now = power::sample(&root, Instant::now());
+        if let (Some(before), Some(after)) = (&previous, &now) {
+            run.power = Some(power::watts(before, after));
+        }
+        previous = now;
+        run
+    }
+}
+
+fn gpu_job() -> impl FnMut(PathBuf) -> GpuRun + Send {
+    let mut tool = Tool::new("nvidia-smi");
+    move |program| {
+        let o = tool.run(&program, &gpu::QUERY, NVIDIA_SMI, exec::STDOUT_CAP)?;
+        if o.code != Some(0) {
+            return Err(format!("nvidia-smi: {}", failure(&o)));
+        }
+        Ok(gpu::parse(&String::from_utf8_lossy(&o.stdout)))
+    }
+}
+
+fn zfs_job(root: Root) -> impl FnMut(()) -> Option<ZfsRun> + Send {
+    let mut zpool_tool = Tool::new("zpool");
+    let mut zfs_tool = Tool::new("zfs");
+    move |()| {
+        let zpool = root.program("zpool", zfs::DIRS)?;
+        let text = |tool: &mut Tool, p: &Path, args: &[&str], t: Duration, cap: usize| {
+            let o = tool.run(p, args, t, cap)?;
+            if o.code != Some(0) {
+                return Err(format!("{} {}: {}", tool.name, args[0], failure(&o)));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let stats = text(
+            &mut zpool_tool,
+            &zpool,
+            &zfs::ZPOOL_LIST,
+            ZPOOL,
+            exec::STDOUT_CAP,
+        )
+        .and_then(|t| zfs::parse_zpool_list(&t));
+        let datasets = match root.program("zfs", zfs::DIRS) {
+            Some(z) => text(&mut zfs_tool, &z, &zfs::ZFS_LIST, ZFS_LIST, ZFS_LIST_CAP)
+                .map(|t| zfs::parse_zfs_list(&t)),
+            None => Err("zfs not found; datasets are the mounted ones".to_string()),
+        };
+        let members = text(
+            &mut zpool_tool,
+            &zpool,
+            &zfs::ZPOOL_STATUS,
+            ZPOOL,
+            exec::STDOUT_CAP,
+        )
+        .map(|t| zfs::parse_zpool_status(&t));
+        Some(ZfsRun {
+            stats,
+            datasets,
+            members,
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! A background worker: one thread that runs a job whenever it is asked, so
+//! the report cycle can ask early, wait a bounded time for a fresh result, and
+//! otherwise go on with the last one.
+//!
+//! Asking while a run is in progress queues one more run with the newest
+//! input (older queued inputs are replaced, never piled up). A caller learns
+//! whether the result it got answers its own request ([`Answer::fresh`]) and
+//! whether the worker was busy when it asked, in which case it should not wait
+//! at all: the run in progress is already late.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One job's thread and its latest result.
+pub struct Worker<I, T> {
+    shared: Arc<Shared<I, T>>,
+}
+
+struct Shared<I, T> {
+    state: Mutex<State<I, T>>,
+    cv: Condvar,
+}
+
+struct State<I, T> {
+    /// Input for the next run, if one was asked for.
+    input: Option<I>,
+    /// Requests made so far; a request's ticket is this count after it.
+    asked: u64,
+    /// The ticket the latest finished run served.
+    done: u64,
+    running: bool,
+    latest: Option<Arc<T>>,
+    /// How long the latest run took.
+    took: Duration,
+    stop: bool,
+}
+
+/// A request's handle: what to wait for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    n: u64,
+    /// A run was in progress when this was asked.
+    pub behind: bool,
+}
+
+/// What a wait produced.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub latest: Option<Arc<T>>,
+    /// `latest` is the run this ticket asked for (or a later one).
+    pub fresh: bool,
+    /// How long the run that produced `latest` took.
+    pub took: Duration,
+}
+
+impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
+    /// Starts the thread `name`; it runs `job` once per request.
+    pub fn start(
+        name: &str,
+        mut job: impl FnMut(I) -> T + Send + 'static,
+    ) -> std::io::Result<Worker<I, T>> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                input: None,
+                asked: 0,
+                done: 0,
+                running: false,
+                latest: None,
+                took: Duration::ZERO,
+                stop: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                loop {
+                    let (input, ticket) = {
+                        let mut st = lock(&s.state);
+                        while st.input.is_none() && !st.stop {
+                            st = s.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if st.stop {
+                            return;
+                        }
+                        st.running = true;
+                        (st.input.take().expect("checked above"), st.asked)
+                    };
+                    let started = Instant::now();
+                    let result = job(input);
+                    let mut st = lock(&s.state);
+                    st.latest = Some(Arc::new(result));
+                    st.took = started.elapsed();
+                    st.done = ticket;
+                    st.running = false;
+                    s.cv.notify_all();
+                }
+            })?;
+        Ok(Worker { shared })
+    }
+
+    /// Asks for a run with `input`.
+    pub fn ask(&self, input: I) -> Ticket {
+        let mut st = lock(&self.shared.state);
+        st.input = Some(input);
+        st.asked += 1;
+        let behind = st.running;
+        self.shared.cv.notify_all();
+        Ticket {
+            n: st.asked,
+            behind,
+        }
+    }
+
+    /// Waits until the run `ticket` asked for has finished or `deadline`
+    /// passes, and returns the latest result either way.
+    pub fn wait(&self, ticket: Ticket, deadline: Instant) -> Answer<T> {
+        let mut st = lock(&self.shared.state);
+        loop {
+            let now = Instant::now();
+            if st.done >= ticket.n || now >= deadline {
+                break;
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Answer {
+            latest: st.latest.clone(),
+            fresh: st.done >= ticket.n,
+            took: st.took,
+        }
+    }
+}
+
+impl<I, T> Drop for Worker<I, T> {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.cv.notify_all();
+    }
+}
+
+fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_request_gets_its_own_result() {
+        let w = Worker::start("t", |x: u32| x * 2).unwrap();
+        let t = w.ask(21);
+        let a = w.wait(t, Instant::now() + Duration::from_secs(5));
+        assert!(a.fresh);
+        assert_eq!(*a.latest.unwrap(), 42);
+    }
+
+    #[test]
+    fn a_slow_run_gives_the_last_result_at_the_deadline() {
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let w = Worker::start("t", move |x: u32| {
+            if x == 2 {
+                gate_rx.recv().ok();
+            }
+            x
+        })
+        .unwrap();
+        let t = w.ask(1);
+        assert!(w.wait(t, Instant::now() + Duration::from_secs(5)).fresh);
+        let t = w.ask(2);
+        let started = Instant::now();
+        let a = w.wait(t, Instant::now() + Duration::from_millis(200));
+        assert!(!a.fresh);
+        assert_eq!(*a.latest.unwrap(), 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Asked while the slow run is in progress: marked behind.
+        let t3 = w.ask(3);
+        assert!(t3.behind);
+        gate_tx.send(()).unwrap();
+        let a = w.wait(t3, Instant::now() + Duration::from_secs(5));
+        assert!(a.fresh);
+        assert_eq!(*a.latest.unwrap(), 3);
+    }
+
+    #[test]
+    fn queued_inputs_are_replaced_not_piled_up() {
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let (seen_tx, seen_rx) = mpsc::channel::<u32>();
+        let w = Worker::start("t", move |x: u32| {
+            if x == 1 {
+                gate_rx.recv().ok();
+            }
+            seen_tx.send(x).ok();
+            x
+        })
+        .unwrap();
+        w.ask(1);
+        std::thread::sleep(Duration::from_millis(50));
+        w.ask(2);
+        let last = w.ask(3);
+        gate_tx.send(()).unwrap();
+        let a = w.wait(last, Instant::now() + Duration::from_secs(5));
+        assert_eq!(*a.latest.unwrap(), 3);
+        let seen: Vec<u32> = seen_rx.try_iter().collect();
+        assert_eq!(seen, [1, 3]);
+    }
+}
