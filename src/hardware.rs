@@ -6,12 +6,12 @@
 //!
 //! Each cycle [`Hardware::begin`] asks every worker for a run before the
 //! host collectors start, and [`Hardware::finish`] waits for the answers
-//! until [`WAIT`] after `begin`. A worker whose run is still going then, or
-//! whose last run took longer than the wait, is not waited for: its latest
-//! finished result is used (RAID excepted: `mdadm --detail` that is not from
-//! this cycle is not trusted over the fresh `/proc/mdstat`). So a hung
-//! `mdadm`, `zpool` or `nvidia-smi` costs the report at most [`WAIT`], once,
-//! and nothing after that.
+//! until [`WAIT`] after `begin`. A worker that is still busy with an earlier
+//! run when asked, or whose last run met a program that did not answer, is
+//! not waited for: its latest finished result is used (RAID excepted:
+//! `mdadm --detail` that is not from this cycle is not trusted over the fresh
+//! `/proc/mdstat`). So a hung `mdadm`, `zpool` or `nvidia-smi` costs the
+//! report at most [`WAIT`], once, and nothing after that.
 //!
 //! A program that will not die after SIGKILL (stuck in the kernel on a
 //! failing device) is not started again until the reaper has it, so hung
@@ -56,6 +56,7 @@ pub struct RaidRun {
     /// `None` when mdadm is not installed; else the `--version` probe.
     pub mdadm: Option<Result<(), String>>,
     pub details: Vec<(String, Result<raid::Array, String>)>,
+    pub hung: bool,
 }
 
 /// What one sensors run found.
@@ -65,6 +66,7 @@ pub struct SensorsRun {
     /// Watts since the previous run; `None` on the first run or without counters.
     pub power: Option<power::Watts>,
     pub warnings: Vec<String>,
+    pub hung: bool,
 }
 
 /// What one ZFS run found; `None` when zpool is not installed.
@@ -73,9 +75,41 @@ pub struct ZfsRun {
     pub stats: Result<BTreeMap<String, zfs::PoolStats>, String>,
     pub datasets: Result<BTreeMap<String, Vec<zfs::Dataset>>, String>,
     pub members: Result<HashMap<String, String>, String>,
+    pub hung: bool,
 }
 
-type GpuRun = Result<Vec<gpu::Gpu>, String>;
+/// What one nvidia-smi run found.
+#[derive(Debug)]
+pub struct GpuRun {
+    pub gpus: Result<Vec<gpu::Gpu>, String>,
+    pub hung: bool,
+}
+
+/// A run waited on a program that did not answer in time.
+pub trait Hung {
+    fn hung(&self) -> bool;
+}
+
+impl Hung for RaidRun {
+    fn hung(&self) -> bool {
+        self.hung
+    }
+}
+impl Hung for SensorsRun {
+    fn hung(&self) -> bool {
+        self.hung
+    }
+}
+impl Hung for GpuRun {
+    fn hung(&self) -> bool {
+        self.hung
+    }
+}
+impl Hung for Option<ZfsRun> {
+    fn hung(&self) -> bool {
+        self.as_ref().is_some_and(|r| r.hung)
+    }
+}
 
 /// The workers and how long each last took.
 pub struct Hardware {
@@ -157,7 +191,7 @@ impl Hardware {
         let wait = self.wait;
         self.finish_raid(p.mdstat, p.raid, deadline, snap);
 
-        let sensors = self.sensors.answer(p.sensors, deadline, wait);
+        let sensors = self.sensors.answer(p.sensors, deadline);
         let mut status = source("sensors", p.started);
         match sensors.as_ref().and_then(|a| a.latest.clone()) {
             Some(run) => {
@@ -173,9 +207,9 @@ impl Hardware {
         snap.sources.push(status);
 
         let mut status = source("gpu", p.started);
-        match self.gpu.answer(p.gpu, deadline, wait) {
+        match self.gpu.answer(p.gpu, deadline) {
             None => status.outcome = Outcome::Absent,
-            Some(a) => match a.latest.as_deref() {
+            Some(a) => match a.latest.as_deref().map(|r| &r.gpus) {
                 Some(Ok(gpus)) => {
                     for g in gpus {
                         if let Some(t) = g.temperature {
@@ -222,7 +256,7 @@ impl Hardware {
                 return;
             }
         };
-        let answer = self.raid.answer(ticket, deadline, self.wait);
+        let answer = self.raid.answer(ticket, deadline);
         // Only this cycle's mdadm is trusted over the fresh /proc/mdstat.
         let run = answer
             .as_ref()
@@ -264,7 +298,7 @@ impl Hardware {
     fn finish_zfs(&mut self, ticket: Option<Ticket>, started: Instant, snap: &mut HostSnapshot) {
         let mut status = source("zfs", started);
         let deadline = started + self.wait;
-        let Some(answer) = self.zfs.answer(ticket, deadline, self.wait) else {
+        let Some(answer) = self.zfs.answer(ticket, deadline) else {
             status.outcome = Outcome::Absent;
             snap.sources.push(status);
             return;
@@ -372,7 +406,7 @@ struct Slot<I, T> {
     worker: Option<Worker<I, T>>,
 }
 
-impl<I: Send + 'static, T: Send + Sync + 'static> Slot<I, T> {
+impl<I: Send + 'static, T: Hung + Send + Sync + 'static> Slot<I, T> {
     fn new(name: &'static str) -> Slot<I, T> {
         Slot { name, worker: None }
     }
@@ -392,16 +426,15 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Slot<I, T> {
     }
 
     /// The answer to `ticket`: waited for until `deadline` unless the worker
-    /// was still busy when asked, or its last run took longer than `wait`.
-    fn answer(
-        &self,
-        ticket: Option<Ticket>,
-        deadline: Instant,
-        wait: Duration,
-    ) -> Option<Answer<T>> {
+    /// was still busy when asked, or its last run waited on a program that
+    /// did not answer (it will most likely hang again: the report does not
+    /// pay for it every cycle; the run still goes on, and is used once it
+    /// answers in time).
+    fn answer(&self, ticket: Option<Ticket>, deadline: Instant) -> Option<Answer<T>> {
         let (w, t) = (self.worker.as_ref()?, ticket?);
         let first = w.wait(t, Instant::now());
-        if first.fresh || t.behind || first.latest.is_some() && first.took > wait {
+        let hung = first.latest.as_deref().is_some_and(Hung::hung);
+        if first.fresh || t.behind || hung {
             return Some(first);
         }
         Some(w.wait(t, deadline))
@@ -413,11 +446,21 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Slot<I, T> {
 struct Tool {
     name: &'static str,
     stuck: Option<Stuck>,
+    /// A run since the last [`Tool::take_hung`] did not answer in time.
+    hung: bool,
 }
 
 impl Tool {
     fn new(name: &'static str) -> Tool {
-        Tool { name, stuck: None }
+        Tool {
+            name,
+            stuck: None,
+            hung: false,
+        }
+    }
+
+    fn take_hung(&mut self) -> bool {
+        std::mem::take(&mut self.hung)
     }
 
     fn run(
@@ -429,6 +472,7 @@ impl Tool {
     ) -> Result<exec::Output, String> {
         let what = format!("{} {}", self.name, args.join(" "));
         if self.stuck.as_ref().is_some_and(Stuck::is_stuck) {
+            self.hung = true;
             return Err(format!(
                 "{what}: an earlier {} has not exited; not started again until it does",
                 self.name
@@ -438,6 +482,7 @@ impl Tool {
             Ok(o) => Ok(o),
             Err(exec::Error::Timeout(_, _, stuck)) => {
                 self.stuck = Some(stuck);
+                self.hung = true;
                 Err(format!("{what}: no answer within {} s", timeout.as_secs()))
             }
             Err(e) => Err(format!("{what}: {e}")),
@@ -494,6 +539,7 @@ fn raid_job(root: Root) -> impl FnMut(Vec<String>) -> RaidRun + Send {
         RaidRun {
             mdadm: Some(version),
             details,
+            hung: tool.take_hung(),
         }
     }
 }
@@ -543,6 +589,7 @@ fn sensors_job(root: Root) -> impl FnMut(()) -> SensorsRun + Send {
             run.power = Some(power::watts(before, after));
         }
         previous = now;
+        run.hung = tool.take_hung();
         run
     }
 }
@@ -550,11 +597,15 @@ fn sensors_job(root: Root) -> impl FnMut(()) -> SensorsRun + Send {
 fn gpu_job() -> impl FnMut(PathBuf) -> GpuRun + Send {
     let mut tool = Tool::new("nvidia-smi");
     move |program| {
-        let o = tool.run(&program, &gpu::QUERY, NVIDIA_SMI, exec::STDOUT_CAP)?;
-        if o.code != Some(0) {
-            return Err(format!("nvidia-smi: {}", failure(&o)));
+        let gpus = match tool.run(&program, &gpu::QUERY, NVIDIA_SMI, exec::STDOUT_CAP) {
+            Ok(o) if o.code == Some(0) => Ok(gpu::parse(&String::from_utf8_lossy(&o.stdout))),
+            Ok(o) => Err(format!("nvidia-smi: {}", failure(&o))),
+            Err(e) => Err(e),
+        };
+        GpuRun {
+            gpus,
+            hung: tool.take_hung(),
         }
-        Ok(gpu::parse(&String::from_utf8_lossy(&o.stdout)))
     }
 }
 
@@ -595,6 +646,7 @@ fn zfs_job(root: Root) -> impl FnMut(()) -> Option<ZfsRun> + Send {
             stats,
             datasets,
             members,
+            hung: zpool_tool.take_hung() | zfs_tool.take_hung(),
         })
     }
 }

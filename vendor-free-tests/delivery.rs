@@ -859,3 +859,31 @@ fn a_hung_smartctl_holds_only_the_first_report_and_only_for_its_wait() {
     }
     assert!(reports.iter().all(|r| r.accepted));
 }
+
+/// mdadm, zpool, zfs and nvidia-smi all hang: the first report waits the
+/// hardware wait at most, and later reports come every interval (the hung
+/// workers are not waited for again).
+#[test]
+fn hung_hardware_programs_hold_only_the_first_report() {
+    let s = StandIn::start();
+    let dir = Dir::new("hunghw");
+    let root = dir.0.join("root");
+    common::hung_tools_root(&root);
+    let started = Instant::now();
+    let mut a = args(&s, &dir, &[]);
+    a[0] = format!("--root={}", root.display());
+    let _agent = Agent::start(&dir, &a);
+    let wait = pulse_agent::hardware::WAIT;
+    assert!(s.wait_for(wait + Duration::from_secs(12), |r| r.len() >= 6));
+    let reports = s.reports();
+    let first = (reports[0].at - started).as_secs_f64();
+    assert!(
+        first < wait.as_secs_f64() + 2.0,
+        "the first report waited at most {wait:?}: {first:.1} s"
+    );
+    for pair in reports.windows(2) {
+        let gap = (pair[1].at - pair[0].at).as_secs_f64();
+        assert!(gap < 1.6, "reports {gap:.2} s apart");
+    }
+    assert!(reports.iter().all(|r| r.accepted));
+}

@@ -295,16 +295,16 @@ pub fn merge(mut detail: Array, mdstat: &Array) -> Array {
     };
     fill(&mut detail.level, &mdstat.level);
     fill(&mut detail.state, &mdstat.state);
-    for (a, b) in [
-        (&mut detail.total, mdstat.total),
-        (&mut detail.active, mdstat.active),
-        (&mut detail.working, mdstat.working),
-        (&mut detail.failed, mdstat.failed),
-        (&mut detail.spare, mdstat.spare),
-    ] {
-        if *a == 0 {
-            *a = b;
-        }
+    // mdadm always prints its counts, and its 0 is a real 0: a recovering
+    // mirror (`[2/1]` in mdstat, where total − active would count as failed)
+    // has no failed disk. The counts come from mdstat only when mdadm gave
+    // none at all (the stock agent fills every 0 from mdstat instead).
+    if detail.total == 0 {
+        detail.total = mdstat.total;
+        detail.active = mdstat.active;
+        detail.working = mdstat.working;
+        detail.failed = mdstat.failed;
+        detail.spare = mdstat.spare;
     }
     if detail.members.is_empty() {
         detail.members.clone_from(&mdstat.members);

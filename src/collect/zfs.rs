@@ -250,7 +250,8 @@ fn strip_partition(name: &str) -> &str {
 }
 
 /// The pool of a disk known by `device` (`sda`, `/dev/nvme0n1`), `serial`
-/// and `wwn`, if any member key matches.
+/// and `wwn`, if any member key matches (the device name first, then the
+/// serial, then the WWN).
 pub fn pool_of<'a>(
     members: &'a HashMap<String, String>,
     device: &str,
@@ -259,9 +260,10 @@ pub fn pool_of<'a>(
 ) -> Option<&'a str> {
     let device = device.split_whitespace().next().unwrap_or("");
     let wwn = wwn.to_lowercase();
-    let wwn = wwn
-        .strip_prefix("0x")
-        .or_else(|| wwn.strip_prefix("eui."))
+    // smartctl and sysfs spell it 0x…, eui.… or naa.…; by-id names wwn-0x….
+    let wwn = ["0x", "eui.", "naa."]
+        .iter()
+        .find_map(|p| wwn.strip_prefix(p))
         .unwrap_or(&wwn)
         .to_string();
     member_keys(device)

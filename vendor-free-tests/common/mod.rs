@@ -185,3 +185,56 @@ fn line_diff(want: &str, got: &str) -> String {
 }
 pub mod hostile;
 pub mod standin;
+
+/// `vendor-free-tests/fake-program`: links to it in a root's `.capture/bin/`
+/// answer from the root's `.capture/cmd/`.
+pub fn fake_program() -> PathBuf {
+    fixtures_dir().parent().unwrap().join("fake-program")
+}
+
+/// Copies the `debian12-vm` case to `dest` and gives it two md arrays, the
+/// zfs module, and an mdadm, zpool, zfs and nvidia-smi that never answer.
+pub fn hung_tools_root(dest: &Path) {
+    copy_tree(&case_root("debian12-vm"), dest);
+    let w = |rel: &str, text: &str| {
+        let p = dest.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "proc/mdstat",
+        "Personalities : [raid1]\nmd0 : active raid1 sdb1[1] sda1[0]\n      976630464 blocks super 1.2 [2/2] [UU]\n\n\
+         md1 : active raid1 sdd1[1] sdc1[0]\n      976630464 blocks super 1.2 [2/1] [U_]\n\nunused devices: <none>\n",
+    );
+    w("sys/module/zfs/version", "2.1.11-1\n");
+    std::fs::create_dir_all(dest.join(".capture/bin")).unwrap();
+    for name in ["mdadm", "zpool", "zfs", "nvidia-smi"] {
+        std::os::unix::fs::symlink(fake_program(), dest.join(".capture/bin").join(name)).unwrap();
+    }
+    for key in [
+        "mdadm --version",
+        "zpool list -Hp -o name,size,allocated,free",
+        "zfs list -Hp -t filesystem,volume -o name,type,used,available,referenced,mountpoint",
+        "zpool status -P",
+        "nvidia-smi --query-gpu=index,name,temperature.gpu,utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits",
+    ] {
+        w(&format!(".capture/cmd/{key}.hang"), "");
+    }
+}
+
+/// `cp -a` of a tree of files, directories and symlinks.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let t = e.file_type().unwrap();
+        if t.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if t.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}

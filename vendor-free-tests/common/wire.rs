@@ -184,13 +184,44 @@ const SMART: &[F] = &[
     F("collection", Obj(COLLECTION), Opt),
     F("attributes", Obj(SMART_ATTRIBUTES), Opt),
 ];
+const GPU: &[F] = &[
+    F("id", Str, Opt),
+    F("name", Str, Opt),
+    F("temperatureCelsius", Float, Opt),
+    F("utilizationPercent", Float, Opt),
+    F("memoryUsedBytes", UInt, Opt),
+    F("memoryTotalBytes", UInt, Opt),
+];
+const RAID_DEVICE: &[F] = &[
+    F("device", Str, Opt),
+    F("state", Str, Opt),
+    F("slot", Int, Always),
+];
+/// `level`, `state`, the counts, `devices` and `rebuildPercent` have no
+/// `omitempty` in the stock agent's struct.
+const RAID: &[F] = &[
+    F("device", Str, Always),
+    F("name", Str, Opt),
+    F("level", Str, Always),
+    F("state", Str, Always),
+    F("totalDevices", Int, Always),
+    F("activeDevices", Int, Always),
+    F("workingDevices", Int, Always),
+    F("failedDevices", Int, Always),
+    F("spareDevices", Int, Always),
+    F("uuid", Str, Opt),
+    F("devices", Arr(&Obj(RAID_DEVICE)), Always),
+    F("rebuildPercent", Float, Always),
+    F("rebuildSpeed", Str, Opt),
+    F("operation", Str, Opt),
+];
 const SENSORS: &[F] = &[
     F("temperatureCelsius", Map(&Float), Opt),
     F("fanRpm", Map(&Float), Opt),
     F("powerWatts", Map(&Float), Opt),
     F("additional", Map(&Float), Opt),
     F("custom", Any, Opt),
-    F("gpu", Any, Opt),
+    F("gpu", Arr(&Obj(GPU)), Opt),
     F("thermalState", Any, Opt),
     F("smart", Arr(&Obj(SMART)), Opt),
 ];
@@ -202,7 +233,7 @@ pub const HOST_REPORT: &[F] = &[
     F("diskIO", Arr(&Obj(DISK_IO)), Opt),
     F("network", Arr(&Obj(NETWORK)), Opt),
     F("sensors", Obj(SENSORS), Always),
-    F("raid", Any, Opt),
+    F("raid", Arr(&Obj(RAID)), Opt),
     F("unraid", Any, Opt),
     F("ceph", Any, Opt),
     F("libvirt", Any, Opt),
