@@ -94,7 +94,12 @@ fn hwmon_and_sensors_json_give_the_same_readings() {
         let mut sysfs_names: Vec<&str> = chips.iter().map(|c| c.name.as_str()).collect();
         sysfs_names.sort();
         let json_chips = hwmon::parse_sensors_json(&text).unwrap();
-        let mut json_names: Vec<&str> = json_chips.iter().map(|c| c.name.as_str()).collect();
+        // drivetemp is not even read from /sys (it can keep a disk awake).
+        let mut json_names: Vec<&str> = json_chips
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|n| !n.starts_with("drivetemp"))
+            .collect();
         json_names.sort();
         assert_eq!(sysfs_names, json_names, "{name}: chip names");
     }
@@ -273,4 +278,64 @@ fn nas_storage_through_the_fake_programs() {
             .any(|k| k.starts_with("drivetemp") || k.contains("fan")),
         "no drivetemp, no fans in additional"
     );
+}
+
+/// RAPL counters of the nas-smart case, read twice with the counters moved
+/// (the package counter wrapped at `max_energy_range_uj` in between).
+#[test]
+fn rapl_watts_between_two_samples() {
+    use pulse_agent::collect::power;
+    let dir = scratch("rapl");
+    common::copy_tree(&common::case_root("nas-smart"), &dir);
+    let rapl = dir.join("sys/devices/virtual/powercap/intel-rapl/intel-rapl:0");
+    let range: u64 = 262_143_328_850;
+    // The package counter 100 J before its wrap.
+    std::fs::write(rapl.join("energy_uj"), format!("{}\n", range - 100_000_000)).unwrap();
+    let root = Root::new(&dir).unwrap();
+    let t0 = Instant::now();
+    let before = power::sample(&root, t0).expect("RAPL counters");
+    assert_eq!(before.counters.len(), 3);
+    // 30 s at 20 W package (600 J, across the wrap), 8 W core, 2 W dram.
+    std::fs::write(rapl.join("energy_uj"), "500000000\n").unwrap();
+    std::fs::write(rapl.join("intel-rapl:0:0/energy_uj"), "51474567890\n").unwrap();
+    std::fs::write(rapl.join("intel-rapl:0:1/energy_uj"), "9936543210\n").unwrap();
+    let after = power::sample(&root, t0 + Duration::from_secs(30)).unwrap();
+    let w = power::watts(&before, &after);
+    assert!((w.package - 20.0).abs() < 1e-9, "{w:?}");
+    assert!((w.core - 8.0).abs() < 1e-9, "{w:?}");
+    assert!((w.dram - 2.0).abs() < 1e-9, "{w:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Garbage in every hwmon and thermal file: no panic, nothing invented.
+#[test]
+fn hostile_hwmon_files() {
+    let dir = scratch("hostile-hwmon");
+    let garbage: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let h = dir.join("sys/class/hwmon/hwmon0");
+    std::fs::create_dir_all(&h).unwrap();
+    std::fs::write(h.join("name"), "coretemp\n").unwrap();
+    std::fs::write(h.join("temp1_input"), &garbage).unwrap();
+    std::fs::write(h.join("temp1_label"), &garbage).unwrap();
+    std::fs::write(h.join("temp2_input"), "99999999999999999999999\n").unwrap();
+    std::fs::write(h.join("temp3_input"), "-9223372036854775808\n").unwrap();
+    std::fs::write(h.join("fan1_input"), "-5\n").unwrap();
+    std::fs::write(h.join("temp99999999999_input"), "45000\n").unwrap();
+    std::fs::create_dir_all(dir.join("sys/class/hwmon/hwmon1")).unwrap(); // no name
+    std::fs::write(dir.join("sys/class/hwmon/hwmon2"), "not a directory").unwrap();
+    let z = dir.join("sys/class/thermal/thermal_zone0");
+    std::fs::create_dir_all(&z).unwrap();
+    std::fs::write(z.join("type"), &garbage).unwrap();
+    std::fs::write(z.join("temp"), &garbage).unwrap();
+    let root = Root::new(&dir).unwrap();
+    let r = hwmon::map(&hwmon::read_sysfs(&root).unwrap());
+    // Only the readable, plausible value survives: none here is.
+    assert!(!r.fans.contains_key("coretemp_fan1"));
+    for v in r.temperatures.values().chain(r.additional.values()) {
+        assert!(v.is_finite());
+    }
+    let _ = hwmon::map(&hwmon::read_thermal_zones(&root));
+    std::fs::remove_dir_all(&dir).ok();
 }

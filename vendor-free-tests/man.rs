@@ -46,10 +46,19 @@ fn every_flag_is_documented_with_its_environment() {
 
 #[test]
 fn the_page_documents_no_flag_that_does_not_exist() {
-    // smartctl's own options, quoted in the SMART section.
-    const SMARTCTL: [&str; 3] = ["scan", "scan-open", "json"];
+    // The options of the programs the agent runs (smartctl, mdadm,
+    // nvidia-smi), quoted in the SMART and HARDWARE sections.
+    const OTHERS: [&str; 7] = [
+        "scan",
+        "scan-open",
+        "json",
+        "version",
+        "detail",
+        "query-gpu",
+        "format",
+    ];
     for name in documented_flags(&page()) {
-        if SMARTCTL.contains(&name.as_str()) {
+        if OTHERS.contains(&name.as_str()) {
             continue;
         }
         assert!(

@@ -76,6 +76,9 @@ pub fn read_sysfs(root: &Root) -> Result<Vec<Chip>, crate::root::ReadError> {
         let Some(name) = root.read_trimmed(&format!("{dir}/name")) else {
             continue;
         };
+        if is_drivetemp(&name) {
+            continue; // not even read: see the module docs
+        }
         // Kernels before 3.x (and a few drivers) keep the attributes in the
         // parent device's directory.
         let mut features = read_features(root, &dir);
@@ -288,6 +291,10 @@ fn json_number(v: &Value) -> Option<f64> {
     n.is_finite().then_some(n)
 }
 
+fn is_drivetemp(chip: &str) -> bool {
+    chip.to_lowercase().starts_with("drivetemp")
+}
+
 const CPU_CHIPS: &[&str] = &[
     "coretemp",
     "k10temp",
@@ -343,10 +350,7 @@ pub fn key(chip: &str, feature: &str) -> String {
 
 /// Chips → the wire maps (rules in the module docs).
 pub fn map(chips: &[Chip]) -> Readings {
-    let mut chips: Vec<&Chip> = chips
-        .iter()
-        .filter(|c| !c.name.to_lowercase().starts_with("drivetemp"))
-        .collect();
+    let mut chips: Vec<&Chip> = chips.iter().filter(|c| !is_drivetemp(&c.name)).collect();
     chips.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut r = Readings::default();
