@@ -29,6 +29,10 @@ use crate::worker::{Answer, Ticket, Worker};
 
 /// How long a report waits for the hardware workers, counted from `begin`.
 pub const WAIT: Duration = Duration::from_secs(4);
+/// A worker whose last run took longer is not waited for.
+const WAIT_LIMIT: Duration = WAIT;
+/// Readings older than this are dropped rather than sent as current.
+const MAX_AGE: Duration = Duration::from_secs(300);
 
 const MDADM_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
 const NVIDIA_DIRS: &[&str] = &[
@@ -111,7 +115,7 @@ impl Hung for Option<ZfsRun> {
     }
 }
 
-/// The workers and how long each last took.
+/// The hardware workers, each started the first time its source exists.
 pub struct Hardware {
     root: Root,
     wait: Duration,
@@ -193,23 +197,26 @@ impl Hardware {
 
         let sensors = self.sensors.answer(p.sensors, deadline);
         let mut status = source("sensors", p.started);
-        match sensors.as_ref().and_then(|a| a.latest.clone()) {
+        if let Some(a) = &sensors {
+            late_note(a, "reading the sensors", &mut status);
+        }
+        match sensors.as_ref().and_then(current) {
             Some(run) => {
                 snap.temperatures = run.readings.clone();
                 snap.power = run.power;
-                status.warnings.clone_from(&run.warnings);
+                status.warnings.extend(run.warnings.iter().cloned());
                 if run.readings.is_empty() && run.power.is_none() {
                     status.outcome = Outcome::Absent;
                 }
             }
-            None => status.outcome = not_yet("sensors", wait),
+            None => status.outcome = no_data(sensors.as_ref(), "sensors", wait),
         }
         snap.sources.push(status);
 
         let mut status = source("gpu", p.started);
         match self.gpu.answer(p.gpu, deadline) {
             None => status.outcome = Outcome::Absent,
-            Some(a) => match a.latest.as_deref().map(|r| &r.gpus) {
+            Some(a) => match current(&a).as_deref().map(|r| &r.gpus) {
                 Some(Ok(gpus)) => {
                     for g in gpus {
                         if let Some(t) = g.temperature {
@@ -219,10 +226,10 @@ impl Hardware {
                         }
                     }
                     snap.gpus.clone_from(gpus);
-                    late_note(&a, "nvidia-smi", wait, &mut status);
+                    late_note(&a, "nvidia-smi", &mut status);
                 }
                 Some(Err(e)) => status.outcome = Outcome::Failed(e.clone()),
-                None => status.outcome = not_yet("nvidia-smi", wait),
+                None => status.outcome = no_data(Some(&a), "nvidia-smi", wait),
             },
         }
         snap.sources.push(status);
@@ -270,10 +277,10 @@ impl Hardware {
                         .push(format!("{e}; arrays are reported from /proc/mdstat"));
                 }
             }
-            None => status.warnings.push(format!(
-                "mdadm did not answer within {} s; arrays are reported from /proc/mdstat",
-                self.wait.as_secs()
-            )),
+            None => status.warnings.push(
+                "mdadm had no answer for this report (it was slow or hung); arrays are reported from /proc/mdstat"
+                    .to_string(),
+            ),
         }
         snap.raid = arrays
             .iter()
@@ -303,22 +310,27 @@ impl Hardware {
             snap.sources.push(status);
             return;
         };
-        let run = match answer.latest.as_deref() {
+        let latest = current(&answer);
+        let run = match latest.as_deref() {
             Some(Some(run)) => run,
             Some(None) => {
                 // The module is loaded but zpool is not here (a container):
-                // pools keep their statfs numbers.
+                // pools keep their statfs numbers, and no disk is in a pool
+                // this host can see.
+                for d in &mut snap.smart {
+                    d.collection.pool = Status::new("available", "zpool", "");
+                }
                 status.outcome = Outcome::Absent;
                 snap.sources.push(status);
                 return;
             }
             None => {
-                status.outcome = not_yet("zpool", self.wait);
+                status.outcome = no_data(Some(&answer), "zpool", self.wait);
                 snap.sources.push(status);
                 return;
             }
         };
-        late_note(&answer, "zpool", self.wait, &mut status);
+        late_note(&answer, "zpool", &mut status);
         for fs in snap.filesystems.iter_mut().filter(|f| f.fstype == "zfs") {
             if let Ok(stats) = &run.stats {
                 if let Some(s) = stats.get(&fs.device).filter(|s| s.size > 0) {
@@ -370,22 +382,35 @@ fn source(name: &'static str, started: Instant) -> SourceStatus {
     }
 }
 
-fn not_yet(what: &str, wait: Duration) -> Outcome {
-    Outcome::Failed(format!(
-        "the first {what} run has not finished (waited {} s)",
-        wait.as_secs()
-    ))
+/// Why a source has nothing to report: no run has finished yet, or the last
+/// one is too old to pass for current.
+fn no_data<T>(a: Option<&Answer<T>>, what: &str, wait: Duration) -> Outcome {
+    Outcome::Failed(match a.filter(|a| a.latest.is_some()) {
+        Some(a) => format!(
+            "{what} has not answered for {} s; its readings are left out",
+            a.age.as_secs()
+        ),
+        None => format!(
+            "the first {what} run has not finished (waited {} s)",
+            wait.as_secs()
+        ),
+    })
 }
 
 /// Notes that the data is from an earlier run.
-fn late_note<T>(a: &Answer<T>, what: &str, wait: Duration, status: &mut SourceStatus) {
-    if !a.fresh {
+fn late_note<T>(a: &Answer<T>, what: &str, status: &mut SourceStatus) {
+    if !a.fresh && a.latest.is_some() {
         status.warnings.push(format!(
-            "{what} is slow (its last run took {:.1} s, the report waits {} s); the report carries its previous answer",
-            a.took.as_secs_f64(),
-            wait.as_secs()
+            "{what} had no answer for this report (slow or hung); the report carries its answer from {} s ago",
+            a.age.as_secs()
         ));
     }
+}
+
+/// The latest result unless it is older than [`MAX_AGE`] (a source whose
+/// reads have hung for minutes is left out, not reported as current).
+fn current<T>(a: &Answer<T>) -> Option<std::sync::Arc<T>> {
+    a.latest.clone().filter(|_| a.fresh || a.age <= MAX_AGE)
 }
 
 /// `/proc/mdstat`'s arrays; `Err("")` when the file does not exist.
@@ -426,15 +451,16 @@ impl<I: Send + 'static, T: Hung + Send + Sync + 'static> Slot<I, T> {
     }
 
     /// The answer to `ticket`: waited for until `deadline` unless the worker
-    /// was still busy when asked, or its last run waited on a program that
-    /// did not answer (it will most likely hang again: the report does not
-    /// pay for it every cycle; the run still goes on, and is used once it
-    /// answers in time).
+    /// was still busy when asked, its last run took longer than the wait, or
+    /// its last run met a program that did not answer (it will most likely
+    /// be as slow again: the report does not pay for it every cycle; the run
+    /// still goes on, and is used once it answers in time).
     fn answer(&self, ticket: Option<Ticket>, deadline: Instant) -> Option<Answer<T>> {
         let (w, t) = (self.worker.as_ref()?, ticket?);
         let first = w.wait(t, Instant::now());
         let hung = first.latest.as_deref().is_some_and(Hung::hung);
-        if first.fresh || t.behind || hung {
+        let slow = first.latest.is_some() && first.took > WAIT_LIMIT;
+        if first.fresh || t.behind || hung || slow {
             return Some(first);
         }
         Some(w.wait(t, deadline))

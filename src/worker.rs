@@ -30,8 +30,9 @@ struct State<I, T> {
     done: u64,
     running: bool,
     latest: Option<Arc<T>>,
-    /// How long the latest run took.
+    /// How long the latest run took, and when it ended.
     took: Duration,
+    finished: Option<Instant>,
     stop: bool,
 }
 
@@ -49,8 +50,10 @@ pub struct Answer<T> {
     pub latest: Option<Arc<T>>,
     /// `latest` is the run this ticket asked for (or a later one).
     pub fresh: bool,
-    /// How long the run that produced `latest` took.
+    /// How long the latest run took.
     pub took: Duration,
+    /// How long ago the latest run ended.
+    pub age: Duration,
 }
 
 impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
@@ -67,6 +70,7 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
                 running: false,
                 latest: None,
                 took: Duration::ZERO,
+                finished: None,
                 stop: false,
             }),
             cv: Condvar::new(),
@@ -89,10 +93,17 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
                         (st.input.take().expect("checked above"), st.asked)
                     };
                     let started = Instant::now();
-                    let result = job(input);
+                    // A panic (a bug: release builds abort) must not leave
+                    // the worker marked busy forever.
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(input)));
                     let mut st = lock(&s.state);
-                    st.latest = Some(Arc::new(result));
+                    match result {
+                        Ok(r) => st.latest = Some(Arc::new(r)),
+                        Err(_) => log::error!("a worker's job panicked; its last result stands"),
+                    }
                     st.took = started.elapsed();
+                    st.finished = Some(Instant::now());
                     st.done = ticket;
                     st.running = false;
                     s.cv.notify_all();
@@ -134,6 +145,7 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
             latest: st.latest.clone(),
             fresh: st.done >= ticket.n,
             took: st.took,
+            age: st.finished.map_or(Duration::ZERO, |f| f.elapsed()),
         }
     }
 }
@@ -186,6 +198,25 @@ mod tests {
         assert!(t3.behind);
         gate_tx.send(()).unwrap();
         let a = w.wait(t3, Instant::now() + Duration::from_secs(5));
+        assert!(a.fresh);
+        assert_eq!(*a.latest.unwrap(), 3);
+    }
+
+    #[test]
+    fn a_panicking_run_leaves_the_worker_usable() {
+        let w = Worker::start("t", |x: u32| {
+            assert!(x != 2, "boom");
+            x
+        })
+        .unwrap();
+        let t = w.ask(1);
+        assert!(w.wait(t, Instant::now() + Duration::from_secs(5)).fresh);
+        let t = w.ask(2);
+        let a = w.wait(t, Instant::now() + Duration::from_secs(5));
+        assert_eq!(*a.latest.unwrap(), 1, "the last good result stands");
+        let t = w.ask(3);
+        assert!(!t.behind);
+        let a = w.wait(t, Instant::now() + Duration::from_secs(5));
         assert!(a.fresh);
         assert_eq!(*a.latest.unwrap(), 3);
     }

@@ -16,6 +16,8 @@
 //!   features in number order, first wins; `cpu_package` and `cpu_core_N`
 //!   take the hottest) instead of by Go's random map order;
 //! - `Tdie` is preferred over `Tctl` (Tctl carries an offset on some Ryzens);
+//! - a GPU's `temp1` is matched by name, not as a substring (which would take
+//!   `temp10`..`temp19` too);
 //! - `drivetemp` chips are left out: reading one sends an ATA command that
 //!   can keep a disk from spinning down, and SMART already reports each disk's
 //!   temperature without waking it.
@@ -165,8 +167,12 @@ fn bus_suffix(subsystem: &str, dev_name: &str) -> Option<String> {
             let (domain, rest) = dev_name.split_once(':')?;
             let (bus, rest) = rest.split_once(':')?;
             let (dev, func) = rest.split_once('.')?;
-            let n = |s: &str| u32::from_str_radix(s, 16).ok();
-            let addr = (n(domain)? << 16) + (n(bus)? << 8) + (n(dev)? << 3) + n(func)?;
+            // At most 16, 8, 5 and 3 bits: anything longer is not a PCI name.
+            let n = |s: &str, max: u64| u64::from_str_radix(s, 16).ok().filter(|v| *v <= max);
+            let addr = (n(domain, 0xffff)? << 16)
+                + (n(bus, 0xff)? << 8)
+                + (n(dev, 0x1f)? << 3)
+                + n(func, 7)?;
             Some(format!("pci-{addr:04x}"))
         }
         "platform" | "of_platform" => {
@@ -488,6 +494,7 @@ mod tests {
         assert_eq!(bus_suffix("scsi", "2:0:0:0").unwrap(), "scsi-2-0");
         assert_eq!(bus_suffix("nvme", "nvme0"), None);
         assert_eq!(bus_suffix("pci", "garbage"), None);
+        assert_eq!(bus_suffix("pci", "ffffffff:ff:ff.ffffffff"), None);
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //! any rebuild in progress) and of `mdadm --detail /dev/mdN` (names, UUIDs,
 //! exact counts and member states), and how the two are combined.
 //!
-//! Pure functions only: they never read a file or run a program. Not yet
-//! wired into the report (issue 5: `mdadm` must run off the report cycle,
-//! with a deadline, through `exec`).
+//! Pure functions only: they never read a file or run a program
+//! (`hardware.rs` does, on its own thread).
 
 /// One md array as the server's `raid[]` entry describes it.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -323,8 +323,8 @@ impl Smart {
             }
         }
         rows.extend(identity);
-        // Pool membership is not collected yet. Without the zfs module there
-        // are no pools, so "no pool" is known; with it, it is not.
+        // Without the zfs module there are no pools, so "no pool" is known;
+        // with it, the hardware thread's `zpool status` replaces this.
         let zfs = self.root.exists("/sys/module/zfs") || self.root.exists("/proc/spl/kstat/zfs");
         for r in &mut rows {
             r.collection.pool = if zfs {
