@@ -284,11 +284,10 @@ fn kill(mut child: Child) -> Stuck {
 /// directories a service's `PATH` often lacks.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(std::env::split_paths(CHILD_PATH))
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    first_executable(
+        name,
+        std::env::split_paths(&path).chain(std::env::split_paths(CHILD_PATH)),
+    )
 }
 
 /// The first executable `name` in `dirs` (the places a package installs it),
@@ -296,10 +295,17 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 /// run whatever the working directory holds.
 pub fn find_in(name: &str, dirs: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    dirs.iter()
-        .map(PathBuf::from)
-        .chain(std::env::split_paths(&path))
-        .filter(|d| d.is_absolute())
+    first_executable(
+        name,
+        dirs.iter()
+            .map(PathBuf::from)
+            .chain(std::env::split_paths(&path)),
+    )
+}
+
+/// `dir/name` for the first absolute `dir` where it is executable.
+fn first_executable(name: &str, dirs: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
+    dirs.filter(|d| d.is_absolute())
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
 }

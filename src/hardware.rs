@@ -27,10 +27,9 @@ use crate::root::Root;
 use crate::smart::parse::Status;
 use crate::worker::{Answer, Ticket, Worker};
 
-/// How long a report waits for the hardware workers, counted from `begin`.
+/// How long a report waits for the hardware workers, counted from `begin`;
+/// a worker whose last run took longer is not waited for.
 pub const WAIT: Duration = Duration::from_secs(4);
-/// A worker whose last run took longer is not waited for.
-const WAIT_LIMIT: Duration = WAIT;
 /// Readings older than this are dropped rather than sent as current.
 const MAX_AGE: Duration = Duration::from_secs(300);
 
@@ -118,7 +117,6 @@ impl Hung for Option<ZfsRun> {
 /// The hardware workers, each started the first time its source exists.
 pub struct Hardware {
     root: Root,
-    wait: Duration,
     raid: Slot<Vec<String>, RaidRun>,
     sensors: Slot<(), SensorsRun>,
     gpu: Slot<PathBuf, GpuRun>,
@@ -137,14 +135,8 @@ pub struct Pending {
 
 impl Hardware {
     pub fn new(root: Root) -> Hardware {
-        Hardware::with_wait(root, WAIT)
-    }
-
-    /// With another wait (tests).
-    pub fn with_wait(root: Root, wait: Duration) -> Hardware {
         Hardware {
             root,
-            wait,
             raid: Slot::new("raid"),
             sensors: Slot::new("sensors"),
             gpu: Slot::new("gpu"),
@@ -191,8 +183,7 @@ impl Hardware {
 
     /// Waits (within [`WAIT`] of `begin`) and puts every answer into `snap`.
     pub fn finish(&mut self, p: Pending, snap: &mut HostSnapshot) {
-        let deadline = p.started + self.wait;
-        let wait = self.wait;
+        let deadline = p.started + WAIT;
         self.finish_raid(p.mdstat, p.raid, deadline, snap);
 
         let sensors = self.sensors.answer(p.sensors, deadline);
@@ -209,7 +200,7 @@ impl Hardware {
                     status.outcome = Outcome::Absent;
                 }
             }
-            None => status.outcome = no_data(sensors.as_ref(), "sensors", wait),
+            None => status.outcome = no_data(sensors.as_ref(), "sensors"),
         }
         snap.sources.push(status);
 
@@ -229,7 +220,7 @@ impl Hardware {
                     late_note(&a, "nvidia-smi", &mut status);
                 }
                 Some(Err(e)) => status.outcome = Outcome::Failed(e.clone()),
-                None => status.outcome = no_data(Some(&a), "nvidia-smi", wait),
+                None => status.outcome = no_data(Some(&a), "nvidia-smi"),
             },
         }
         snap.sources.push(status);
@@ -304,7 +295,7 @@ impl Hardware {
 
     fn finish_zfs(&mut self, ticket: Option<Ticket>, started: Instant, snap: &mut HostSnapshot) {
         let mut status = source("zfs", started);
-        let deadline = started + self.wait;
+        let deadline = started + WAIT;
         let Some(answer) = self.zfs.answer(ticket, deadline) else {
             status.outcome = Outcome::Absent;
             snap.sources.push(status);
@@ -325,7 +316,7 @@ impl Hardware {
                 return;
             }
             None => {
-                status.outcome = no_data(Some(&answer), "zpool", self.wait);
+                status.outcome = no_data(Some(&answer), "zpool");
                 snap.sources.push(status);
                 return;
             }
@@ -384,7 +375,7 @@ fn source(name: &'static str, started: Instant) -> SourceStatus {
 
 /// Why a source has nothing to report: no run has finished yet, or the last
 /// one is too old to pass for current.
-fn no_data<T>(a: Option<&Answer<T>>, what: &str, wait: Duration) -> Outcome {
+fn no_data<T>(a: Option<&Answer<T>>, what: &str) -> Outcome {
     Outcome::Failed(match a.filter(|a| a.latest.is_some()) {
         Some(a) => format!(
             "{what} has not answered for {} s; its readings are left out",
@@ -392,7 +383,7 @@ fn no_data<T>(a: Option<&Answer<T>>, what: &str, wait: Duration) -> Outcome {
         ),
         None => format!(
             "the first {what} run has not finished (waited {} s)",
-            wait.as_secs()
+            WAIT.as_secs()
         ),
     })
 }
@@ -459,7 +450,7 @@ impl<I: Send + 'static, T: Hung + Send + Sync + 'static> Slot<I, T> {
         let (w, t) = (self.worker.as_ref()?, ticket?);
         let first = w.wait(t, Instant::now());
         let hung = first.latest.as_deref().is_some_and(Hung::hung);
-        let slow = first.latest.is_some() && first.took > WAIT_LIMIT;
+        let slow = first.latest.is_some() && first.took > WAIT;
         if first.fresh || t.behind || hung || slow {
             return Some(first);
         }

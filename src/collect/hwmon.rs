@@ -105,13 +105,8 @@ fn read_features(root: &Root, dir: &str) -> Vec<Feature> {
     let mut found: Vec<(Kind, u32, &str)> = names
         .iter()
         .filter_map(|n| {
-            let (kind, rest) = if let Some(r) = n.strip_prefix("temp") {
-                (Kind::Temp, r)
-            } else {
-                (Kind::Fan, n.strip_prefix("fan")?)
-            };
-            let num = rest.strip_suffix("_input")?;
-            Some((kind, num.parse().ok()?, n.as_str()))
+            let (kind, num) = input_attribute(n)?;
+            Some((kind, num, n.as_str()))
         })
         .collect();
     found.sort();
@@ -134,6 +129,17 @@ fn read_features(root: &Root, dir: &str) -> Vec<Feature> {
             Some(Feature { name, kind, value })
         })
         .collect()
+}
+
+/// `temp3_input` → (Temp, 3), `fan1_input` → (Fan, 1): the same names in
+/// sysfs and in `sensors -j`; anything else (voltages, power, limits) is none.
+fn input_attribute(name: &str) -> Option<(Kind, u32)> {
+    let (kind, rest) = if let Some(r) = name.strip_prefix("temp") {
+        (Kind::Temp, r)
+    } else {
+        (Kind::Fan, name.strip_prefix("fan")?)
+    };
+    Some((kind, rest.strip_suffix("_input")?.parse().ok()?))
 }
 
 /// libsensors' chip name for the hwmon directory `dir` whose `name` is `name`.
@@ -246,12 +252,7 @@ pub fn parse_sensors_json(text: &str) -> Result<Vec<Chip>, String> {
                     return None;
                 };
                 sub.iter().find_map(|(key, v)| {
-                    let (kind, rest) = if let Some(r) = key.strip_prefix("temp") {
-                        (Kind::Temp, r)
-                    } else {
-                        (Kind::Fan, key.strip_prefix("fan")?)
-                    };
-                    let num: u32 = rest.strip_suffix("_input")?.parse().ok()?;
+                    let (kind, num) = input_attribute(key)?;
                     let mut value = json_number(v)?;
                     if kind == Kind::Temp && value.abs() >= 1000.0 {
                         value /= 1000.0; // millidegrees from a raw sysfs copy
