@@ -6,6 +6,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod deliver;
+pub mod docker;
 pub mod enroll;
 pub mod exec;
 pub mod hardware;
