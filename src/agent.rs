@@ -25,10 +25,12 @@ use serde_json::{Value, json};
 
 use crate::collect::{self, Outcome, SourceStatus, identity::Identity};
 use crate::config::{Config, Secret, ServerUrl};
-use crate::deliver::{self, Client, Delivery, REPORT_TIMEOUT, TlsOptions};
+use crate::deliver::{self, Client, TlsOptions};
+use crate::docker;
 use crate::hardware::Hardware;
 use crate::health::{self, Published, Snapshot};
 use crate::metrics::{self, DeliveryState};
+use crate::outbox::{Outbox, Stream};
 use crate::remote_config::{self, Trust};
 use crate::report::{self, Module, ModuleState, Privilege, Sequence};
 use crate::root::Root;
@@ -38,7 +40,10 @@ use crate::{enroll, logging, smart, state, sys};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a stop may wait for the cycle in progress.
 pub const STOP_GRACE: Duration = Duration::from_millis(1800);
-const REPORT_PATH: &str = "/api/agents/agent/report";
+/// The docker report's limit at the server (spec §4.7; sent uncompressed,
+/// so the encoded and decoded sizes are the same), and where the agent warns.
+pub const DOCKER_MAX_BODY: usize = 2 * 1024 * 1024;
+pub const DOCKER_WARN_BODY: usize = DOCKER_MAX_BODY / 10 * 8;
 /// How long the first report waits for the first SMART refresh; a hung
 /// smartctl costs the first report at most this, later reports nothing.
 pub const SMART_WAIT: Duration = Duration::from_secs(15);
@@ -50,6 +55,7 @@ pub enum Error {
     Enroll(String),
     Signals(std::io::Error),
     NotDelivered(String),
+    Docker(String),
 }
 
 impl fmt::Display for Error {
@@ -60,6 +66,7 @@ impl fmt::Display for Error {
             Error::Enroll(why) => f.write_str(why),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::NotDelivered(why) => write!(f, "report not delivered: {why}"),
+            Error::Docker(why) => write!(f, "docker: {why}"),
         }
     }
 }
@@ -80,40 +87,66 @@ pub fn run(config: &Config) -> Result<(), Error> {
     serve(config)
 }
 
-/// `--once`: without a URL, print the report; with one, deliver it (after
-/// whatever the spool holds) and succeed only if the server took it.
+/// `--once`: without a URL, print the report (then the docker report, when
+/// the docker module is on); with one, deliver them (after whatever the
+/// spools hold) and succeed only if the server took them.
 fn run_once(config: &Config) -> Result<(), Error> {
     let mut agent = Agent::new(config, SystemTime::now)?;
     if config.url.is_some() {
         agent.enroll_if_asked(true, &mut |_| false)?;
     }
-    let (doc, body) = agent.build();
-    match agent.client.is_some() {
-        false => {
-            let text = serde_json::to_string_pretty(&doc)
+    let pending = agent.ask_docker();
+    let snapshot = agent.collect();
+    let host = config.enable_host.then(|| agent.host_report(&snapshot));
+    let docker = pending.and_then(|p| agent.docker_report(p, &snapshot, docker::ONCE_WAIT));
+    // Asked for by name and not there: that is a failure of this run.
+    let docker_error = match (&agent.docker, &docker) {
+        (Some(d), None) if d.explicit => Some(
+            agent
+                .modules
+                .iter()
+                .find(|m| m.name == "docker")
+                .and_then(|m| m.last_error.clone())
+                .unwrap_or_else(|| "no docker report".into()),
+        ),
+        _ => None,
+    };
+    if agent.client.is_none() {
+        for (doc, _) in host.iter().chain(docker.iter()) {
+            let text = serde_json::to_string_pretty(doc)
                 .expect("invariant: a serde_json::Value always serialises");
             println!("{text}");
-            Ok(())
         }
-        true => {
-            let seq = doc["sequenceId"].as_str().unwrap_or("").to_string();
-            if agent.deliver(body) {
-                log::info!(
-                    "delivered report {seq} to {}",
-                    agent.client.as_ref().map_or("", |c| c.base())
-                );
-                Ok(())
-            } else {
-                Err(Error::NotDelivered(
-                    agent
-                        .delivery
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "see the log".into()),
-                ))
-            }
-        }
+        return docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)));
     }
+    let base = agent.client.as_ref().map_or("", |c| c.base()).to_string();
+    if let Some((doc, body)) = host {
+        let seq = doc["sequenceId"].as_str().unwrap_or("").to_string();
+        if !agent.deliver(body) {
+            return Err(Error::NotDelivered(
+                agent
+                    .out
+                    .delivery
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "see the log".into()),
+            ));
+        }
+        log::info!("delivered report {seq} to {base}");
+    }
+    if let Some((doc, body)) = docker {
+        let n = doc["containers"].as_array().map_or(0, Vec::len);
+        if !agent.deliver_docker(body) {
+            let why = agent
+                .docker
+                .as_ref()
+                .and_then(|d| d.outbox.delivery.last_error.clone())
+                .unwrap_or_else(|| "see the log".into());
+            return Err(Error::NotDelivered(format!("docker report: {why}")));
+        }
+        log::info!("delivered the docker report ({n} containers) to {base}");
+    }
+    docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)))
 }
 
 /// Collects one host report and returns it, without delivering. The clock,
@@ -145,8 +178,10 @@ fn serve(config: &Config) -> Result<(), Error> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut agent = Agent::new(config, SystemTime::now)?;
 
-    let spool = agent.spool.clone();
-    let inflight = agent.inflight.clone();
+    let held: Vec<_> = agent
+        .outboxes()
+        .map(|o| (o.inflight.clone(), o.spool.clone()))
+        .collect();
     let stop_tx = events_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -157,13 +192,17 @@ fn serve(config: &Config) -> Result<(), Error> {
             let _ = stop_tx.send(Event::Stop);
             if done_rx.recv_timeout(STOP_GRACE).is_err() {
                 // The cycle is stuck (an unresponsive server): keep its report.
-                // Lock order as in Agent::deliver: in-flight, then spool. Both
+                // Lock order as in Outbox::deliver: in-flight, then spool. All
                 // stay held until exit, so no spool write is cut in half.
-                let mut inflight = lock(&inflight);
-                let mut spool = lock(&spool);
-                if let Some(body) = inflight.take() {
-                    spool.push(body);
-                    log::info!("saved the report in flight to the spool");
+                let mut guards = Vec::new();
+                for (inflight, spool) in &held {
+                    let mut inflight = lock(inflight);
+                    let mut spool = lock(spool);
+                    if let Some(body) = inflight.take() {
+                        spool.push(body);
+                        log::info!("saved the report in flight to the spool");
+                    }
+                    guards.push((inflight, spool));
                 }
                 log::info!("stopped");
                 std::process::exit(0);
@@ -247,7 +286,7 @@ fn serve(config: &Config) -> Result<(), Error> {
     let _ = done_tx.send(());
     // If the watchdog is already saving the report in flight, let it finish
     // (it exits the process); returning now could cut its write short.
-    let _wait = lock(&agent.inflight);
+    let _wait: Vec<_> = agent.outboxes().map(|o| lock(&o.inflight)).collect();
     log::info!("stopped");
     Ok(())
 }
@@ -283,16 +322,15 @@ struct Agent {
     applied_config: Option<(String, String)>,
     client: Option<Client>,
     trust: Trust,
-    spool: Arc<Mutex<Spool>>,
-    inflight: Arc<Mutex<Option<Vec<u8>>>>,
-    delivery: DeliveryState,
+    /// The host report's way to the server.
+    out: Outbox,
+    docker: Option<DockerModule>,
     published: Option<Arc<Published>>,
     reports_built: u64,
     last_report: Option<SystemTime>,
     outcomes: HashMap<&'static str, Outcome>,
     warned: HashMap<&'static str, Vec<String>>,
     last_sources: Vec<SourceStatus>,
-    auth_logged: Option<Instant>,
     server_id_logged: bool,
     server_version: Option<String>,
     smart: Option<smart::Service>,
@@ -312,6 +350,7 @@ impl Agent {
         opts.zfs_arc_is_cache = identity.container.is_none();
         let smart = start_smart(config, &root);
         let hardware = Hardware::new(root.clone());
+        let root_for_docker = root.clone();
         let host = collect::Host::new(root, opts);
 
         let mut client = None;
@@ -334,14 +373,30 @@ impl Agent {
             }
             client = Some(make_client(config, url, token)?);
         }
-        let spool = match &config.url {
+        // The docker reports have their own spool beside the host's.
+        let open_spool = |name: &str| match &config.url {
             Some(_) => Spool::open(
-                spool_dir.as_deref(),
+                spool_dir.as_deref().map(|_| config.state_dir.join(name)).as_deref(),
                 config.spool_reports,
                 spool::DEFAULT_MAX_BYTES,
             ),
             None => Spool::open(None, 0, 0),
         };
+        let user_agent = format!("pulse-agent/{}", version());
+        let out = Outbox::new(
+            Stream::Host,
+            open_spool("spool"),
+            client.is_some(),
+            user_agent.clone(),
+        );
+        let docker = start_docker(config, &root_for_docker, || {
+            Outbox::new(
+                Stream::Docker,
+                open_spool("spool-docker"),
+                client.is_some(),
+                user_agent.clone(),
+            )
+        });
         let agent_id = agent_id(config, &identity);
         if config.url.is_some() && !config.once {
             // Remember the ID (the installer's uninstall path reads it); no
@@ -363,11 +418,8 @@ impl Agent {
             interval: config.interval,
             report_ip: config.report_ip,
             applied_config: None,
-            delivery: DeliveryState {
-                configured: client.is_some(),
-                spooled: spool.len(),
-                ..DeliveryState::default()
-            },
+            out,
+            docker,
             client,
             trust: Trust {
                 public_keys: std::env::var("PULSE_AGENT_CONFIG_PUBLIC_KEYS")
@@ -376,15 +428,12 @@ impl Agent {
                 signature_required: std::env::var("PULSE_AGENT_CONFIG_SIGNATURE_REQUIRED")
                     .is_ok_and(|v| crate::cli::parse_env_bool(&v)),
             },
-            spool: Arc::new(Mutex::new(spool)),
-            inflight: Arc::new(Mutex::new(None)),
             published: None,
             reports_built: 0,
             last_report: None,
             outcomes: HashMap::new(),
             warned: HashMap::new(),
             last_sources: Vec::new(),
-            auth_logged: None,
             server_id_logged: false,
             server_version: None,
             smart,
@@ -431,14 +480,25 @@ impl Agent {
         Ok(())
     }
 
-    /// Collects and builds one report: the document and its wire bytes.
-    fn build(&mut self) -> (Value, Vec<u8>) {
+    /// Collects this host: the host collectors, SMART and the hardware.
+    fn collect(&mut self) -> collect::HostSnapshot {
         // The hardware workers run while the host collectors do.
         let pending = self.hardware.begin();
         let mut snapshot = self.host.collect();
         self.add_smart(&mut snapshot);
         self.hardware.finish(pending, &mut snapshot);
         self.log_outcomes(&snapshot.sources);
+        snapshot
+    }
+
+    /// Collects and builds one host report: the document and its wire bytes.
+    fn build(&mut self) -> (Value, Vec<u8>) {
+        let snapshot = self.collect();
+        self.host_report(&snapshot)
+    }
+
+    /// The host report of `snapshot`: the document and its wire bytes.
+    fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> (Value, Vec<u8>) {
         let sequence_id = self.seq.next_id();
         let version = version();
         let report_ip = self.report_ip.map(|ip| ip.to_string());
@@ -461,14 +521,14 @@ impl Agent {
             identity: &self.identity,
             report_ip: report_ip.as_deref(),
             tags: &self.config.tags,
-            snapshot: &snapshot,
+            snapshot,
             // The server orders reports by this: it is taken after collection.
             timestamp,
             sequence_id: &sequence_id,
         });
         self.reports_built += 1;
         self.last_report = Some(timestamp);
-        self.last_sources = snapshot.sources;
+        self.last_sources = snapshot.sources.clone();
         let body =
             serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
         (doc, body)
@@ -532,130 +592,59 @@ impl Agent {
         }
     }
 
-    /// One report cycle: collect, build, deliver, publish.
+    /// One report cycle: collect, build, deliver, publish. The docker
+    /// collection runs on its own thread meanwhile; its report follows the
+    /// host's.
     fn cycle(&mut self) {
-        let (doc, body) = self.build();
-        if self.client.is_some() {
-            self.deliver(body);
+        let docker = self.ask_docker();
+        let snapshot = self.collect();
+        let mut host_doc = None;
+        if self.config.enable_host {
+            let (doc, body) = self.host_report(&snapshot);
+            if self.client.is_some() {
+                self.deliver(body);
+            }
+            host_doc = Some(doc);
         }
-        self.publish(Some(&doc));
+        if let Some(pending) = docker {
+            if let Some((_, body)) = self.docker_report(pending, &snapshot, docker::WAIT) {
+                self.deliver_docker(body);
+            }
+        }
+        self.publish(host_doc.as_ref());
     }
 
-    fn post(&self, body: &[u8]) -> Delivery {
+    /// The outboxes, host first.
+    fn outboxes(&self) -> impl Iterator<Item = &Outbox> {
+        std::iter::once(&self.out).chain(self.docker.as_ref().map(|d| &d.outbox))
+    }
+
+    /// Delivers a fresh host report, oldest spooled reports first. Returns
+    /// whether the fresh report reached the server.
+    fn deliver(&mut self, body: Vec<u8>) -> bool {
         let client = self
             .client
             .as_ref()
             .expect("invariant: delivery needs a client");
-        let ua = format!("pulse-agent/{}", version());
-        deliver::classify(client.post_json(REPORT_PATH, body, REPORT_TIMEOUT, Some(&ua)))
-    }
-
-    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
-        lock(&self.spool)
-    }
-
-    /// Delivers a fresh report, oldest spooled reports first. Returns whether
-    /// the fresh report reached the server.
-    fn deliver(&mut self, body: Vec<u8>) -> bool {
-        let dropped_before = self.spool().dropped();
-        let delivered = if !self.spool().is_empty() {
-            // During an outage a report is on disk before any network attempt.
-            let fresh = self.spool().push(body);
-            self.flush(fresh)
-        } else {
-            *lock(&self.inflight) = Some(body.clone());
-            let outcome = self.post(&body);
-            // Held while the report is spooled: the stop watchdog takes this
-            // lock first, so it never exits in the middle of the write.
-            let inflight = self.inflight.clone();
-            let mut guard = lock(&inflight);
-            let still_ours = guard.take().is_some();
-            match outcome {
-                Delivery::Delivered(ack) => {
-                    drop(guard);
-                    self.delivered(ack);
-                    true
-                }
-                Delivery::Failed(why) => {
-                    if still_ours {
-                        self.spool().push(body);
-                    }
-                    drop(guard);
-                    self.failed(why);
-                    false
-                }
-                other => {
-                    drop(guard);
-                    self.refused(other, 1);
-                    false
-                }
-            }
-        };
-        let spool = self.spool();
-        let (dropped, spooled) = (spool.dropped() - dropped_before, spool.len());
-        drop(spool);
-        self.delivery.dropped += dropped;
-        self.delivery.spooled = spooled;
+        let delivered = self.out.deliver(client, body);
+        if let Some(ack) = self.out.ack.take() {
+            self.host_ack(ack);
+        }
         delivered
     }
 
-    /// Sends spooled reports oldest first until one fails. Returns whether
-    /// `fresh` (the spool entry of the report just built) was delivered.
-    fn flush(&mut self, fresh: Option<u64>) -> bool {
-        let mut sent = 0;
-        let mut fresh_delivered = false;
-        loop {
-            let front = self.spool().front();
-            let (id, body) = match front {
-                Ok(Some(entry)) => entry,
-                Ok(None) => {
-                    if sent > 0 {
-                        log::info!("sent {sent} spooled report(s)");
-                    }
-                    return fresh_delivered;
-                }
-                Err(e) => {
-                    // Kept for the next cycle: the problem may pass.
-                    self.failed(format!("cannot read the spool: {e}"));
-                    return false;
-                }
-            };
-            match self.post(&body) {
-                Delivery::Delivered(ack) => {
-                    self.spool().remove(id);
-                    self.delivered(ack);
-                    fresh_delivered |= Some(id) == fresh;
-                    sent += 1;
-                }
-                Delivery::Failed(why) => {
-                    self.failed(why);
-                    return false;
-                }
-                refused @ (Delivery::Unauthorized | Delivery::Forbidden) => {
-                    // The token is no good: nothing in the spool will ever be taken.
-                    let n = self.spool().clear();
-                    self.refused(refused, n as u64);
-                    return false;
-                }
-                rejected => {
-                    self.spool().remove(id);
-                    self.refused(rejected, 1);
-                }
-            }
-        }
+    fn deliver_docker(&mut self, body: Vec<u8>) -> bool {
+        let (Some(client), Some(d)) = (self.client.as_ref(), self.docker.as_mut()) else {
+            return false;
+        };
+        let delivered = d.outbox.deliver(client, body);
+        // The docker ack's agentId is the docker agent's; nothing to keep.
+        d.outbox.ack = None;
+        delivered
     }
 
-    fn delivered(&mut self, ack: deliver::Ack) {
-        if self.delivery.last_ok == Some(false) {
-            log::info!(
-                "delivery to {} works again",
-                self.client.as_ref().map_or("", |c| c.base())
-            );
-        }
-        self.delivery.last_ok = Some(true);
-        self.delivery.last_error = None;
-        self.delivery.delivered += 1;
-        self.auth_logged = None;
+    /// What the host report's acknowledgement tells the agent.
+    fn host_ack(&mut self, ack: deliver::Ack) {
         if let Some(id) = ack.agent_id {
             if id != self.agent_id && !self.server_id_logged {
                 log::info!(
@@ -673,39 +662,116 @@ impl Agent {
         }
     }
 
-    fn failed(&mut self, why: String) {
-        if self.delivery.last_ok != Some(false) {
-            log::warn!(
-                "delivery to {} failed: {why}; keeping reports in the spool and trying again every interval",
-                self.client.as_ref().map_or("", |c| c.base())
-            );
-        } else {
-            log::debug!("delivery still failing: {why}");
+    /// Asks the docker thread for a collection, when the module is on (or,
+    /// auto-detected, a socket exists).
+    fn ask_docker(&mut self) -> Option<docker::Pending> {
+        let d = self.docker.as_mut()?;
+        if !d.explicit && !d.enabled && !d.service.socket_present() {
+            return None;
         }
-        self.delivery.last_ok = Some(false);
-        self.delivery.last_error = Some(why);
-        self.delivery.failed += 1;
+        Some(d.service.ask())
     }
 
-    fn refused(&mut self, outcome: Delivery, dropped: u64) {
-        self.delivery.last_ok = Some(false);
-        self.delivery.dropped += dropped;
-        let (msg, rate_limited) = match outcome {
-            Delivery::Unauthorized => ("the server does not accept the token (401): check --token-file; reports are dropped until it does".to_string(), true),
-            Delivery::Forbidden => ("the token lacks the agent:report scope (403); reports are dropped until it has it".to_string(), true),
-            Delivery::Rejected(status, body) => (format!("the server refused a report for good ({status}: {body}); dropped it"), false),
-            _ => return,
+    /// Takes the docker collection asked for (waiting until `wait` after the
+    /// ask), updates the module's state and builds the docker report of it
+    /// with this cycle's host metrics. `None` when there is nothing new to send.
+    fn docker_report(
+        &mut self,
+        pending: docker::Pending,
+        host: &collect::HostSnapshot,
+        wait: Duration,
+    ) -> Option<(Value, Vec<u8>)> {
+        let now = (self.clock)();
+        let d = self.docker.as_mut()?;
+        let run = d.service.answer(pending, wait);
+        let fresh = run
+            .clone()
+            .filter(|r| d.last_used.is_none_or(|t| r.finished > t));
+        let Some(run) = fresh else {
+            let why = match run {
+                None => "the first collection has not finished",
+                Some(_) => "the container engine has not answered this interval",
+            };
+            if d.enabled {
+                let why = format!("{why} (waited {} s)", wait.as_secs());
+                set_module(&mut self.modules, "docker", true, ModuleState::Retrying, Some(why), now);
+            }
+            return None;
         };
-        self.delivery.last_error = Some(msg.clone());
-        let due = self
-            .auth_logged
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(300));
-        if !rate_limited || due {
-            log::error!("{msg}");
-            if rate_limited {
-                self.auth_logged = Some(Instant::now());
+        d.last_used = Some(run.finished);
+        d.last_run = Some(run.clone());
+        let snap = match &run.result {
+            Ok(snap) => snap,
+            Err(e) => {
+                if d.enabled {
+                    if d.logged_error.as_deref() != Some(e.as_str()) {
+                        log::warn!("docker: {e}");
+                        d.logged_error = Some(e.clone());
+                    }
+                    set_module(&mut self.modules, "docker", true, ModuleState::Retrying, Some(e.clone()), now);
+                } else if d.logged_error.is_none() {
+                    // Auto-detection: a socket exists but does not answer.
+                    log::info!(
+                        "docker: not enabled: {e} (--enable-docker makes this an error, --enable-docker=false stops trying)"
+                    );
+                    d.logged_error = Some(e.clone());
+                }
+                return None;
+            }
+        };
+        if !d.enabled || d.logged_error.is_some() {
+            log::info!(
+                "docker: reporting {} containers from {} ({} {}, API {})",
+                snap.containers.len(),
+                snap.endpoint,
+                snap.runtime.as_str(),
+                snap.info.server_version,
+                snap.api_version
+            );
+        }
+        d.enabled = true;
+        d.logged_error = None;
+        for w in snap.warnings.iter() {
+            log::debug!("docker: {w}");
+        }
+        set_module(&mut self.modules, "docker", true, ModuleState::Running, None, now);
+        let version = version();
+        let build = |lean: bool| {
+            let doc = report::docker(&report::DockerReport {
+                agent_id: &self.agent_id,
+                version: &version,
+                interval_seconds: self.interval.as_secs(),
+                identity: &self.identity,
+                snapshot: host,
+                docker: snap,
+                timestamp: now,
+                lean,
+            });
+            let body =
+                serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
+            (doc, body)
+        };
+        let (mut doc, mut body) = build(false);
+        let full = body.len();
+        if full > DOCKER_MAX_BODY {
+            (doc, body) = build(true);
+        }
+        let d = self.docker.as_mut()?;
+        let large = full >= DOCKER_WARN_BODY;
+        if large && !d.size_warned {
+            match full > DOCKER_MAX_BODY {
+                true => log::warn!(
+                    "docker: the report is {full} bytes, over the server's {DOCKER_MAX_BODY}-byte limit; sending it without env, labels and mounts ({} bytes)",
+                    body.len()
+                ),
+                false => log::warn!(
+                    "docker: the report is {full} bytes, near the server's {DOCKER_MAX_BODY}-byte limit"
+                ),
             }
         }
+        d.size_warned = large;
+        d.last_doc = Some(doc.clone());
+        Some((doc, body))
     }
 
     /// What a remote-config fetch needs, when this agent fetches one (a
@@ -773,13 +839,21 @@ impl Agent {
             "agent": {"id": self.agent_id, "version": version(), "hostname": self.identity.hostname,
                       "intervalSeconds": self.interval.as_secs()},
             "collectors": sources.iter().map(source_json).collect::<Vec<_>>(),
-            "delivery": delivery_json(&self.delivery, self.client.as_ref().map(|c| c.base())),
+            "delivery": delivery_json(&self.out.delivery, self.client.as_ref().map(|c| c.base())),
+            "docker": self.docker.as_ref().map(|d| docker_json(d, self.client.as_ref().map(|c| c.base()))),
         });
         let metrics = metrics::render(&metrics::State {
             version: &version(),
             modules: &self.modules,
             sources,
-            delivery: &self.delivery,
+            delivery: &self.out.delivery,
+            docker_delivery: self.docker.as_ref().map(|d| &d.outbox.delivery),
+            docker_containers: self
+                .docker
+                .as_ref()
+                .and_then(|d| d.last_run.as_ref())
+                .and_then(|r| r.result.as_ref().ok())
+                .map(|s| s.containers.len()),
             reports_built: self.reports_built,
             last_report: self.last_report,
         });
@@ -824,6 +898,29 @@ fn source_json(s: &SourceStatus) -> Value {
     v
 }
 
+/// The docker module in `/status`: its last collection and its delivery.
+fn docker_json(d: &DockerModule, url: Option<&str>) -> Value {
+    let mut v = json!({"enabled": d.enabled, "delivery": delivery_json(&d.outbox.delivery, url)});
+    if let Some(run) = &d.last_run {
+        match &run.result {
+            Ok(s) => {
+                v["endpoint"] = json!(s.endpoint);
+                v["runtime"] = json!(s.runtime.as_str());
+                v["apiVersion"] = json!(s.api_version);
+                v["containers"] = json!(s.containers.len());
+                v["collectionSeconds"] = json!(s.took.as_secs_f64());
+                v["statsCalls"] = json!(s.stats_calls);
+                v["inspectCalls"] = json!(s.inspect_calls);
+                if !s.warnings.is_empty() {
+                    v["warnings"] = json!(s.warnings);
+                }
+            }
+            Err(e) => v["error"] = json!(e),
+        }
+    }
+    v
+}
+
 fn delivery_json(d: &DeliveryState, url: Option<&str>) -> Value {
     json!({"configured": d.configured, "url": url, "lastOk": d.last_ok, "lastError": d.last_error,
         "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled})
@@ -836,6 +933,80 @@ fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Resul
         fingerprint: config.server_fingerprint,
     };
     Client::new(url, token, &tls, &format!("pulse-agent/{}", version())).map_err(Error::Tls)
+}
+
+/// The docker module between cycles.
+struct DockerModule {
+    service: docker::Service,
+    /// `--enable-docker` (otherwise auto-detected).
+    explicit: bool,
+    /// Explicit, or a collection has succeeded.
+    enabled: bool,
+    outbox: Outbox,
+    /// When the collection last turned into a report ended.
+    last_used: Option<Instant>,
+    logged_error: Option<String>,
+    size_warned: bool,
+    /// The last collection taken (for `/status`).
+    last_run: Option<Arc<docker::Run>>,
+    last_doc: Option<Value>,
+}
+
+/// The docker thread, unless the module is off: `--enable-docker=false`, or
+/// auto-detection on a captured root (a fixture never talks to the
+/// machine's own engine) without `--docker-socket`.
+fn start_docker(
+    config: &Config,
+    root: &Root,
+    outbox: impl FnOnce() -> Outbox,
+) -> Option<DockerModule> {
+    let explicit = match config.enable_docker {
+        Some(false) => return None,
+        Some(true) => true,
+        None if root.is_captured() && config.docker_socket.is_none() => return None,
+        None => false,
+    };
+    let settings = docker::Settings::from_env(
+        config.docker_socket.clone(),
+        config.docker_runtime,
+        &format!("pulse-agent/{}", version()),
+    );
+    match docker::Service::start(settings) {
+        Ok(service) => Some(DockerModule {
+            service,
+            explicit,
+            enabled: explicit,
+            outbox: outbox(),
+            last_used: None,
+            logged_error: None,
+            size_warned: false,
+            last_run: None,
+            last_doc: None,
+        }),
+        Err(e) => {
+            log::warn!("cannot start the docker thread: {e}; containers are not reported");
+            None
+        }
+    }
+}
+
+/// Sets a module's entry, stamping it only when something changed.
+fn set_module(
+    modules: &mut [Module],
+    name: &str,
+    enabled: bool,
+    state: ModuleState,
+    last_error: Option<String>,
+    at: SystemTime,
+) {
+    if let Some(m) = modules.iter_mut().find(|m| m.name == name) {
+        if m.enabled != enabled || m.state != state || m.last_error != last_error {
+            m.enabled = enabled;
+            m.state = state;
+            m.last_error = last_error;
+            m.updated_at = at;
+        }
+    }
 }
 
 /// The SMART thread, unless SMART is off (`--smart-interval=0`) or the host
@@ -880,7 +1051,11 @@ pub fn modules(config: &Config, at: SystemTime) -> Vec<Module> {
         updated_at: at,
     };
     vec![
-        m("docker", false, ModuleState::Disabled),
+        if config.enable_docker == Some(true) {
+            m("docker", true, ModuleState::Starting)
+        } else {
+            m("docker", false, ModuleState::Disabled)
+        },
         if config.enable_host {
             m("host", true, ModuleState::Running)
         } else {

@@ -135,6 +135,8 @@ pub struct Config {
     pub enable_host: bool,
     pub enable_docker: Option<bool>,
     pub docker_runtime: DockerRuntime,
+    /// `--docker-socket`: the only socket tried.
+    pub docker_socket: Option<PathBuf>,
     pub disable_ceph: bool,
     pub disable_auto_update: bool,
     /// `None`: listener disabled.
@@ -346,11 +348,18 @@ impl Config {
                 "--enable-proxmox: Proxmox API-token registration is not supported; add the node in Pulse instead".into(),
             ));
         }
-        if enable_docker == Some(true) {
-            notices.push(Notice::Warn(
-                "--enable-docker: the Docker module is not part of this build yet; containers are not reported".into(),
-            ));
-        }
+        let docker_socket = match non_empty(args.str("docker-socket")).map(str::trim) {
+            None => None,
+            Some(s) => {
+                let path = s.strip_prefix("unix://").unwrap_or(s);
+                if !path.starts_with('/') {
+                    return Err(err(format!(
+                        "--docker-socket {s}: not an absolute socket path or unix:// URL (this agent speaks to local sockets only)"
+                    )));
+                }
+                Some(PathBuf::from(path))
+            }
+        };
 
         let root = PathBuf::from(non_empty(args.str("root")).unwrap_or("/"));
         if !root.is_dir() {
@@ -391,6 +400,7 @@ impl Config {
             enable_host,
             enable_docker,
             docker_runtime,
+            docker_socket,
             disable_ceph: args.flag("disable-ceph"),
             disable_auto_update: args.flag("disable-auto-update"),
             health_addr,

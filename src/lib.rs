@@ -13,6 +13,7 @@ pub mod hardware;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod outbox;
 pub mod remote_config;
 pub mod report;
 pub mod root;

@@ -33,6 +33,10 @@ pub struct State<'a> {
     pub modules: &'a [Module],
     pub sources: &'a [SourceStatus],
     pub delivery: &'a DeliveryState,
+    /// The docker report's delivery, when the docker module runs.
+    pub docker_delivery: Option<&'a DeliveryState>,
+    /// Containers in the last docker report.
+    pub docker_containers: Option<usize>,
     pub reports_built: u64,
     pub last_report: Option<SystemTime>,
 }
@@ -113,24 +117,43 @@ pub fn render(s: &State) -> String {
         );
     }
     let d = s.delivery;
-    let dest = "destination=\"primary\",module=\"host\",role=\"primary\"";
-    if d.configured {
+    let streams: Vec<(&str, &DeliveryState)> = std::iter::once(("host", d))
+        .chain(s.docker_delivery.map(|dd| ("docker", dd)))
+        .filter(|(_, d)| d.configured)
+        .collect();
+    let dest = |module: &str| format!("destination=\"primary\",module=\"{module}\",role=\"primary\"");
+    if !streams.is_empty() {
         family(
             &mut o,
             "pulse_agent_destination_configured",
             "gauge",
             "Configured Pulse report destinations by module and authority role.",
         );
-        let _ = writeln!(o, "pulse_agent_destination_configured{{{dest}}} 1");
-        if let Some(ok) = d.last_ok {
-            family(
-                &mut o,
-                "pulse_agent_destination_delivery_up",
-                "gauge",
-                "Whether the most recent report delivery to a Pulse destination succeeded.",
-            );
-            let _ = writeln!(o, "pulse_agent_destination_delivery_up{{{dest}}} {}", b(ok));
+        for (m, _) in &streams {
+            let _ = writeln!(o, "pulse_agent_destination_configured{{{}}} 1", dest(m));
         }
+    }
+    if streams.iter().any(|(_, d)| d.last_ok.is_some()) {
+        family(
+            &mut o,
+            "pulse_agent_destination_delivery_up",
+            "gauge",
+            "Whether the most recent report delivery to a Pulse destination succeeded.",
+        );
+        for (m, d) in &streams {
+            if let Some(ok) = d.last_ok {
+                let _ = writeln!(o, "pulse_agent_destination_delivery_up{{{}}} {}", dest(m), b(ok));
+            }
+        }
+    }
+    if let Some(n) = s.docker_containers {
+        family(
+            &mut o,
+            "pulse_agent_docker_containers",
+            "gauge",
+            "Containers in the last docker report.",
+        );
+        let _ = writeln!(o, "pulse_agent_docker_containers {n}");
     }
 
     family(
@@ -302,6 +325,8 @@ mod tests {
             modules: &modules,
             sources: &sources,
             delivery: &d,
+            docker_delivery: None,
+            docker_containers: None,
             reports_built: 3,
             last_report: None,
         };

@@ -103,35 +103,9 @@ pub fn host(r: &HostReport) -> Value {
     doc.put("host", host_info(r));
     doc.put("metrics", metrics(r.snapshot));
     let s = r.snapshot;
-    doc.list(
-        "disks",
-        s.filesystems.iter().map(|f| {
-            let mut o = Obj::default();
-            o.str("device", &f.device);
-            o.str("mountpoint", &f.mountpoint);
-            o.str("filesystem", &f.fstype);
-            o.str("type", &f.fstype);
-            o.uint("totalBytes", f.total);
-            o.uint("usedBytes", f.used);
-            o.uint("freeBytes", f.free);
-            o.float("usage", f.usage);
-            o.list("zfsDatasets", f.datasets.iter().map(zfs_dataset));
-            o.done()
-        }),
-    );
+    doc.list("disks", disks(s));
     doc.list("diskIO", s.disk_io.iter().map(disk_io));
-    doc.list(
-        "network",
-        s.network.iter().map(|n| {
-            let mut o = Obj::default();
-            o.put("name", Value::String(n.name.clone()));
-            o.str("mac", &n.mac);
-            o.strs("addresses", &n.addresses);
-            o.uint("rxBytes", n.rx_bytes);
-            o.uint("txBytes", n.tx_bytes);
-            o.done()
-        }),
-    );
+    doc.list("network", networks(s));
     let mut sensors = Obj::default();
     let t = &s.temperatures;
     sensors.floats("temperatureCelsius", &t.temperatures);
@@ -158,6 +132,205 @@ pub fn host(r: &HostReport) -> Value {
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.str("sequenceId", r.sequence_id);
     doc.done()
+}
+
+/// `disks[]`: the same list in the host and the docker report.
+fn disks(s: &HostSnapshot) -> impl Iterator<Item = Value> + '_ {
+    s.filesystems.iter().map(|f| {
+        let mut o = Obj::default();
+        o.str("device", &f.device);
+        o.str("mountpoint", &f.mountpoint);
+        o.str("filesystem", &f.fstype);
+        o.str("type", &f.fstype);
+        o.uint("totalBytes", f.total);
+        o.uint("usedBytes", f.used);
+        o.uint("freeBytes", f.free);
+        o.float("usage", f.usage);
+        o.list("zfsDatasets", f.datasets.iter().map(zfs_dataset));
+        o.done()
+    })
+}
+
+/// `network[]`: the same list in the host and the docker report.
+fn networks(s: &HostSnapshot) -> impl Iterator<Item = Value> + '_ {
+    s.network.iter().map(|n| {
+        let mut o = Obj::default();
+        o.put("name", Value::String(n.name.clone()));
+        o.str("mac", &n.mac);
+        o.strs("addresses", &n.addresses);
+        o.uint("rxBytes", n.rx_bytes);
+        o.uint("txBytes", n.tx_bytes);
+        o.done()
+    })
+}
+
+/// What the docker report is made of.
+pub struct DockerReport<'a> {
+    pub agent_id: &'a str,
+    pub version: &'a str,
+    pub interval_seconds: u64,
+    pub identity: &'a Identity,
+    /// This cycle's host collection: the `host` metrics.
+    pub snapshot: &'a HostSnapshot,
+    pub docker: &'a crate::docker::Snapshot,
+    pub timestamp: SystemTime,
+    /// Leave out each container's `env`, `labels` and `mounts` (a report
+    /// over the server's size limit).
+    pub lean: bool,
+}
+
+/// The docker report (`POST /api/agents/docker/report` body, spec §4).
+pub fn docker(r: &DockerReport) -> Value {
+    let d = r.docker;
+    let s = r.snapshot;
+    let mut agent = Obj::default();
+    agent.put("id", Value::String(r.agent_id.to_string()));
+    agent.put("version", Value::String(r.version.to_string()));
+    agent.str("type", "unified");
+    let interval = if r.interval_seconds == 0 { 30 } else { r.interval_seconds };
+    agent.put("intervalSeconds", Value::Number(interval.into()));
+
+    let mut host = Obj::default();
+    let hostname = match r.identity.hostname.trim() {
+        "" => d.info.name.as_str(),
+        h => h,
+    };
+    host.put("hostname", Value::String(hostname.to_string()));
+    host.str("name", &d.info.name);
+    host.str("machineId", &r.identity.machine_id);
+    host.str("os", &d.info.os);
+    host.str("runtime", d.runtime.as_str());
+    host.str("runtimeVersion", &d.info.server_version);
+    host.str("kernelVersion", &d.info.kernel_version);
+    host.str("architecture", &d.info.architecture);
+    host.str("dockerVersion", &d.info.server_version);
+    host.uint("totalCpu", d.info.ncpu);
+    let mem_total = match d.info.mem_total {
+        0 => s.memory.as_ref().map_or(0, |m| m.total),
+        t => t,
+    };
+    host.uint("totalMemoryBytes", mem_total);
+    host.uint("uptimeSeconds", s.uptime_seconds.unwrap_or(0));
+    host.float("cpuUsagePercent", s.cpu_usage_percent.unwrap_or(0.0));
+    if let Some(load) = s.load_average {
+        host.put(
+            "loadAverage",
+            Value::Array(load.iter().map(|&v| float(v)).collect()),
+        );
+    }
+    host.put("memory", memory(s));
+    host.list("disks", disks(s));
+    host.list("network", networks(s));
+    if !d.info.authorization_plugins.is_empty() {
+        let mut sec = Obj::default();
+        sec.strs("authorizationPlugins", &d.info.authorization_plugins);
+        host.put("security", sec.done());
+    }
+
+    let mut doc = Obj::default();
+    doc.put("agent", agent.done());
+    doc.put("host", host.done());
+    doc.put(
+        "containers",
+        Value::Array(d.containers.iter().map(|c| container(c, d.runtime, r.lean)).collect()),
+    );
+    doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
+    doc.done()
+}
+
+fn container(c: &crate::docker::collect::Container, runtime: crate::docker::engine::Runtime, lean: bool) -> Value {
+    let mut o = Obj::default();
+    let text = |v: &str| Value::String(v.to_string());
+    o.put("id", text(&c.id));
+    o.put("name", text(&c.name));
+    o.put("image", text(&c.image));
+    o.str("imageDigest", &c.image_digest);
+    let created = UNIX_EPOCH + std::time::Duration::from_secs(c.created.max(0) as u64);
+    o.put("createdAt", text(&rfc3339(created)));
+    o.put("state", text(&c.state));
+    o.put("status", text(&c.status));
+    o.str("health", &c.health);
+    o.strs("healthcheckTargets", &c.healthcheck_targets);
+    o.put("cpuPercent", float(c.cpu_percent));
+    o.put("memoryUsageBytes", Value::Number(c.memory_usage.into()));
+    o.put("memoryLimitBytes", Value::Number(c.memory_limit.into()));
+    o.put("memoryPercent", float(c.memory_percent));
+    o.put("uptimeSeconds", Value::Number(c.uptime_seconds.into()));
+    o.put("restartCount", Value::Number(c.restart_count.into()));
+    o.put("exitCode", Value::Number(c.exit_code.into()));
+    o.put("oomKilled", Value::Bool(c.oom_killed));
+    o.str("startedAt", &c.started_at);
+    o.str("finishedAt", &c.finished_at);
+    o.list(
+        "ports",
+        c.ports.iter().map(|p| {
+            let mut po = Obj::default();
+            po.put("privatePort", Value::Number(p.private.into()));
+            po.uint("publicPort", p.public);
+            po.put("protocol", text(&p.protocol));
+            po.str("ip", &p.ip);
+            po.done()
+        }),
+    );
+    if !lean && !c.labels.is_empty() {
+        o.put(
+            "labels",
+            Value::Object(c.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect()),
+        );
+    }
+    if !lean {
+        o.strs("env", &c.env);
+    }
+    o.list(
+        "networks",
+        c.networks.iter().map(|n| {
+            let mut no = Obj::default();
+            no.put("name", text(&n.name));
+            no.str("ipv4", &n.ipv4);
+            no.str("ipv6", &n.ipv6);
+            no.done()
+        }),
+    );
+    o.uint("networkRxBytes", c.network_rx);
+    o.uint("networkTxBytes", c.network_tx);
+    if c.block_read != 0 || c.block_write != 0 {
+        let mut b = Obj::default();
+        b.uint("readBytes", c.block_read);
+        b.uint("writeBytes", c.block_write);
+        o.put("blockIo", b.done());
+    }
+    if !lean {
+        o.list(
+            "mounts",
+            c.mounts.iter().map(|m| {
+                let mut mo = Obj::default();
+                mo.str("type", &m.kind);
+                mo.str("source", &m.source);
+                mo.str("destination", &m.destination);
+                mo.str("mode", &m.mode);
+                mo.put("rw", Value::Bool(m.rw));
+                mo.str("propagation", &m.propagation);
+                mo.str("name", &m.name);
+                mo.str("driver", &m.driver);
+                mo.done()
+            }),
+        );
+    }
+    if runtime == crate::docker::engine::Runtime::Podman {
+        let fields = crate::docker::collect::podman_labels(&c.labels);
+        if !fields.is_empty() {
+            let mut p = Obj::default();
+            for (k, v) in fields {
+                match k {
+                    // A bool in the server's schema.
+                    "infra" => p.flag(k, v.eq_ignore_ascii_case("true")),
+                    _ => p.str(k, &v),
+                }
+            }
+            o.put("podman", p.done());
+        }
+    }
+    o.done()
 }
 
 fn disk_io(d: &DiskIo) -> Value {
@@ -393,6 +566,12 @@ fn host_info(r: &HostReport) -> Value {
 fn metrics(s: &HostSnapshot) -> Value {
     let mut o = Obj::default();
     o.float("cpuUsagePercent", s.cpu_usage_percent.unwrap_or(0.0));
+    o.put("memory", memory(s));
+    o.done()
+}
+
+/// `memory`: the same object in the host and the docker report.
+fn memory(s: &HostSnapshot) -> Value {
     let mut m = Obj::default();
     if let Some(mem) = &s.memory {
         m.uint("totalBytes", mem.total);
@@ -403,8 +582,7 @@ fn metrics(s: &HostSnapshot) -> Value {
         m.uint("swapTotalBytes", mem.swap_total);
         m.uint("swapUsedBytes", mem.swap_used);
     }
-    o.put("memory", m.done());
-    o.done()
+    m.done()
 }
 
 /// A JSON object built with Go `omitempty` rules.
