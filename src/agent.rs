@@ -376,7 +376,10 @@ impl Agent {
         // The docker reports have their own spool beside the host's.
         let open_spool = |name: &str| match &config.url {
             Some(_) => Spool::open(
-                spool_dir.as_deref().map(|_| config.state_dir.join(name)).as_deref(),
+                spool_dir
+                    .as_deref()
+                    .map(|_| config.state_dir.join(name))
+                    .as_deref(),
                 config.spool_reports,
                 spool::DEFAULT_MAX_BYTES,
             ),
@@ -607,7 +610,9 @@ impl Agent {
             host_doc = Some(doc);
         }
         if let Some(pending) = docker {
-            if let Some((_, body)) = self.docker_report(pending, &snapshot, docker::WAIT) {
+            // Never into the next cycle: a slow daemon's answer waits for it.
+            let wait = docker::WAIT.min(self.interval / 2);
+            if let Some((_, body)) = self.docker_report(pending, &snapshot, wait) {
                 self.deliver_docker(body);
             }
         }
@@ -694,7 +699,14 @@ impl Agent {
             };
             if d.enabled {
                 let why = format!("{why} (waited {} s)", wait.as_secs());
-                set_module(&mut self.modules, "docker", true, ModuleState::Retrying, Some(why), now);
+                set_module(
+                    &mut self.modules,
+                    "docker",
+                    true,
+                    ModuleState::Retrying,
+                    Some(why),
+                    now,
+                );
             }
             return None;
         };
@@ -708,7 +720,14 @@ impl Agent {
                         log::warn!("docker: {e}");
                         d.logged_error = Some(e.clone());
                     }
-                    set_module(&mut self.modules, "docker", true, ModuleState::Retrying, Some(e.clone()), now);
+                    set_module(
+                        &mut self.modules,
+                        "docker",
+                        true,
+                        ModuleState::Retrying,
+                        Some(e.clone()),
+                        now,
+                    );
                 } else if d.logged_error.is_none() {
                     // Auto-detection: a socket exists but does not answer.
                     log::info!(
@@ -734,7 +753,14 @@ impl Agent {
         for w in snap.warnings.iter() {
             log::debug!("docker: {w}");
         }
-        set_module(&mut self.modules, "docker", true, ModuleState::Running, None, now);
+        set_module(
+            &mut self.modules,
+            "docker",
+            true,
+            ModuleState::Running,
+            None,
+            now,
+        );
         let version = version();
         let build = |lean: bool| {
             let doc = report::docker(&report::DockerReport {

@@ -121,7 +121,8 @@ pub fn render(s: &State) -> String {
         .chain(s.docker_delivery.map(|dd| ("docker", dd)))
         .filter(|(_, d)| d.configured)
         .collect();
-    let dest = |module: &str| format!("destination=\"primary\",module=\"{module}\",role=\"primary\"");
+    let dest =
+        |module: &str| format!("destination=\"primary\",module=\"{module}\",role=\"primary\"");
     if !streams.is_empty() {
         family(
             &mut o,
@@ -142,7 +143,12 @@ pub fn render(s: &State) -> String {
         );
         for (m, d) in &streams {
             if let Some(ok) = d.last_ok {
-                let _ = writeln!(o, "pulse_agent_destination_delivery_up{{{}}} {}", dest(m), b(ok));
+                let _ = writeln!(
+                    o,
+                    "pulse_agent_destination_delivery_up{{{}}} {}",
+                    dest(m),
+                    b(ok)
+                );
             }
         }
     }

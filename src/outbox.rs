@@ -221,15 +221,41 @@ impl Outbox {
             Stream::Docker => "docker reports",
         };
         let (msg, rate_limited) = match outcome {
-            Delivery::Unauthorized => (format!("the server does not accept the token (401): check --token-file; {what} are dropped until it does"), true),
-            Delivery::Forbidden => (format!("the token lacks the {scope} scope (403); {what} are dropped until it has it"), true),
-            Delivery::Rejected(status, body) if body.contains("already in use") => (format!(
-                "the server says this token already belongs to another agent ({status}: {body}); give this host its own token. Dropped the report"
-            ), true),
-            Delivery::Rejected(status, body) if body.contains("monitoring stopped") || body.contains("was removed") => (format!(
-                "the server stopped monitoring this host ({status}: {body}); the report was dropped, and the next ones are sent as usual"
-            ), true),
-            Delivery::Rejected(status, body) => (format!("the server refused a {}report for good ({status}: {body}); dropped it", self.stream.prefix()), false),
+            Delivery::Unauthorized => (
+                format!(
+                    "the server does not accept the token (401): check --token-file; {what} are dropped until it does"
+                ),
+                true,
+            ),
+            Delivery::Forbidden => (
+                format!(
+                    "the token lacks the {scope} scope (403); {what} are dropped until it has it"
+                ),
+                true,
+            ),
+            Delivery::Rejected(status, body) if body.contains("already in use") => (
+                format!(
+                    "the server says this token already belongs to another agent ({status}: {body}); give this host its own token. Dropped the report"
+                ),
+                true,
+            ),
+            Delivery::Rejected(status, body)
+                if body.contains("monitoring stopped") || body.contains("was removed") =>
+            {
+                (
+                    format!(
+                        "the server stopped monitoring this host ({status}: {body}); the report was dropped, and the next ones are sent as usual"
+                    ),
+                    true,
+                )
+            }
+            Delivery::Rejected(status, body) => (
+                format!(
+                    "the server refused a {}report for good ({status}: {body}); dropped it",
+                    self.stream.prefix()
+                ),
+                false,
+            ),
             _ => return,
         };
         self.delivery.last_error = Some(msg.clone());

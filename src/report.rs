@@ -187,7 +187,11 @@ pub fn docker(r: &DockerReport) -> Value {
     agent.put("id", Value::String(r.agent_id.to_string()));
     agent.put("version", Value::String(r.version.to_string()));
     agent.str("type", "unified");
-    let interval = if r.interval_seconds == 0 { 30 } else { r.interval_seconds };
+    let interval = if r.interval_seconds == 0 {
+        30
+    } else {
+        r.interval_seconds
+    };
     agent.put("intervalSeconds", Value::Number(interval.into()));
 
     let mut host = Obj::default();
@@ -232,13 +236,22 @@ pub fn docker(r: &DockerReport) -> Value {
     doc.put("host", host.done());
     doc.put(
         "containers",
-        Value::Array(d.containers.iter().map(|c| container(c, d.runtime, r.lean)).collect()),
+        Value::Array(
+            d.containers
+                .iter()
+                .map(|c| container(c, d.runtime, r.lean))
+                .collect(),
+        ),
     );
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.done()
 }
 
-fn container(c: &crate::docker::collect::Container, runtime: crate::docker::engine::Runtime, lean: bool) -> Value {
+fn container(
+    c: &crate::docker::collect::Container,
+    runtime: crate::docker::engine::Runtime,
+    lean: bool,
+) -> Value {
     let mut o = Obj::default();
     let text = |v: &str| Value::String(v.to_string());
     o.put("id", text(&c.id));

@@ -5,123 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::proc::{Agent, Dir};
 use common::standin::{Mode, REPORT_TOKEN, StandIn, split_seq};
 use serde_json::json;
-
-/// A scratch directory for one test: state dir, token file, CA file, logs.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("delivery-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    fn token_file(&self, token: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.0.join("token");
-        std::fs::write(&p, format!("{token}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
-    }
-
-    fn state(&self) -> PathBuf {
-        self.0.join("state")
-    }
-
-    /// The sequence numbers of the spooled reports, oldest first.
-    fn spooled_sequence(&self) -> Vec<u64> {
-        self.spooled()
-            .iter()
-            .filter_map(|f| std::fs::read(self.state().join("spool").join(f)).ok())
-            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .filter_map(|v| Some(split_seq(v["sequenceId"].as_str()?)?.1))
-            .collect()
-    }
-
-    fn spooled(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.state().join("spool"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The agent as a child process; killed when dropped.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Dir, args: &[String]) -> Agent {
-        let log = dir
-            .0
-            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
-        let child = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
-            .args(args)
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-    }
-
-    /// Waits for the process to exit; `None` if it is still running after `t`.
-    fn wait_exit(&mut self, t: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + t;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Common flags: the fixture host, the stand-in, 1 s interval, no listener.
 fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {

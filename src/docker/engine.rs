@@ -83,13 +83,15 @@ impl Engine {
             }
             last_error = match r.status {
                 400.. => self.status_error(method, "/_ping", &r),
-                _ => format!("{method} /_ping on {}: no Api-Version header", self.endpoint),
+                _ => format!(
+                    "{method} /_ping on {}: no Api-Version header",
+                    self.endpoint
+                ),
             };
         }
         let header = header.ok_or(last_error)?;
-        let daemon = parse_version(&header).ok_or_else(|| {
-            format!("{}: Api-Version {header:?} is not a version", self.endpoint)
-        })?;
+        let daemon = parse_version(&header)
+            .ok_or_else(|| format!("{}: Api-Version {header:?} is not a version", self.endpoint))?;
         if daemon < MIN_API {
             return Err(format!(
                 "{} speaks Engine API {header}; {}.{} or later is needed",
@@ -108,7 +110,10 @@ impl Engine {
             return Err(self.status_error("GET", &full, &r));
         }
         serde_json::from_slice(&r.body).map_err(|e| {
-            format!("GET {full} on {}: the answer is not JSON: {e}", self.endpoint)
+            format!(
+                "GET {full} on {}: the answer is not JSON: {e}",
+                self.endpoint
+            )
         })
     }
 
@@ -118,15 +123,25 @@ impl Engine {
             Some(m) => m.to_string(),
             None => crate::deliver::snippet(&r.body),
         };
-        format!("{method} {path} on {}: status {}: {msg}", self.endpoint, r.status)
+        format!(
+            "{method} {path} on {}: status {}: {msg}",
+            self.endpoint, r.status
+        )
     }
 
     /// One request on a kept connection (or a new one). A kept connection
     /// the daemon has closed is replaced at once; a fresh connection that
     /// fails is tried once more after 200 ms (as the stock agent does).
-    fn request(&self, method: &str, path: &str, timeout: Duration, cap: u64) -> Result<Response, String> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        timeout: Duration,
+        cap: u64,
+    ) -> Result<Response, String> {
         let deadline = Instant::now() + timeout;
-        let named = |e: &dyn std::fmt::Display| format!("{method} {path} on {}: {e}", self.endpoint);
+        let named =
+            |e: &dyn std::fmt::Display| format!("{method} {path} on {}: {e}", self.endpoint);
         let mut retried = false;
         loop {
             let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -275,7 +290,6 @@ pub fn detect_runtime(endpoint: &str, info: &Value, preference: DockerRuntime) -
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,12 +317,23 @@ mod tests {
                 "/run/user/1000/docker.sock",
             ]
         );
-        assert_eq!(notes, ["tcp://10.0.0.1:2375 is not a unix:// socket; left out"]);
+        assert_eq!(
+            notes,
+            ["tcp://10.0.0.1:2375 is not a unix:// socket; left out"]
+        );
         let (p, _) = candidates(DockerRuntime::Podman, None, &env, 0);
         assert_eq!(p[0], Path::new("/srv/p.sock"));
-        assert!(!p.contains(&PathBuf::from("/var/run/docker.sock")) || p[1] == Path::new("/srv/d.sock"));
+        assert!(
+            !p.contains(&PathBuf::from("/var/run/docker.sock")) || p[1] == Path::new("/srv/d.sock")
+        );
         let (d, _) = candidates(DockerRuntime::Docker, None, &|_| None, 0);
-        assert_eq!(d, [PathBuf::from("/var/run/docker.sock"), PathBuf::from("/run/user/0/docker.sock")]);
+        assert_eq!(
+            d,
+            [
+                PathBuf::from("/var/run/docker.sock"),
+                PathBuf::from("/run/user/0/docker.sock")
+            ]
+        );
         let (only, _) = candidates(DockerRuntime::Auto, Some(Path::new("/x.sock")), &env, 0);
         assert_eq!(only, [PathBuf::from("/x.sock")]);
     }
@@ -316,14 +341,33 @@ mod tests {
     #[test]
     fn podman_is_recognised_by_the_spec_rules() {
         let docker = json!({"ServerVersion": "27.3.1", "InitBinary": "docker-init"});
-        assert_eq!(detect_runtime("unix:///var/run/docker.sock", &docker, DockerRuntime::Auto), Runtime::Docker);
-        assert_eq!(detect_runtime("unix:///run/podman/podman.sock", &docker, DockerRuntime::Auto), Runtime::Podman);
+        assert_eq!(
+            detect_runtime("unix:///var/run/docker.sock", &docker, DockerRuntime::Auto),
+            Runtime::Docker
+        );
+        assert_eq!(
+            detect_runtime(
+                "unix:///run/podman/podman.sock",
+                &docker,
+                DockerRuntime::Auto
+            ),
+            Runtime::Podman
+        );
         let podman = json!({"ServerVersion": "4.9.3", "SecurityOptions": ["name=seccomp", "name=rootless"],
             "DriverStatus": [["Backing Filesystem", "extfs"], ["Podman", "yes"]]});
-        assert_eq!(detect_runtime("unix:///srv/c.sock", &podman, DockerRuntime::Auto), Runtime::Podman);
+        assert_eq!(
+            detect_runtime("unix:///srv/c.sock", &podman, DockerRuntime::Auto),
+            Runtime::Podman
+        );
         let plain = json!({"ServerVersion": "4.9.3"});
-        assert_eq!(detect_runtime("unix:///srv/c.sock", &plain, DockerRuntime::Auto), Runtime::Docker);
-        assert_eq!(detect_runtime("unix:///srv/c.sock", &plain, DockerRuntime::Podman), Runtime::Podman);
+        assert_eq!(
+            detect_runtime("unix:///srv/c.sock", &plain, DockerRuntime::Auto),
+            Runtime::Docker
+        );
+        assert_eq!(
+            detect_runtime("unix:///srv/c.sock", &plain, DockerRuntime::Podman),
+            Runtime::Podman
+        );
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl Conn {
         stream
             .set_write_timeout(Some(remaining(deadline)?))
             .map_err(Error::Io)?;
-        stream.write_all(req.as_bytes()).map_err(|e| io_error(e, deadline))?;
+        stream
+            .write_all(req.as_bytes())
+            .map_err(|e| io_error(e, deadline))?;
 
         let head = self.read_head(deadline)?;
         let (status, headers, keep_alive) = parse_head(&head)?;
@@ -129,8 +131,8 @@ impl Conn {
                 .map(|(_, v)| v.as_str())
         };
         let no_body = method == "HEAD" || status == 204 || status == 304 || status < 200;
-        let chunked = get("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            get("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
         let (body, framed) = if no_body {
             (Vec::new(), true)
         } else if chunked {
@@ -182,7 +184,9 @@ impl Conn {
                 None => (buf.len(), false),
             };
             if out.len() + take > cap {
-                return Err(Error::Malformed(format!("a line or header block over {cap} bytes")));
+                return Err(Error::Malformed(format!(
+                    "a line or header block over {cap} bytes"
+                )));
             }
             out.extend_from_slice(&buf[..take]);
             self.reader.consume(take);
@@ -295,8 +299,11 @@ fn io_error(e: io::Error, deadline: Instant) -> Error {
     }
 }
 
+/// Header names (lower case) and values.
+type Headers = Vec<(String, String)>;
+
 /// Status, lower-cased headers, and whether the connection may be kept.
-fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>, bool), Error> {
+fn parse_head(head: &[u8]) -> Result<(u16, Headers, bool), Error> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
     let status_line = lines.next().unwrap_or("");
@@ -408,30 +415,54 @@ mod tests {
     #[test]
     fn caps_deadlines_and_broken_answers() {
         // Declared too large: refused before reading.
-        let (_d, p) = serve(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n".to_vec()]);
-        let e = Conn::connect(&p).unwrap().request("GET", "/x", "t", soon(), 1000);
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
         assert!(matches!(e, Err(Error::TooLarge(1000))), "{e:?}");
         // Chunks adding up past the cap.
-        let (_d, p) = serve(vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec()]);
-        let e = Conn::connect(&p).unwrap().request("GET", "/x", "t", soon(), 1000);
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
         assert!(matches!(e, Err(Error::TooLarge(_))), "{e:?}");
         // A truncated chunk, then the peer closes.
-        let (_d, p) = serve(vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc".to_vec()]);
-        let e = Conn::connect(&p).unwrap().request("GET", "/x", "t", soon(), 1000);
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
         assert!(e.as_ref().is_err_and(Error::is_stale_connection), "{e:?}");
         // Garbage.
         let (_d, p) = serve(vec![b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()]);
-        let e = Conn::connect(&p).unwrap().request("GET", "/x", "t", soon(), 1000);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
         assert!(matches!(e, Err(Error::Malformed(_))), "{e:?}");
         // A bad chunk size.
-        let (_d, p) = serve(vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()]);
-        let e = Conn::connect(&p).unwrap().request("GET", "/x", "t", soon(), 1000);
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
         assert!(matches!(e, Err(Error::Malformed(_))), "{e:?}");
         // Silence: the deadline ends it.
         let (_d, p) = serve(vec![]);
         let started = Instant::now();
         let mut c = Conn::connect(&p).unwrap();
-        let e = c.request("GET", "/x", "t", Instant::now() + Duration::from_millis(300), 1000);
+        let e = c.request(
+            "GET",
+            "/x",
+            "t",
+            Instant::now() + Duration::from_millis(300),
+            1000,
+        );
         assert!(matches!(e, Err(Error::Timeout)), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         // A close-delimited body is read to EOF and not kept.

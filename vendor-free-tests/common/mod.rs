@@ -2,6 +2,7 @@
 //! randomness, golden files, and the wire schema checker.
 #![allow(dead_code)]
 
+pub mod proc;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -123,6 +123,11 @@ struct State {
     tokens: HashMap<String, Vec<String>>,
     bootstrap_tokens: HashMap<String, String>,
     reports: Vec<Received>,
+    docker_reports: Vec<Received>,
+    /// Docker agent IDs whose monitoring was stopped in Pulse.
+    removed_docker: HashSet<String>,
+    /// Token → the docker agent ID it first reported as.
+    docker_bindings: HashMap<String, String>,
     /// Schema departures (unknown fields and the like) the real server would
     /// silently accept: tests assert there are none.
     schema_notes: Vec<String>,
@@ -215,6 +220,22 @@ impl StandIn {
         self.state.0.lock().unwrap()
     }
 
+    pub fn docker_reports(&self) -> Vec<Received> {
+        self.lock().docker_reports.clone()
+    }
+
+    /// Stops monitoring a docker agent, as removing it in Pulse does.
+    pub fn remove_docker_agent(&self, id: &str) {
+        self.lock().removed_docker.insert(id.to_string());
+    }
+
+    /// Binds `token` to another docker agent ID, as if another host used it first.
+    pub fn bind_docker_token(&self, token: &str, id: &str) {
+        self.lock()
+            .docker_bindings
+            .insert(token.to_string(), id.to_string());
+    }
+
     pub fn reports(&self) -> Vec<Received> {
         self.lock().reports.clone()
     }
@@ -244,11 +265,25 @@ impl StandIn {
 
     /// Waits until `pred` holds over the received reports, or `timeout`.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> bool {
+        self.wait_on(timeout, |st| &st.reports, pred)
+    }
+
+    /// Waits until `pred` holds for the docker reports received so far.
+    pub fn wait_for_docker(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> bool {
+        self.wait_on(timeout, |st| &st.docker_reports, pred)
+    }
+
+    fn wait_on(
+        &self,
+        timeout: Duration,
+        pick: fn(&State) -> &Vec<Received>,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> bool {
         let (m, cv) = &*self.state;
         let deadline = Instant::now() + timeout;
         let mut st = m.lock().unwrap();
         loop {
-            if pred(&st.reports) {
+            if pred(pick(&st)) {
                 return true;
             }
             let left = match deadline.checked_duration_since(Instant::now()) {
@@ -438,11 +473,14 @@ fn read_request<R: BufRead>(r: &mut R) -> Option<Request> {
         .and_then(|l| l.parse().ok())
         .unwrap_or(0);
     // Read at most one byte past the server's limit; more is never needed.
-    let mut body = vec![0u8; len.min(256 * 1024 + 1)];
+    let limit = match path.as_str() {
+        DOCKER_PATH => DOCKER_ENCODED_LIMIT,
+        _ => 256 * 1024,
+    };
+    let mut body = vec![0u8; len.min(limit + 1)];
     r.read_exact(&mut body).ok()?;
     if len > body.len() {
         std::io::copy(&mut r.take((len - body.len()) as u64), &mut std::io::sink()).ok()?;
-        body.resize(256 * 1024 + 2, 0);
     }
     Some(Request {
         method,
@@ -513,11 +551,147 @@ fn authorize(req: &Request, st: &State, scopes: &[&str]) -> Result<String, Answe
     }
 }
 
+const DOCKER_PATH: &str = "/api/agents/docker/report";
+/// Spec §7.3: the docker report's limits.
+const DOCKER_ENCODED_LIMIT: usize = 2 * 1024 * 1024;
+const DOCKER_DECODED_LIMIT: usize = 10 * 1024 * 1024;
+
+fn too_large(dimension: &str, limit: usize, actual: usize) -> Answer {
+    let body = json!({"error": "Docker / Podman report exceeds the server size limit (2 MiB encoded HTTP body or 10 MiB decoded JSON)",
+        "code": "report_too_large", "status_code": 413, "timestamp": 1787410347,
+        "details": {"actualBytes": actual.to_string(), "dimension": dimension, "limitBytes": limit.to_string()}});
+    (413, "application/json", body.to_string().into_bytes())
+}
+
+/// `POST /api/agents/docker/report`, validated as the server does (§7.3).
+fn docker_report(req: &Request, st: &mut State) -> Answer {
+    if req.method != "POST" {
+        return api_error(405, "method_not_allowed", "Method not allowed");
+    }
+    let token = match authorize(req, st, &["docker:report"]) {
+        Ok(t) => t,
+        Err(e) => {
+            record_docker(st, req, e.0, None);
+            return e;
+        }
+    };
+    let (status, doc, answer) = validate_docker(req, st, &token);
+    record_docker(st, req, status, doc);
+    answer
+}
+
+fn record_docker(st: &mut State, req: &Request, status: u16, doc: Option<Value>) {
+    st.docker_reports.push(Received {
+        at: Instant::now(),
+        status,
+        doc,
+        accepted: status == 200,
+        headers: req.headers.clone(),
+    });
+}
+
+fn validate_docker(req: &Request, st: &mut State, token: &str) -> (u16, Option<Value>, Answer) {
+    if req.body.len() > DOCKER_ENCODED_LIMIT {
+        let e = too_large("encoded_http_body", DOCKER_ENCODED_LIMIT, req.body.len());
+        return (413, None, e);
+    }
+    let decoded = match req
+        .headers
+        .get("content-encoding")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") => req.body.clone(),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            let mut d =
+                flate2::read::GzDecoder::new(&req.body[..]).take(DOCKER_DECODED_LIMIT as u64 + 1);
+            if d.read_to_end(&mut out).is_err() {
+                return (
+                    400,
+                    None,
+                    api_error(400, "invalid_compression", "invalid gzip stream"),
+                );
+            }
+            out
+        }
+        Some(other) => {
+            let e = api_error(
+                415,
+                "unsupported_encoding",
+                &format!("unsupported Content-Encoding: {other}"),
+            );
+            return (415, None, e);
+        }
+    };
+    if decoded.len() > DOCKER_DECODED_LIMIT {
+        return (
+            413,
+            None,
+            too_large("decoded_json", DOCKER_DECODED_LIMIT, decoded.len()),
+        );
+    }
+    let doc: Value = match serde_json::from_slice(&decoded) {
+        Ok(v) => v,
+        Err(err) => return (400, None, api_error(400, "invalid_json", &err.to_string())),
+    };
+    let problems = super::wire::check_docker_report(&doc);
+    let (type_errors, notes): (Vec<String>, Vec<String>) = problems
+        .into_iter()
+        .partition(|p| !p.ends_with("not in the schema") && !p.contains("blank"));
+    st.schema_notes
+        .extend(notes.iter().filter(|n| !n.contains("blank")).cloned());
+    if !type_errors.is_empty() {
+        let e = api_error(400, "invalid_json", &type_errors.join("; "));
+        return (400, Some(doc), e);
+    }
+    let text = |p: &str| {
+        doc.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    if text("/host/hostname").is_empty() {
+        let e = api_error(400, "invalid_report", "docker report missing hostname");
+        return (400, Some(doc), e);
+    }
+    // Identity: agent.id → host.machineId → host.hostname.
+    let id = ["/agent/id", "/host/machineId", "/host/hostname"]
+        .iter()
+        .map(|p| text(p))
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    if st.removed_docker.contains(&id) {
+        let msg = format!(
+            "docker agent {id:?} had monitoring stopped at 2026-08-22T14:00:00Z; remove the block in Pulse to let it report again"
+        );
+        return (400, Some(doc), api_error(400, "invalid_report", &msg));
+    }
+    match st.docker_bindings.get(token) {
+        Some(bound) if *bound != id => {
+            let msg = format!("API token is already in use by agent {bound:?}");
+            return (400, Some(doc), api_error(400, "invalid_report", &msg));
+        }
+        _ => {
+            st.docker_bindings.insert(token.to_string(), id.clone());
+        }
+    }
+    let n = doc["containers"].as_array().map_or(0, Vec::len);
+    let ack = json!({"success": true, "agentId": id, "containers": n, "lastSeen": "2026-08-22T14:52:23.71Z"});
+    (
+        200,
+        Some(doc),
+        (200, "application/json", ack.to_string().into_bytes()),
+    )
+}
+
 fn handle(req: &Request, state: &Arc<(Mutex<State>, Condvar)>) -> Answer {
     let (m, cv) = &**state;
     let mut st = m.lock().unwrap();
     let out = match req.path.as_str() {
         "/api/agents/agent/report" | "/api/agents/host/report" => report(req, &mut st),
+        DOCKER_PATH => docker_report(req, &mut st),
         "/api/agents/agent/lookup" => lookup(req, &mut st),
         "/api/agents/agent/enroll" => enroll(req, &mut st),
         p if p.starts_with("/api/agents/agent/") && p.ends_with("/config") => config(req, &mut st),

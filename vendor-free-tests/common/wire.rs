@@ -246,6 +246,140 @@ pub const HOST_REPORT: &[F] = &[
     F("sequenceId", Str, Opt),
 ];
 
+// The docker report (spec §4).
+const D_AGENT: &[F] = &[
+    F("id", Str, Always),
+    F("version", Str, Always),
+    F("type", Str, Opt),
+    F("intervalSeconds", Int, Always),
+];
+const D_SWARM: &[F] = &[
+    F("nodeId", Str, Opt),
+    F("nodeRole", Str, Opt),
+    F("localState", Str, Opt),
+    F("controlAvailable", Bool, Opt),
+    F("clusterId", Str, Opt),
+    F("clusterName", Str, Opt),
+    F("scope", Str, Opt),
+    F("error", Str, Opt),
+];
+const D_SECURITY: &[F] = &[F("authorizationPlugins", Arr(&Str), Opt)];
+const D_HOST: &[F] = &[
+    F("hostname", Str, Always),
+    F("name", Str, Opt),
+    F("machineId", Str, Opt),
+    F("os", Str, Opt),
+    F("runtime", Str, Opt),
+    F("runtimeVersion", Str, Opt),
+    F("kernelVersion", Str, Opt),
+    F("architecture", Str, Opt),
+    F("dockerVersion", Str, Opt),
+    F("totalCpu", Int, Opt),
+    F("totalMemoryBytes", Int, Opt),
+    F("uptimeSeconds", Int, Opt),
+    F("swarm", Obj(D_SWARM), Opt),
+    F("cpuUsagePercent", Float, Opt),
+    F("loadAverage", Arr(&Float), Opt),
+    F("memory", Obj(MEMORY), Always),
+    F("disks", Arr(&Obj(DISK)), Opt),
+    F("network", Arr(&Obj(NETWORK)), Opt),
+    F("security", Obj(D_SECURITY), Opt),
+];
+const D_PORT: &[F] = &[
+    F("privatePort", Int, Always),
+    F("publicPort", Int, Opt),
+    F("protocol", Str, Always),
+    F("ip", Str, Opt),
+];
+const D_NETWORK: &[F] = &[
+    F("name", Str, Always),
+    F("ipv4", Str, Opt),
+    F("ipv6", Str, Opt),
+];
+const D_BLOCK_IO: &[F] = &[F("readBytes", UInt, Opt), F("writeBytes", UInt, Opt)];
+const D_MOUNT: &[F] = &[
+    F("type", Str, Opt),
+    F("source", Str, Opt),
+    F("destination", Str, Opt),
+    F("mode", Str, Opt),
+    F("rw", Bool, Always),
+    F("propagation", Str, Opt),
+    F("name", Str, Opt),
+    F("driver", Str, Opt),
+];
+const D_PODMAN: &[F] = &[
+    F("podName", Str, Opt),
+    F("podId", Str, Opt),
+    F("infra", Bool, Opt),
+    F("composeProject", Str, Opt),
+    F("composeService", Str, Opt),
+    F("composeWorkdir", Str, Opt),
+    F("composeConfigHash", Str, Opt),
+    F("autoUpdatePolicy", Str, Opt),
+    F("autoUpdateRestart", Str, Opt),
+    F("userNamespace", Str, Opt),
+];
+const D_CONTAINER: &[F] = &[
+    F("id", Str, Always),
+    F("name", Str, Always),
+    F("image", Str, Always),
+    F("imageDigest", Str, Opt),
+    F("createdAt", Time, Always),
+    F("state", Str, Always),
+    F("status", Str, Always),
+    F("health", Str, Opt),
+    F("healthcheckTargets", Arr(&Str), Opt),
+    F("cpuPercent", Float, Always),
+    F("memoryUsageBytes", Int, Always),
+    F("memoryLimitBytes", Int, Always),
+    F("memoryPercent", Float, Always),
+    F("uptimeSeconds", Int, Always),
+    F("restartCount", Int, Always),
+    F("exitCode", Int, Always),
+    F("oomKilled", Bool, Opt),
+    F("startedAt", Time, Opt),
+    F("finishedAt", Time, Opt),
+    F("ports", Arr(&Obj(D_PORT)), Opt),
+    F("labels", Map(&Str), Opt),
+    F("env", Arr(&Str), Opt),
+    F("networks", Arr(&Obj(D_NETWORK)), Opt),
+    F("networkRxBytes", UInt, Opt),
+    F("networkTxBytes", UInt, Opt),
+    F("writableLayerBytes", Int, Opt),
+    F("rootFilesystemBytes", Int, Opt),
+    F("blockIo", Obj(D_BLOCK_IO), Opt),
+    F("mounts", Arr(&Obj(D_MOUNT)), Opt),
+    F("podman", Obj(D_PODMAN), Opt),
+    F("updateStatus", Any, Opt),
+];
+pub const DOCKER_REPORT: &[F] = &[
+    F("agent", Obj(D_AGENT), Always),
+    F("host", Obj(D_HOST), Always),
+    F("containers", Arr(&Obj(D_CONTAINER)), Always),
+    F("images", Any, Opt),
+    F("volumes", Any, Opt),
+    F("networks", Any, Opt),
+    F("services", Any, Opt),
+    F("tasks", Any, Opt),
+    F("nodes", Any, Opt),
+    F("secrets", Any, Opt),
+    F("configs", Any, Opt),
+    F("storageUsage", Any, Opt),
+    F("timestamp", Time, Always),
+];
+
+/// Every way `doc` departs from the docker report schema (spec §4), plus the
+/// server's content rule: a non-blank `host.hostname`.
+pub fn check_docker_report(doc: &Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    check(doc, &Obj(DOCKER_REPORT), "$", &mut errs);
+    match doc.pointer("/host/hostname").and_then(Value::as_str) {
+        Some(h) if !h.trim().is_empty() => {}
+        _ => errs.push("$.host.hostname: blank (the server answers 400 invalid_report)".into()),
+    }
+    errs
+}
+
 /// Every way `doc` departs from the host report schema; empty when it conforms.
 /// Also applies the server's one content rule: a non-blank `host.hostname`.
 pub fn check_host_report(doc: &Value) -> Vec<String> {
