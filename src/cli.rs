@@ -128,7 +128,7 @@ pub static FLAGS: &[Flag] = &[
     flag("disk-include", List, &["PULSE_DISK_INCLUDE"], "PATTERN", Collection,
         "Report filesystems matching PATTERN even if the automatic filter would drop them; repeatable."),
     flag("once", Bool, &[], "", Collection,
-        "Collect once, print the host report as JSON on standard output, and exit."),
+        "Collect once, print the host report (and the docker report) as JSON on standard output, and exit."),
     flag("root", Str, &[], "DIR", Collection,
         "Read the host's /proc, /sys, /etc and /run below DIR (e.g. /host in a container, or a captured host)."),
     flag("smartctl", Str, &["PULSE_SMARTCTL_PATH"], "PATH", Collection,

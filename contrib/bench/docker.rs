@@ -106,11 +106,7 @@ const ENGINE: &[&str] = &[
 ];
 
 fn self_cpu() -> Duration {
-    // SAFETY: getrusage writes into the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
-    t(ru.ru_utime) + t(ru.ru_stime)
+    pulse_agent::sys::process_cpu_time()
 }
 
 fn ms(d: Duration) -> String {
