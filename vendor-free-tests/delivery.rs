@@ -8,29 +8,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::proc::{Agent, Dir};
+use common::proc::{Agent, Dir, args};
 use common::standin::{Mode, REPORT_TOKEN, StandIn, split_seq};
 use serde_json::json;
-
-/// Common flags: the fixture host, the stand-in, 1 s interval, no listener.
-fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![
-        format!("--root={}", common::case_root("debian12-vm").display()),
-        format!("--url={}", s.url()),
-        format!("--token-file={}", dir.token_file(REPORT_TOKEN).display()),
-        format!("--cacert={}", s.ca_file(&dir.0).display()),
-        format!("--state-dir={}", dir.state().display()),
-        "--interval=1s".to_string(),
-        "--health-addr=".to_string(),
-        // A smartctl that knows no disk, never the machine's own.
-        format!(
-            "--smartctl={}",
-            common::fake_smartctl("debian12-vm").display()
-        ),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
 
 fn seqs(s: &StandIn) -> Vec<u64> {
     s.accepted_sequence().into_iter().map(|(_, n)| n).collect()

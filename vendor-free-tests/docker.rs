@@ -23,25 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proc::{Agent, Dir};
-use common::standin::{REPORT_TOKEN, StandIn};
+use common::standin::StandIn;
 use serde_json::{Value, json};
 
 fn agent_args(s: &StandIn, dir: &Dir, socket: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![
-        format!("--root={}", common::case_root("debian12-vm").display()),
-        format!("--url={}", s.url()),
-        format!("--token-file={}", dir.token_file(REPORT_TOKEN).display()),
-        format!("--cacert={}", s.ca_file(&dir.0).display()),
-        format!("--state-dir={}", dir.state().display()),
-        "--interval=1s".to_string(),
-        "--health-addr=".to_string(),
-        format!(
-            "--smartctl={}",
-            common::fake_smartctl("debian12-vm").display()
-        ),
-        format!("--docker-socket={}", socket.display()),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
+    let mut a = common::proc::args(s, dir, extra);
+    a.push(format!("--docker-socket={}", socket.display()));
     a
 }
 
@@ -281,15 +268,16 @@ fn real_dockerd_matches_docker_inspect() {
         "{env:?}"
     );
     assert_eq!(ours["running"]["labels"]["pulse.test"], "yes");
-    // One spinning shell: about one CPU (100 %), never more than all of them.
+    // One spinning shell: up to one CPU (100 %; less on a loaded CI machine),
+    // never more than all of them, and far above a sleeping container.
     let ncpu = doc["host"]["totalCpu"].as_f64().unwrap();
     let busy = ours["busy"]["cpuPercent"].as_f64().unwrap();
-    assert!(
-        busy > 40.0 && busy <= 100.0 * ncpu + 5.0,
-        "busy container at {busy} % of {ncpu} CPUs"
-    );
     let idle = ours["running"]["cpuPercent"].as_f64().unwrap();
     assert!(idle < 5.0, "sleeping container at {idle} %");
+    assert!(
+        busy > 15.0 && busy > 10.0 * idle && busy <= 100.0 * ncpu + 5.0,
+        "busy container at {busy} % of {ncpu} CPUs (sleeping one at {idle} %)"
+    );
     assert_eq!(ours["paused"]["cpuPercent"], 0.0);
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::standin::split_seq;
+use super::standin::{REPORT_TOKEN, StandIn, split_seq};
 
 /// A scratch directory for one test: state dir, token file, CA file, logs.
 pub struct Dir(pub PathBuf);
@@ -115,4 +115,24 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Common flags: the fixture host, the stand-in, 1 s interval, no listener.
+pub fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        format!("--root={}", super::case_root("debian12-vm").display()),
+        format!("--url={}", s.url()),
+        format!("--token-file={}", dir.token_file(REPORT_TOKEN).display()),
+        format!("--cacert={}", s.ca_file(&dir.0).display()),
+        format!("--state-dir={}", dir.state().display()),
+        "--interval=1s".to_string(),
+        "--health-addr=".to_string(),
+        // A smartctl that knows no disk, never the machine's own.
+        format!(
+            "--smartctl={}",
+            super::fake_smartctl("debian12-vm").display()
+        ),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
 }
