@@ -199,16 +199,29 @@ impl Conn {
     /// The buffered bytes, reading more when there are none. EOF is an error:
     /// every caller expects more.
     fn fill(&mut self, deadline: Instant) -> Result<&[u8], Error> {
-        let timeout = remaining(deadline)?;
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .map_err(Error::Io)?;
-        let buf = self.reader.fill_buf().map_err(|e| io_error(e, deadline))?;
+        let buf = self.fill_or_eof(deadline)?;
         if buf.is_empty() {
             return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
         }
         Ok(buf)
+    }
+
+    /// The buffered bytes, reading more when there are none; empty at EOF.
+    /// A read interrupted by a signal (a child exiting) is simply retried.
+    fn fill_or_eof(&mut self, deadline: Instant) -> Result<&[u8], Error> {
+        loop {
+            let timeout = remaining(deadline)?;
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(timeout))
+                .map_err(Error::Io)?;
+            match self.reader.fill_buf() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(e, deadline)),
+                Ok(_) => break,
+            }
+        }
+        Ok(self.reader.buffer())
     }
 
     fn read_exact(&mut self, len: usize, deadline: Instant) -> Result<Vec<u8>, Error> {
@@ -263,12 +276,7 @@ impl Conn {
     fn read_to_close(&mut self, deadline: Instant, cap: u64) -> Result<Vec<u8>, Error> {
         let mut body = Vec::new();
         loop {
-            let timeout = remaining(deadline)?;
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(timeout))
-                .map_err(Error::Io)?;
-            let buf = self.reader.fill_buf().map_err(|e| io_error(e, deadline))?;
+            let buf = self.fill_or_eof(deadline)?;
             if buf.is_empty() {
                 return Ok(body);
             }
