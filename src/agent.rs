@@ -796,7 +796,6 @@ impl Agent {
             }
         }
         d.size_warned = large;
-        d.last_doc = Some(doc.clone());
         Some((doc, body))
     }
 
@@ -975,7 +974,6 @@ struct DockerModule {
     size_warned: bool,
     /// The last collection taken (for `/status`).
     last_run: Option<Arc<docker::Run>>,
-    last_doc: Option<Value>,
 }
 
 /// The docker thread, unless the module is off: `--enable-docker=false`, or
@@ -1007,7 +1005,6 @@ fn start_docker(
             logged_error: None,
             size_warned: false,
             last_run: None,
-            last_doc: None,
         }),
         Err(e) => {
             log::warn!("cannot start the docker thread: {e}; containers are not reported");

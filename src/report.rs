@@ -216,12 +216,7 @@ pub fn docker(r: &DockerReport) -> Value {
     host.uint("totalMemoryBytes", mem_total);
     host.uint("uptimeSeconds", s.uptime_seconds.unwrap_or(0));
     host.float("cpuUsagePercent", s.cpu_usage_percent.unwrap_or(0.0));
-    if let Some(load) = s.load_average {
-        host.put(
-            "loadAverage",
-            Value::Array(load.iter().map(|&v| float(v)).collect()),
-        );
-    }
+    host.load_average(s);
     host.put("memory", memory(s));
     host.list("disks", disks(s));
     host.list("network", networks(s));
@@ -566,12 +561,7 @@ fn host_info(r: &HostReport) -> Value {
     o.str("cpuModel", &id.cpu_model);
     o.uint("cpuCount", id.cpu_count);
     o.uint("uptimeSeconds", s.uptime_seconds.unwrap_or(0));
-    if let Some(load) = s.load_average {
-        o.put(
-            "loadAverage",
-            Value::Array(load.iter().map(|&v| float(v)).collect()),
-        );
-    }
+    o.load_average(s);
     o.str("reportIp", r.report_ip.unwrap_or(""));
     o.done()
 }
@@ -646,6 +636,15 @@ impl Obj {
         let v: Vec<Value> = items.collect();
         if !v.is_empty() {
             self.put(k, Value::Array(v));
+        }
+    }
+    /// `loadAverage`, the same in the host and the docker report.
+    fn load_average(&mut self, s: &HostSnapshot) {
+        if let Some(load) = s.load_average {
+            self.put(
+                "loadAverage",
+                Value::Array(load.iter().map(|&v| float(v)).collect()),
+            );
         }
     }
     fn done(self) -> Value {

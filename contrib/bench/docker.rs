@@ -41,6 +41,16 @@ fn docker(sock: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Removes the benchmark's containers (whichever exist).
+fn remove(sock: &Path, names: &[String]) {
+    let _ = Command::new("docker")
+        .arg("rm")
+        .arg("-f")
+        .args(names)
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .output();
+}
+
 fn ensure_image(sock: &Path) {
     if !docker(sock, &["images", "-q", IMAGE]).is_empty() {
         return;
@@ -119,12 +129,7 @@ fn main() {
     let names: Vec<String> = (0..CONTAINERS)
         .map(|i| format!("pulse-bench-{i:02}"))
         .collect();
-    let _ = Command::new("docker")
-        .arg("rm")
-        .arg("-f")
-        .args(&names)
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-        .output();
+    remove(&sock, &names);
     for n in &names {
         docker(&sock, &["run", "-d", "--name", n, IMAGE, "sleep", "3600"]);
     }
@@ -223,10 +228,5 @@ fn main() {
             ms((cpu_of(DOCKERD) - d0) / k)
         );
     }
-    let _ = Command::new("docker")
-        .arg("rm")
-        .arg("-f")
-        .args(&names)
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-        .output();
+    remove(&sock, &names);
 }

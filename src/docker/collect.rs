@@ -325,11 +325,6 @@ impl Docker {
         })
     }
 
-    /// Whether a candidate socket exists: what auto-detection asks.
-    pub fn socket_present(&self) -> bool {
-        self.settings.candidates().0.iter().any(|p| p.exists())
-    }
-
     /// One collection. A failed list fails it; a container whose stats or
     /// inspect fail is left out with a warning.
     pub fn collect(&mut self) -> Result<Snapshot, String> {

@@ -581,13 +581,8 @@ fn docker_report(req: &Request, st: &mut State) -> Answer {
 }
 
 fn record_docker(st: &mut State, req: &Request, status: u16, doc: Option<Value>) {
-    st.docker_reports.push(Received {
-        at: Instant::now(),
-        status,
-        doc,
-        accepted: status == 200,
-        headers: req.headers.clone(),
-    });
+    st.docker_reports
+        .push(received(req, status, doc, status == 200));
 }
 
 fn validate_docker(req: &Request, st: &mut State, token: &str) -> (u16, Option<Value>, Answer) {
@@ -595,34 +590,10 @@ fn validate_docker(req: &Request, st: &mut State, token: &str) -> (u16, Option<V
         let e = too_large("encoded_http_body", DOCKER_ENCODED_LIMIT, req.body.len());
         return (413, None, e);
     }
-    let decoded = match req
-        .headers
-        .get("content-encoding")
-        .map(|s| s.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") => req.body.clone(),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            let mut d =
-                flate2::read::GzDecoder::new(&req.body[..]).take(DOCKER_DECODED_LIMIT as u64 + 1);
-            if d.read_to_end(&mut out).is_err() {
-                return (
-                    400,
-                    None,
-                    api_error(400, "invalid_compression", "invalid gzip stream"),
-                );
-            }
-            out
-        }
-        Some(other) => {
-            let e = api_error(
-                415,
-                "unsupported_encoding",
-                &format!("unsupported Content-Encoding: {other}"),
-            );
-            return (415, None, e);
-        }
+    let bad_gzip = api_error(400, "invalid_compression", "invalid gzip stream");
+    let decoded = match decode_body(req, DOCKER_DECODED_LIMIT, bad_gzip) {
+        Ok(d) => d,
+        Err(e) => return (e.0, None, e),
     };
     if decoded.len() > DOCKER_DECODED_LIMIT {
         return (
@@ -715,13 +686,44 @@ fn report(req: &Request, st: &mut State) -> Answer {
 }
 
 fn record(st: &mut State, req: &Request, status: u16, doc: Option<Value>, accepted: bool) {
-    st.reports.push(Received {
+    st.reports.push(received(req, status, doc, accepted));
+}
+
+fn received(req: &Request, status: u16, doc: Option<Value>, accepted: bool) -> Received {
+    Received {
         at: Instant::now(),
         status,
         doc,
         accepted,
         headers: req.headers.clone(),
-    });
+    }
+}
+
+/// The body as JSON bytes: as sent, or gunzipped (at most `limit` + 1
+/// bytes, so a larger one shows as larger); `bad_gzip` for a broken stream,
+/// 415 for another encoding.
+fn decode_body(req: &Request, limit: usize, bad_gzip: Answer) -> Result<Vec<u8>, Answer> {
+    match req
+        .headers
+        .get("content-encoding")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") => Ok(req.body.clone()),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            let mut d = flate2::read::GzDecoder::new(&req.body[..]).take(limit as u64 + 1);
+            match d.read_to_end(&mut out) {
+                Ok(_) => Ok(out),
+                Err(_) => Err(bad_gzip),
+            }
+        }
+        Some(other) => Err(api_error(
+            415,
+            "unsupported_encoding",
+            &format!("unsupported Content-Encoding: {other}"),
+        )),
+    }
 }
 
 fn validate_report(req: &Request, st: &mut State) -> (u16, Option<Value>, bool, Answer) {
@@ -729,30 +731,10 @@ fn validate_report(req: &Request, st: &mut State) -> (u16, Option<Value>, bool, 
         let e = api_error(400, "invalid_json", "http: request body too large");
         return (400, None, false, e);
     }
-    let decoded = match req
-        .headers
-        .get("content-encoding")
-        .map(|s| s.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") => req.body.clone(),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            let mut d = flate2::read::GzDecoder::new(&req.body[..]).take(1_572_864 + 1);
-            if d.read_to_end(&mut out).is_err() {
-                let e = api_error(415, "unsupported_encoding", "invalid gzip");
-                return (415, None, false, e);
-            }
-            out
-        }
-        Some(other) => {
-            let e = api_error(
-                415,
-                "unsupported_encoding",
-                &format!("unsupported Content-Encoding: {other}"),
-            );
-            return (415, None, false, e);
-        }
+    let bad_gzip = api_error(415, "unsupported_encoding", "invalid gzip");
+    let decoded = match decode_body(req, 1_572_864, bad_gzip) {
+        Ok(d) => d,
+        Err(e) => return (e.0, None, false, e),
     };
     if decoded.len() > 1_572_864 {
         let e = api_error(
