@@ -9,6 +9,8 @@ pub mod deliver;
 pub mod docker;
 pub mod enroll;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hardware;
 pub mod health;
 pub mod logging;

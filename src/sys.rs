@@ -207,6 +207,20 @@ pub fn process_cpu_time() -> std::time::Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// CPU time the calling thread has used so far (the fuzz harness's budget
+/// is CPU, not wall time, so a busy machine does not make inputs "slow").
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The agent's own process figures for `process_*` metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessStats {

@@ -204,7 +204,7 @@ pub struct Snapshot {
 
 /// The inspect fields the report uses, kept between cycles.
 #[derive(Debug, Clone, Default)]
-struct Inspected {
+pub(crate) struct Inspected {
     /// The list's state, health and exit code when this was read.
     key: String,
     at: Option<Instant>,
@@ -221,7 +221,7 @@ struct Inspected {
 
 /// The CPU counters of a container's previous stats.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct CpuSample {
+pub(crate) struct CpuSample {
     total: u64,
     system: u64,
     online: u64,
@@ -230,7 +230,7 @@ struct CpuSample {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Stats {
+pub(crate) struct Stats {
     memory_usage: u64,
     memory_limit: u64,
     network_rx: u64,
@@ -429,7 +429,7 @@ impl Docker {
 
 /// CPU % between this stats sample and the container's previous one
 /// (spec §4.6); 0 the first time a container is seen.
-fn cpu_percent(
+pub(crate) fn cpu_percent(
     samples: &mut HashMap<String, CpuSample>,
     id: &str,
     s: &Stats,
@@ -685,7 +685,7 @@ pub fn parse_list_entry(v: &Value) -> Option<Container> {
 }
 
 /// The inspect fields the report uses.
-fn parse_inspect(v: &Value) -> Inspected {
+pub(crate) fn parse_inspect(v: &Value) -> Inspected {
     let st = v.get("State").cloned().unwrap_or_default();
     let time = |k: &str| {
         let t = s(&st, k);
@@ -732,7 +732,7 @@ fn parse_inspect(v: &Value) -> Inspected {
     }
 }
 
-fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
+pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     let mem = v.get("memory_stats").cloned().unwrap_or_default();
     let mut usage = u(&mem, "usage");
     if let Some(m) = mem.get("stats") {
@@ -802,7 +802,7 @@ fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     }
 }
 
-fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
+pub(crate) fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
     c.health = i.health.clone();
     c.healthcheck_targets = i.targets.clone();
     c.restart_count = i.restart_count;
@@ -822,7 +822,7 @@ fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
     }
 }
 
-fn apply_stats(c: &mut Container, s: &Stats) {
+pub(crate) fn apply_stats(c: &mut Container, s: &Stats) {
     c.memory_usage = s.memory_usage;
     c.memory_limit = s.memory_limit;
     c.memory_percent = match s.memory_limit {
@@ -852,7 +852,7 @@ fn inspect_key(c: &Container) -> String {
     key
 }
 
-fn needs_inspect(c: &Container, i: &Inspected, now: SystemTime) -> bool {
+pub(crate) fn needs_inspect(c: &Container, i: &Inspected, now: SystemTime) -> bool {
     if i.key != inspect_key(c) || i.at.is_none_or(|t| t.elapsed() >= INSPECT_MAX_AGE) {
         return true;
     }
