@@ -419,14 +419,55 @@ fn smartctl_path_and_smart_switch() {
     assert!(rows.iter().all(|r| r["health"] == "UNKNOWN"));
 }
 
+/// A child process that is killed when dropped, so a failing test leaves
+/// no agent running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cmd`'s output; a run that has not exited after 20 s is killed and fails
+/// the test (a command line taken for a service's would run forever).
+fn output_within_20s(cmd: &mut Command) -> Output {
+    use std::process::Stdio;
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = common::proc::Dir::new(&format!("output-{n}"));
+    let (out, err) = (dir.0.join("stdout"), dir.0.join("stderr"));
+    let mut child = Running(
+        cmd.stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} still runs after 20 s: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
 /// Runs the binary and checks a usage error: exit 2, nothing on standard
 /// output, one line `pulse-agent: error: ...` holding each of `want`.
 fn assert_usage_error(args: &[String], env: &[(&str, &str)], want: &[&str]) {
-    let o = agent()
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let o = output_within_20s(agent().args(args).envs(env.iter().copied()));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{args:?} {env:?}: {err}");
     assert!(err.starts_with("pulse-agent: error: "), "{args:?}: {err:?}");
@@ -465,15 +506,14 @@ fn health_addr_with_empty_host_means_all_addresses() {
         if let Some(v) = env {
             cmd.env("PULSE_HEALTH_ADDR", v);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = Running(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(rest) = text.split("health listener on http://").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                let _ = child.kill();
+            if Instant::now() > deadline || child.0.try_wait().unwrap().is_some() {
                 panic!("{flag:?} {env:?}: no listener; log:\n{text}");
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -488,8 +528,7 @@ fn health_addr_with_empty_host_means_all_addresses() {
             assert!(answer.starts_with("HTTP/1.0 200 "), "{host}: {answer}");
             assert!(answer.ends_with("ok"), "{host}: {answer}");
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
     }
 }
 
@@ -502,7 +541,7 @@ fn health_addr_off_is_accepted_from_the_flag() {
         &["--self-test", "-health-addr=disabled"],
         &["--self-test", "--health-addr="],
     ] {
-        let o = run(args);
+        let o = output_within_20s(agent().args(args));
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     }
 }
@@ -526,11 +565,11 @@ fn url_without_a_token_is_a_usage_error() {
         &["needs an API token", "--token-file"],
     );
     // The updater's self-test runs with the agent's environment and no token.
-    let o = agent()
-        .arg("--self-test")
-        .env("PULSE_URL", "https://127.0.0.1:9")
-        .output()
-        .unwrap();
+    let o = output_within_20s(
+        agent()
+            .arg("--self-test")
+            .env("PULSE_URL", "https://127.0.0.1:9"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -549,10 +588,19 @@ fn a_flag_given_as_a_value_is_a_usage_error() {
         ),
         (&["--tag", "--enroll"], "--tag needs a value"),
     ] {
-        assert_usage_error(&strings(args), &[], &[want, "pulse-agent --help"]);
+        // On the fixture host, so a regression never collects this machine.
+        let mut all = case_args("debian12-vm");
+        all.retain(|a| a != "--once");
+        all.extend(strings(args));
+        assert_usage_error(&all, &[], &[want, "pulse-agent --help"]);
     }
     // Written with `=`, or a negative number, it is a value.
-    let o = run(&["--self-test", "--hostname=--once", "--spool-reports", "-1"]);
+    let o = output_within_20s(agent().args([
+        "--self-test",
+        "--hostname=--once",
+        "--spool-reports",
+        "-1",
+    ]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("--spool-reports must be between 0"),
@@ -587,7 +635,7 @@ fn log_file_is_created_owner_only() {
     let log = dir.0.join("agent.log");
     let mut args = case_args("debian12-vm");
     args.push(format!("--log-file={}", log.display()));
-    report(&agent().args(&args).output().unwrap());
+    report(&output_within_20s(agent().args(&args)));
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 }
