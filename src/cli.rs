@@ -17,11 +17,16 @@ use std::ffi::OsString;
 use std::fmt;
 use std::time::Duration;
 
+use crate::config::Secret;
+
 /// The type of a flag's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Bool,
     Str,
+    /// A string that is never shown: held in a [`Secret`], so no `Debug` of
+    /// [`Args`], a [`Setting`] or a [`Value`] can print it.
+    Secret,
     /// Go duration syntax: `30s`, `1m30s`, `2h`, `1.5m`.
     Duration,
     Int,
@@ -92,8 +97,8 @@ use Section::*;
 #[rustfmt::skip]
 pub static FLAGS: &[Flag] = &[
     flag("url", Str, &["PULSE_URL"], "URL", Server,
-        "Pulse server base URL, e.g. https://pulse.example:7655. Without it the agent runs standalone and sends nothing."),
-    flag("token", Str, &[], "TOKEN", Server,
+        "Pulse server base URL, e.g. https://pulse.example:7655; needs a token. Without it the agent runs standalone and sends nothing."),
+    flag("token", Secret, &[], "TOKEN", Server,
         "API token. Visible to other users in the process list: prefer --token-file."),
     flag("token-file", Str, &[], "FILE", Server,
         "File whose trimmed content is the API token."),
@@ -130,7 +135,7 @@ pub static FLAGS: &[Flag] = &[
     flag("once", Bool, &[], "", Collection,
         "Collect once, print the host report (and the docker report) as JSON on standard output, and exit."),
     flag("root", Str, &[], "DIR", Collection,
-        "Read the host's /proc, /sys, /etc and /run below DIR (e.g. /host in a container, or a captured host)."),
+        "Read the host's /proc, /sys, /etc and /run below DIR (e.g. /host in a container, or a captured host); DIR must hold proc/."),
     flag("smartctl", Str, &["PULSE_SMARTCTL_PATH"], "PATH", Collection,
         "smartctl to run for disk health, an absolute path (default: smartctl from PATH). Set, it is reported as a privilege helper."),
     flag("smart-interval", Duration, &["PULSE_SMART_INTERVAL"], "DURATION", Collection,
@@ -154,11 +159,11 @@ pub static FLAGS: &[Flag] = &[
     flag("disable-auto-update", Bool, &["PULSE_DISABLE_AUTO_UPDATE"], "", Modules,
         "Never update this binary."),
     flag("health-addr", Str, &["PULSE_HEALTH_ADDR"], "ADDR", Local,
-        "Address of the local health and metrics listener (default 127.0.0.1:9191); empty or off disables it."),
+        "Address of the local health and metrics listener: HOST:PORT (default 127.0.0.1:9191), :PORT for every IPv4 address (0.0.0.0:PORT; [::]:PORT for IPv6), or off, none, disabled or empty (--health-addr=) for no listener."),
     flag("log-level", Str, &["LOG_LEVEL"], "LEVEL", Local,
         "trace, debug, info, warn, error or disabled (default info)."),
     flag("log-file", Str, &["PULSE_LOG_FILE"], "FILE", Local,
-        "Also write logs to FILE, which never grows past 1 MiB (one older file is kept as FILE.1)."),
+        "Also write logs to FILE (created mode 0600), which never grows past 1 MiB (one older file is kept as FILE.1)."),
     flag("enable-commands", Bool, &["PULSE_ENABLE_COMMANDS"], "", Compatibility,
         "Ignored: this agent is read-only and never runs commands from the server."),
     flag("disable-commands", Bool, &["PULSE_DISABLE_COMMANDS"], "", Compatibility,
@@ -209,51 +214,68 @@ pub enum Origin {
     Env(&'static str),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A typed value. Its `Debug` never shows a secret: [`Kind::Secret`] values
+/// are held in a [`Secret`], and the password of a `scheme://user:pass@host`
+/// string (refused as `--url`, but typed all the same) is redacted.
+#[derive(Clone, PartialEq)]
 pub enum Value {
     Bool(bool),
     Str(String),
+    Secret(Secret),
     Duration(Duration),
     Int(i64),
     List(Vec<String>),
 }
 
-#[derive(Clone, PartialEq)]
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => f.debug_tuple("Bool").field(b).finish(),
+            Value::Str(s) => f.debug_tuple("Str").field(&redact_userinfo(s)).finish(),
+            Value::Secret(s) => f.debug_tuple("Secret").field(s).finish(),
+            Value::Duration(d) => f.debug_tuple("Duration").field(d).finish(),
+            Value::Int(i) => f.debug_tuple("Int").field(i).finish(),
+            Value::List(v) => f
+                .debug_tuple("List")
+                .field(&v.iter().map(|s| redact_userinfo(s)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// `scheme://user:pass@host/...` with the user info replaced by `[redacted]`;
+/// anything else unchanged. For messages and `Debug` output.
+pub fn redact_userinfo(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some(i) = s.find("://") else {
+        return s.into();
+    };
+    let authority_start = i + 3;
+    let rest = &s[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!(
+            "{}[redacted]{}",
+            &s[..authority_start],
+            &s[authority_start + at..]
+        )
+        .into(),
+        None => s.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Setting {
     pub value: Value,
     pub origin: Origin,
 }
 
-/// What was typed, with secrets redacted: `Args` holds the raw `--token`.
-impl fmt::Debug for Setting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Setting")
-            .field("value", &self.value)
-            .field("origin", &self.origin)
-            .finish()
-    }
-}
-
-/// What was typed: every flag or environment variable that was set, by flag name.
-#[derive(Clone, Default, PartialEq)]
+/// What was typed: every flag or environment variable that was set, by flag
+/// name. `Debug` is safe to print: secrets are redacted by [`Value`].
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Args {
     pub values: BTreeMap<&'static str, Setting>,
     /// Environment values that could not be used (logged once the logger is up).
     pub ignored_env: Vec<String>,
-}
-
-impl fmt::Debug for Args {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut m = f.debug_map();
-        for (k, v) in &self.values {
-            if *k == "token" {
-                m.entry(k, &"[redacted]");
-            } else {
-                m.entry(k, v);
-            }
-        }
-        m.finish()
-    }
 }
 
 impl Args {
@@ -280,6 +302,14 @@ impl Args {
     pub fn str(&self, name: &str) -> Option<&str> {
         match &self.get(name)?.value {
             Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value of a [`Kind::Secret`] flag.
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        match &self.get(name)?.value {
+            Value::Secret(s) => Some(s),
             _ => None,
         }
     }
@@ -335,7 +365,7 @@ where
     let mut out = Args::default();
     apply_env(&mut out, env);
 
-    let args = go_style(args.into_iter().map(Into::into).collect());
+    let args = go_style(args.into_iter().map(Into::into).collect())?;
     let mut p = lexopt::Parser::from_args(args);
     let mut flag_lists: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     loop {
@@ -371,8 +401,8 @@ where
                     .value()
                     .map_err(|_| usage(format!("flag --{} needs a value", f.name)))?;
                 let v = v.into_string().map_err(|v| {
-                    if f.name == "token" {
-                        usage("the value of --token is not UTF-8")
+                    if f.kind == Kind::Secret {
+                        usage(format!("the value of --{} is not UTF-8", f.name))
                     } else {
                         usage(format!("value for --{} is not UTF-8: {v:?}", f.name))
                     }
@@ -415,16 +445,25 @@ where
 /// Rewrites Go's single-dash long flags (`-url`, `-insecure=false`) to
 /// `--url`, so an unknown one is reported whole rather than as `-u -r -l`.
 /// Only arguments in flag position are touched: the word after a value flag
-/// given without `=` is its value, even if it starts with a dash.
-fn go_style(args: Vec<OsString>) -> Vec<OsString> {
+/// given without `=` is its value, even if it starts with a dash (`-1`,
+/// `-foo`), unless it is a flag itself ([`is_flag_word`]): then the value
+/// was most likely forgotten (`--token-file --once`) and this is an error.
+/// Such a value is written `--token-file=--once`.
+fn go_style(args: Vec<OsString>) -> Result<Vec<OsString>, UsageError> {
     let mut out = Vec::with_capacity(args.len());
-    let mut value_next = false;
+    let mut value_for: Option<&'static str> = None;
     for arg in args {
-        if std::mem::take(&mut value_next) {
+        let s = arg.to_str();
+        if let Some(name) = value_for.take() {
+            if let Some(word) = s.filter(|w| is_flag_word(w)) {
+                return Err(usage(format!(
+                    "--{name} needs a value, but the next argument is the flag '{word}' (if that is the value, write --{name}={word})"
+                )));
+            }
             out.push(arg);
             continue;
         }
-        let Some(s) = arg.to_str() else {
+        let Some(s) = s else {
             out.push(arg);
             continue;
         };
@@ -446,10 +485,26 @@ fn go_style(args: Vec<OsString>) -> Vec<OsString> {
             Some((n, _)) => (n, true),
             None => (rest, false),
         };
-        value_next = !has_value && find(name).is_some_and(|f| f.kind != Kind::Bool);
+        value_for = find(name)
+            .filter(|f| !has_value && f.kind != Kind::Bool)
+            .map(|f| f.name);
         out.push(OsString::from(format!("--{rest}")));
     }
-    out
+    Ok(out)
+}
+
+/// A word that is a flag, not a value: anything that starts with `--`, and
+/// `-h` or `-NAME[=...]` for a flag of this agent. Other words that start
+/// with one dash are values (`--spool-reports -1`, `--hostname -foo`).
+fn is_flag_word(w: &str) -> bool {
+    if w.starts_with("--") {
+        return true;
+    }
+    let Some(rest) = w.strip_prefix('-') else {
+        return false;
+    };
+    let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+    name == "h" || find(name).is_some()
 }
 
 fn apply_env(out: &mut Args, env: &dyn Fn(&str) -> Option<String>) {
@@ -489,6 +544,7 @@ fn apply_env(out: &mut Args, env: &dyn Fn(&str) -> Option<String>) {
 fn typed(f: &Flag, v: &str) -> Result<Value, String> {
     match f.kind {
         Kind::Str => Ok(Value::Str(v.to_string())),
+        Kind::Secret => Ok(Value::Secret(Secret::new(v.to_string()))),
         Kind::Duration => parse_duration(v).map(Value::Duration),
         Kind::Int => v
             .trim()
@@ -578,7 +634,8 @@ pub fn help() -> String {
         "pulse-agent: report this host to a Pulse server\n\n\
          Usage: pulse-agent [FLAGS]\n       \
          pulse-agent --once              print this host's report and exit\n\n\
-         Flags take one or two dashes and a value as --flag VALUE or --flag=VALUE;\n\
+         Flags take one or two dashes and a value as --flag VALUE or --flag=VALUE\n\
+         (a value that starts with -- or is a flag, like -once: --flag=VALUE only);\n\
          booleans as --flag or --flag=false. Environment variables in [brackets]\n\
          give defaults; flags win.\n",
     );
@@ -710,8 +767,47 @@ mod tests {
         let a = p(&["--hostname", "-foo", "-once"]).unwrap();
         assert_eq!(a.str("hostname"), Some("-foo"));
         assert_eq!(a.bool("once"), Some(true));
-        let a = p(&["-tag", "-x", "--tag", "--y"]).unwrap();
-        assert_eq!(a.list("tag"), ["-x", "--y"]);
+        let a = p(&["-tag", "-x", "--tag=--y", "-tag=-once"]).unwrap();
+        assert_eq!(a.list("tag"), ["-x", "--y", "-once"]);
+        let a = p(&["--spool-reports", "-1", "-kube-max-pods", "-5"]).unwrap();
+        assert_eq!(a.int("spool-reports"), Some(-1));
+        assert_eq!(a.int("kube-max-pods"), Some(-5));
+    }
+
+    /// Issue 12: `--token-file --once` took `--once` as the file name.
+    #[test]
+    fn value_flag_followed_by_a_flag_is_refused() {
+        for (args, flag, word) in [
+            (&["--token-file", "--once"][..], "--token-file", "--once"),
+            (&["-token-file", "-once"], "--token-file", "-once"),
+            (
+                &["--token-file", "-once=true"],
+                "--token-file",
+                "-once=true",
+            ),
+            (&["-url", "--token=x"], "--url", "--token=x"),
+            (
+                &["--hostname", "--no-such-flag"],
+                "--hostname",
+                "--no-such-flag",
+            ),
+            (&["--tag", "--y"], "--tag", "--y"),
+            (&["--interval", "-h"], "--interval", "-h"),
+            (&["--log-file", "--"], "--log-file", "--"),
+        ] {
+            let e = p(args).unwrap_err().0;
+            assert!(
+                e.starts_with(&format!("{flag} needs a value")),
+                "{args:?}: {e}"
+            );
+            assert!(e.contains(&format!("'{word}'")), "{args:?}: {e}");
+            assert!(e.contains(&format!("{flag}={word}")), "{args:?}: {e}");
+            assert!(!e.contains('\n'));
+        }
+        let a = p(&["--token-file=--once", "-hostname=-once"]).unwrap();
+        assert_eq!(a.str("token-file"), Some("--once"));
+        assert_eq!(a.str("hostname"), Some("-once"));
+        assert!(!a.is_set("once"));
     }
 
     #[test]
@@ -726,12 +822,55 @@ mod tests {
         assert!(!a.is_set("url"));
     }
 
+    /// Issue 12: `Args`' own `Debug` hid `--token`, but the `Setting` and
+    /// `Value` inside it printed it (`{:?}` of `args.values`, of a setting).
     #[test]
-    fn debug_never_shows_the_token() {
-        let a = p(&["--token=s3cr3t-value", "--url=https://x"]).unwrap();
-        let d = format!("{a:?}");
-        assert!(!d.contains("s3cr3t"), "{d}");
-        assert!(d.contains("https://x"));
+    fn debug_of_args_never_shows_the_token() {
+        let token = "s3cr3t-value";
+        let env = |k: &str| (k == "PULSE_TOKEN").then(|| format!("env-{token}"));
+        let url = "https://agent:pa55w0rd@pulse.example/x";
+        for args in [
+            vec![format!("--token={token}")],
+            vec!["--token".into(), token.into()],
+            vec![format!("-token={token}"), "--enroll".into()],
+            vec!["-token".into(), token.into()],
+            vec![],
+        ] {
+            let mut args = args;
+            args.push(format!("--url={url}"));
+            args.push(format!("--tag={url}"));
+            let a = parse(args.iter().cloned(), &env).unwrap();
+            let shown = [
+                format!("{a:?}"),
+                format!("{a:#?}"),
+                format!("{:?}", a.values),
+                format!("{:?}", a.values.get("token")),
+                format!("{:?}", a.values.get("token").map(|s| &s.value)),
+                format!("{:?}", a.values.get("url")),
+                format!("{:?}", a.values.get("tag")),
+            ];
+            for d in shown {
+                assert!(!d.contains(token), "{args:?}: {d}");
+                assert!(!d.contains("pa55w0rd"), "{args:?}: {d}");
+            }
+            let d = format!("{a:?}");
+            assert!(d.contains("pulse.example/x"), "{d}");
+            if args.len() > 2 {
+                assert!(d.contains("[redacted]"), "{d}");
+                assert_eq!(a.secret("token").map(Secret::expose), Some(token));
+            }
+        }
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(
+            redact_userinfo("https://u:p@h:1/a@b?c@d"),
+            "https://[redacted]@h:1/a@b?c@d"
+        );
+        assert_eq!(redact_userinfo("https://h/a@b"), "https://h/a@b");
+        assert_eq!(redact_userinfo("not a url @ all"), "not a url @ all");
+        assert_eq!(redact_userinfo("unix://@x"), "unix://[redacted]@x");
     }
 
     #[test]

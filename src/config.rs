@@ -252,6 +252,16 @@ impl Config {
                 "--enroll needs a bootstrap token (--token, --token-file or PULSE_TOKEN)",
             ));
         }
+        // Like the stock agent ("Pulse API token is required"): every report
+        // would be refused. `--self-test` is exempt, as there: the updater
+        // runs it with the agent's environment and passes a token file only
+        // when the agent has a token.
+        if let (Some(url), None, false) = (&url, &token, args.flag("self-test")) {
+            return Err(err(format!(
+                "--url {url} needs an API token: give --token-file, --token or PULSE_TOKEN, or put it in {} (without --url nothing is sent and no token is needed)",
+                state_dir.join("token").display()
+            )));
+        }
 
         let report_ip = match non_empty(args.str("report-ip")) {
             Some(s) => {
@@ -273,17 +283,7 @@ impl Config {
 
         let health_addr = match args.str("health-addr") {
             None => Some(DEFAULT_HEALTH_ADDR.to_string()),
-            Some(s) => {
-                let s = s.trim();
-                let off = matches!(args.origin("health-addr"), Some(Origin::Env(_)))
-                    && matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "disabled");
-                if s.is_empty() || off {
-                    None
-                } else {
-                    check_listen_addr(s)?;
-                    Some(s.to_string())
-                }
-            }
+            Some(s) => listen_addr(s)?,
         };
 
         let log_level = match non_empty(args.str("log-level")) {
@@ -364,6 +364,14 @@ impl Config {
         let root = PathBuf::from(non_empty(args.str("root")).unwrap_or("/"));
         if !root.is_dir() {
             return Err(err(format!("--root {}: not a directory", root.display())));
+        }
+        // Without proc/ every collector finds nothing and the report would
+        // describe nobody ("unknown-host") with this machine's addresses.
+        if !root.join("proc").is_dir() {
+            return Err(err(format!(
+                "--root {}: holds no proc/ directory; give the directory the host's /proc, /sys and /etc are under (e.g. /host)",
+                root.display()
+            )));
         }
 
         let mut tags: Vec<String> = Vec::new();
@@ -453,7 +461,7 @@ fn resolve_token(
     state_dir: &Path,
     notices: &mut Vec<Notice>,
 ) -> Result<Option<(Secret, TokenSource)>, ConfigError> {
-    if let Some(t) = non_empty(args.str("token")) {
+    if let Some(t) = non_empty(args.secret("token").map(Secret::expose)) {
         return Ok(Some((check_token(t, "--token")?, TokenSource::Flag)));
     }
     if let Some(path) = non_empty(args.str("token-file")) {
@@ -530,17 +538,40 @@ pub fn parse_log_level(l: &str) -> Result<log::LevelFilter, ConfigError> {
     })
 }
 
-fn check_listen_addr(s: &str) -> Result<(), ConfigError> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+/// `--health-addr` / `PULSE_HEALTH_ADDR` → the address to bind, `None` for
+/// no listener. The stock agent's syntax (Go's `net.Listen`): `HOST:PORT`,
+/// `[IPv6]:PORT`, or `:PORT` for every address. Go makes that a dual-stack
+/// socket; std cannot clear `IPV6_V6ONLY` before binding, so `[::]` would
+/// take IPv4 only where `net.ipv6.bindv6only` allows: `:PORT` binds
+/// `0.0.0.0:PORT` (IPv4), and `[::]:PORT` is there for IPv6. Empty, `off`,
+/// `none` or `disabled` (any case) turn it off, from the flag and the
+/// environment alike.
+pub fn listen_addr(s: &str) -> Result<Option<String>, ConfigError> {
+    let s = s.trim();
+    if s.is_empty()
+        || ["off", "none", "disabled"]
+            .iter()
+            .any(|w| s.eq_ignore_ascii_case(w))
+    {
+        return Ok(None);
     }
-    let bad = || err(format!("--health-addr: '{s}' is not HOST:PORT"));
+    let bad = || {
+        err(format!(
+            "--health-addr: '{s}' is not HOST:PORT, :PORT (every address) or off"
+        ))
+    };
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(Some(s.to_string()));
+    }
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    if host.is_empty() || host.contains(['/', ' ']) {
+    if host.is_empty() {
+        return Ok(Some(format!("0.0.0.0:{port}")));
+    }
+    if host.contains(['/', ' ', ':', '[', ']']) {
         return Err(bad());
     }
-    Ok(())
+    Ok(Some(s.to_string()))
 }
 
 /// 64 hex digits, colons allowed, any case → 32 bytes.
@@ -565,7 +596,9 @@ pub fn parse_url(
     allow_plaintext_http: bool,
     resolve: &Resolver,
 ) -> Result<ServerUrl, ConfigError> {
-    let bad = |why: &str| err(format!("--url {raw}: {why}"));
+    // A refused URL is echoed without its user info (it may hold a password).
+    let shown = cli::redact_userinfo(raw);
+    let bad = |why: &str| err(format!("--url {shown}: {why}"));
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| bad("missing scheme (http:// or https://)"))?;
@@ -765,6 +798,138 @@ mod tests {
         assert_eq!(parse_fingerprint(&colons.join(":")).unwrap(), [0x0f; 32]);
         assert!(parse_fingerprint("abc").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    /// A fixture host root (tests never use the machine's own /proc).
+    fn fixture_root() -> String {
+        format!(
+            "--root={}/vendor-free-tests/fixtures/debian12-vm/root",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    fn config_with(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let env = |k: &str| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let mut all = vec![
+            fixture_root(),
+            "--state-dir=/nonexistent/pulse-agent".into(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let a = cli::parse(all, &env).map_err(|e| e.0)?;
+        Config::from_args(&a, &env, &no_dns).map_err(|e| e.0)
+    }
+
+    fn health(args: &[&str], env: &[(&str, &str)]) -> Option<String> {
+        config_with(args, env).unwrap().health_addr
+    }
+
+    /// Issue 12: `--health-addr :9191`, the stock agent's own example for
+    /// "listen on the network", was refused.
+    #[test]
+    fn health_addr_with_empty_host_means_all_addresses() {
+        assert_eq!(
+            health(&["--health-addr", ":9191"], &[]).as_deref(),
+            Some("0.0.0.0:9191")
+        );
+        assert_eq!(
+            health(&["-health-addr=:0"], &[]).as_deref(),
+            Some("0.0.0.0:0")
+        );
+        assert_eq!(
+            health(&[], &[("PULSE_HEALTH_ADDR", " :9191 ")]).as_deref(),
+            Some("0.0.0.0:9191")
+        );
+        for kept in [
+            "127.0.0.1:9191",
+            "[::]:9191",
+            "[::1]:9100",
+            "localhost:9191",
+            "0.0.0.0:1",
+        ] {
+            assert_eq!(health(&["--health-addr", kept], &[]).as_deref(), Some(kept));
+        }
+        assert_eq!(health(&[], &[]).as_deref(), Some(DEFAULT_HEALTH_ADDR));
+        for bad in [":", ":x", ":99999", "9191", "a b:1", "::1:9191", "host"] {
+            let e = config_with(&["--health-addr", bad], &[]).unwrap_err();
+            assert!(e.starts_with("--health-addr: "), "{bad}: {e}");
+            assert!(e.contains(":PORT"), "{bad}: {e}");
+        }
+    }
+
+    /// Issue 12: `--help` said "empty or off disables it", but the flag
+    /// refused `off` (only the environment took it).
+    #[test]
+    fn health_addr_off_disables_from_flag_and_env_alike() {
+        for off in ["off", "OFF", "none", "disabled", " Off "] {
+            assert_eq!(health(&["--health-addr", off], &[]), None, "flag {off}");
+            assert_eq!(health(&[&format!("-health-addr={off}")], &[]), None);
+            assert_eq!(
+                health(&[], &[("PULSE_HEALTH_ADDR", off)]),
+                None,
+                "env {off}"
+            );
+        }
+        assert_eq!(health(&["--health-addr="], &[]), None);
+        assert_eq!(health(&["--health-addr", ""], &[]), None);
+        // A flag wins over the environment either way.
+        assert_eq!(
+            health(&["--health-addr=off"], &[("PULSE_HEALTH_ADDR", ":9191")]),
+            None
+        );
+        // Like every variable, one set to nothing is unset: the default.
+        assert_eq!(
+            health(&[], &[("PULSE_HEALTH_ADDR", "")]).as_deref(),
+            Some(DEFAULT_HEALTH_ADDR)
+        );
+    }
+
+    /// Issue 12: `--url` without any token was accepted and every report went
+    /// out without credentials.
+    #[test]
+    fn url_without_a_token_is_refused() {
+        let e = config_with(&["--url=https://pulse.example"], &[]).unwrap_err();
+        assert!(e.contains("needs an API token"), "{e}");
+        assert!(e.contains("--url https://pulse.example"), "{e}");
+        let e = config_with(&["--once"], &[("PULSE_URL", "https://pulse.example")]).unwrap_err();
+        assert!(e.contains("needs an API token"), "{e}");
+        // What needs no token: no server, or the updater's self-test.
+        assert!(config_with(&["--once"], &[]).unwrap().token.is_none());
+        assert!(config_with(&[], &[]).is_ok());
+        assert!(config_with(&["--url=https://pulse.example", "--self-test"], &[]).is_ok());
+        // Any token source will do.
+        assert!(config_with(&["--url=https://pulse.example", "--token=t"], &[]).is_ok());
+        let c = config_with(&["--url=https://pulse.example"], &[("PULSE_TOKEN", "t")]).unwrap();
+        assert_eq!(c.token_source, Some(TokenSource::Env));
+    }
+
+    /// Issue 12: a `--root` without `proc/` gave a report of `unknown-host`
+    /// carrying this machine's addresses.
+    #[test]
+    fn root_without_proc_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pulse-noproc-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sys")).unwrap();
+        let a = cli::parse(
+            [format!("--root={}", dir.display()), "--once".into()],
+            &|_| None,
+        )
+        .unwrap();
+        let e = Config::from_args(&a, &|_| None, &no_dns).unwrap_err().0;
+        assert!(e.starts_with(&format!("--root {}: ", dir.display())), "{e}");
+        assert!(e.contains("proc/"), "{e}");
+        std::fs::create_dir(dir.join("proc")).unwrap();
+        assert!(Config::from_args(&a, &|_| None, &no_dns).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_url_is_not_echoed_with_its_password() {
+        let e = url("https://agent:pa55w0rd@pulse.example").unwrap_err().0;
+        assert!(!e.contains("pa55w0rd"), "{e}");
+        assert!(e.contains("user info"), "{e}");
     }
 
     #[test]

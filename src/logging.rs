@@ -7,9 +7,14 @@
 //! UTC timestamp; the file never grows past 1 MiB (the previous one is kept as
 //! `FILE.1`), because a full root filesystem on a small NAS is worse than a
 //! lost log line. Nothing here ever sees the token: callers do not log it.
+//! A new log file is created 0600 (log lines name hosts, URLs and server
+//! answers; the stock agent's log files are 0600 too); an existing one keeps
+//! its mode, and so does the file that replaces it at rotation, so an
+//! operator's `chmod 640` for a log-reading group survives.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -17,6 +22,8 @@ use log::{Level, LevelFilter};
 
 /// Size at which the log file is rotated.
 pub const LOG_FILE_CAP: u64 = 1024 * 1024;
+/// Mode of a log file this agent creates (before the umask).
+pub const LOG_FILE_MODE: u32 = 0o600;
 
 /// Installs the global logger. Safe to call once; later calls do nothing.
 /// The level can be changed later with [`set_level`] (remote configuration);
@@ -116,7 +123,7 @@ pub struct CappedFile {
 
 impl CappedFile {
     pub fn open(path: PathBuf, cap: u64) -> io::Result<CappedFile> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path, LOG_FILE_MODE)?;
         let size = file.metadata()?.len();
         Ok(CappedFile {
             path,
@@ -129,14 +136,21 @@ impl CappedFile {
     fn rotate(&mut self) -> io::Result<()> {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
+        let mode = self.file.metadata()?.permissions().mode() & 0o777;
         std::fs::rename(&self.path, &old)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_append(&self.path, mode)?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// Opens `path` for appending; `mode` applies only if it is created.
+fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)
 }
 
 impl Write for CappedFile {
@@ -169,6 +183,46 @@ mod tests {
         }
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
         assert!(std::fs::metadata(dir.join("agent.log.1")).unwrap().len() <= 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Issue 12: `--log-file` was created 0644, readable by every user.
+    #[test]
+    fn log_file_is_created_owner_only() {
+        let dir = std::env::temp_dir().join(format!("pulse-log-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.log");
+        let mut f = CappedFile::open(path.clone(), 100).unwrap();
+        f.write_all(b"line\n").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // A rotated file starts with the mode of the one it replaces.
+        for _ in 0..20 {
+            f.write_all(b"0123456789\n").unwrap();
+        }
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.join("agent.log.1")), 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An existing log file keeps the mode its operator gave it, through
+    /// rotation too (e.g. 0640 for a log-reading group).
+    #[test]
+    fn existing_log_file_keeps_its_mode() {
+        let dir = std::env::temp_dir().join(format!("pulse-log-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.log");
+        std::fs::write(&path, "old\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut f = CappedFile::open(path.clone(), 100).unwrap();
+        assert_eq!(mode(&path), 0o640);
+        for _ in 0..20 {
+            f.write_all(b"0123456789\n").unwrap();
+        }
+        assert_eq!(mode(&path), 0o640, "the file started after rotation");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

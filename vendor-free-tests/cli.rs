@@ -418,3 +418,224 @@ fn smartctl_path_and_smart_switch() {
     assert_eq!(rows.len(), 15, "12 SATA, 2 NVMe, the RAID volume: {rows:?}");
     assert!(rows.iter().all(|r| r["health"] == "UNKNOWN"));
 }
+
+/// A child process that is killed when dropped, so a failing test leaves
+/// no agent running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cmd`'s output; a run that has not exited after 20 s is killed and fails
+/// the test (a command line taken for a service's would run forever).
+fn output_within_20s(cmd: &mut Command) -> Output {
+    use std::process::Stdio;
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = common::proc::Dir::new(&format!("output-{n}"));
+    let (out, err) = (dir.0.join("stdout"), dir.0.join("stderr"));
+    let mut child = Running(
+        cmd.stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} still runs after 20 s: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
+/// Runs the binary and checks a usage error: exit 2, nothing on standard
+/// output, one line `pulse-agent: error: ...` holding each of `want`.
+fn assert_usage_error(args: &[String], env: &[(&str, &str)], want: &[&str]) {
+    let o = output_within_20s(agent().args(args).envs(env.iter().copied()));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?} {env:?}: {err}");
+    assert!(err.starts_with("pulse-agent: error: "), "{args:?}: {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err:?}");
+    for w in want {
+        assert!(err.contains(w), "{args:?} {env:?}: want {w:?} in {err:?}");
+    }
+    assert!(o.stdout.is_empty(), "{args:?}");
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Issue 12: `--health-addr :9191` (the stock agent's syntax for "every
+/// address") was refused. It listens on 0.0.0.0: reachable on 127.0.0.2,
+/// which a listener on 127.0.0.1 would not answer.
+#[test]
+fn health_addr_with_empty_host_means_all_addresses() {
+    use std::io::{Read, Write};
+    let dir = common::proc::Dir::new("health-all");
+    for (flag, env) in [(Some(":0"), None), (None, Some(":0"))] {
+        let mut args = case_args("debian12-vm");
+        args.retain(|a| a != "--once");
+        if let Some(v) = flag {
+            args.extend(["--health-addr".to_string(), v.to_string()]);
+        }
+        let log = dir.0.join("agent.log");
+        let mut cmd = agent();
+        // The listener's private socket directory goes in the scratch
+        // directory, which is removed when the test ends.
+        cmd.args(&args)
+            .env("RUNTIME_DIRECTORY", &dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(v) = env {
+            cmd.env("PULSE_HEALTH_ADDR", v);
+        }
+        let mut child = Running(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("health listener on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            if Instant::now() > deadline || child.0.try_wait().unwrap().is_some() {
+                panic!("{flag:?} {env:?}: no listener; log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let port: u16 = addr.strip_prefix("0.0.0.0:").expect(&addr).parse().unwrap();
+        for host in ["127.0.0.1", "127.0.0.2"] {
+            let mut s = std::net::TcpStream::connect((host, port)).expect(host);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.0 200 "), "{host}: {answer}");
+            assert!(answer.ends_with("ok"), "{host}: {answer}");
+        }
+        drop(child);
+    }
+}
+
+/// Issue 12: `--health-addr off` was refused on the command line although
+/// `--help` offered it; it now turns the listener off, as in the environment.
+#[test]
+fn health_addr_off_is_accepted_from_the_flag() {
+    for args in [
+        &["--self-test", "--health-addr", "off"][..],
+        &["--self-test", "-health-addr=disabled"],
+        &["--self-test", "--health-addr="],
+    ] {
+        let o = output_within_20s(agent().args(args));
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// Issue 12: `--url` without any token was accepted, and every report went
+/// out without credentials. The stock agent refuses to start.
+#[test]
+fn url_without_a_token_is_a_usage_error() {
+    let mut args = case_args("debian12-vm");
+    args.push("--url=https://127.0.0.1:9".into());
+    assert_usage_error(
+        &args,
+        &[],
+        &["--url https://127.0.0.1:9 needs an API token"],
+    );
+    let mut args = case_args("debian12-vm");
+    args.retain(|a| a != "--once");
+    assert_usage_error(
+        &args,
+        &[("PULSE_URL", "https://127.0.0.1:9")],
+        &["needs an API token", "--token-file"],
+    );
+    // The updater's self-test runs with the agent's environment and no token.
+    let o = output_within_20s(
+        agent()
+            .arg("--self-test")
+            .env("PULSE_URL", "https://127.0.0.1:9"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue 12: `--token-file --once` took `--once` as the file name.
+#[test]
+fn a_flag_given_as_a_value_is_a_usage_error() {
+    for (args, want) in [
+        (
+            &["--token-file", "--once"][..],
+            "--token-file needs a value",
+        ),
+        (&["-token-file", "-once"], "--token-file needs a value"),
+        (
+            &["--url", "https://x", "--hostname", "--once"],
+            "--hostname needs a value",
+        ),
+        (&["--tag", "--enroll"], "--tag needs a value"),
+    ] {
+        // On the fixture host, so a regression never collects this machine.
+        let mut all = case_args("debian12-vm");
+        all.retain(|a| a != "--once");
+        all.extend(strings(args));
+        assert_usage_error(&all, &[], &[want, "pulse-agent --help"]);
+    }
+    // Written with `=`, or a negative number, it is a value.
+    let o = output_within_20s(agent().args([
+        "--self-test",
+        "--hostname=--once",
+        "--spool-reports",
+        "-1",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--spool-reports must be between 0"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Issue 12: a `--root` without `proc/` gave a report of `unknown-host` with
+/// this machine's addresses.
+#[test]
+fn root_without_proc_is_a_usage_error() {
+    let dir = common::proc::Dir::new("noproc");
+    std::fs::create_dir_all(dir.0.join("sys")).unwrap();
+    std::fs::create_dir_all(dir.0.join("etc")).unwrap();
+    let args = strings(&["--once", &format!("--root={}", dir.0.display())]);
+    assert_usage_error(
+        &args,
+        &[],
+        &[&format!("--root {}: ", dir.0.display()), "no proc/"],
+    );
+    for case in common::cases() {
+        assert!(common::case_root(&case).join("proc").is_dir(), "{case}");
+    }
+}
+
+/// Issue 12: `--log-file` was created 0644, readable by every user.
+#[test]
+fn log_file_is_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::proc::Dir::new("logmode");
+    let log = dir.0.join("agent.log");
+    let mut args = case_args("debian12-vm");
+    args.push(format!("--log-file={}", log.display()));
+    report(&output_within_20s(agent().args(&args)));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}

@@ -1,13 +1,16 @@
 //! The man page documents exactly the flags the FLAGS table defines, with
 //! their environment variables: one definition drives parsing, --help and
-//! this check.
+//! this check. And it renders without splitting a name across lines.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 
 use pulse_agent::cli::FLAGS;
 
+const PAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/man/pulse-agent.8");
+
 fn page() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/pulse-agent.8")).unwrap()
+    std::fs::read_to_string(PAGE).unwrap()
 }
 
 /// `\-\-name` tokens in the page (roff escapes the dashes).
@@ -87,5 +90,88 @@ fn the_page_has_the_usual_sections() {
                 || page.contains(&format!(".SH {section}")),
             "{section}"
         );
+    }
+}
+
+/// The page as `man` shows it in a terminal `width` columns wide, without
+/// bold or underline. Needs groff (Debian: groff-base, which man-db needs
+/// too); without it this fails rather than passing unchecked.
+fn render(width: usize) -> String {
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", &format!("-rLL={width}n"), "-P-cbou", PAGE])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("groff is needed to check the rendered page (Debian: apt-get install groff-base): {e}")
+        });
+    assert!(out.status.success(), "groff at width {width}: {out:?}");
+    String::from_utf8(out.stdout).expect("groff -Tutf8 writes UTF-8")
+}
+
+/// A variable (`PULSE_INSECURE_SKIP_VERIFY`), flag (`--allow-plaintext-http`)
+/// or path (`STATE-DIR/spool-docker`), not an English word (`read-only`).
+fn is_name(word: &str) -> bool {
+    let w = word.trim_matches(|c: char| !(c.is_alphanumeric() || "-_/.".contains(c)));
+    let flag = w.starts_with('-')
+        && w.trim_start_matches('-')
+            .starts_with(|c: char| c.is_ascii_alphabetic());
+    let caps = w.contains(|c: char| c.is_ascii_uppercase())
+        && w.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+    flag || caps || w.contains(['_', '/'])
+}
+
+/// Issue 12: the rendered page hyphenated variable names across lines
+/// (`PULSE_INSE‐` / `CURE_SKIP_VERIFY`), so they could not be searched for
+/// or copied. No width may split a name, by hyphenation (`‐`) or at a dash.
+#[test]
+fn man_page_never_hyphenates_a_name() {
+    let mut split = BTreeSet::new();
+    for width in 40..=120 {
+        let text = render(width);
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            let (head, tail) = (pair[0], pair[1].trim_start());
+            let Some(last) = head.split_whitespace().last() else {
+                continue;
+            };
+            let Some(first) = tail.split_whitespace().next() else {
+                continue;
+            };
+            let word = if let Some(h) = last.strip_suffix('\u{2010}') {
+                format!("{h}{first}")
+            } else if last.ends_with('-') && last.len() > 1 && head.ends_with(last) {
+                format!("{last}{first}")
+            } else {
+                continue;
+            };
+            if is_name(&word) {
+                split.insert(format!("{last} / {first}"));
+            }
+        }
+    }
+    assert!(split.is_empty(), "names split across lines: {split:#?}");
+}
+
+#[test]
+fn names_are_told_from_words() {
+    for name in [
+        "[PULSE_INSECURE_SKIP_VERIFY].",
+        "--allow-plaintext-http,",
+        "-token-file",
+        "STATE-DIR/spool-docker,",
+        "LOG_LEVEL",
+        "STATE-DIR",
+    ] {
+        assert!(is_name(name), "{name}");
+    }
+    for word in [
+        "read-only",
+        "one-second",
+        "comma-separated",
+        "Bool-eans",
+        "-",
+        "1-2",
+    ] {
+        assert!(!is_name(word), "{word}");
     }
 }
