@@ -394,11 +394,33 @@ impl Answer {
     }
 }
 
+/// The paths served; anything else is 404.
+const PATHS: [&str; 5] = ["/healthz", "/readyz", "/status", "/metrics", "/report"];
+
 fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
     let path = rq.url().split('?').next().unwrap_or("").to_string();
     let snap = published.get();
     let json = "application/json";
     let text = "text/plain; charset=utf-8";
+    // Everything here is read-only: a POST or PUT that got 200 would tell
+    // its sender something was done.
+    let read = matches!(
+        rq.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    );
+    if !read && PATHS.contains(&path.as_str()) {
+        let allow = tiny_http::Header::from_bytes("Allow", "GET, HEAD")
+            .expect("invariant: static header is valid");
+        let ctype = tiny_http::Header::from_bytes("Content-Type", text)
+            .expect("invariant: static header is valid");
+        let _ = rq.respond(
+            tiny_http::Response::from_string("method not allowed\n")
+                .with_status_code(405)
+                .with_header(ctype)
+                .with_header(allow),
+        );
+        return;
+    }
     let (status, ctype, body): (u16, &str, String) = match path.as_str() {
         "/healthz" => (200, text, "ok".into()),
         "/readyz" => (
