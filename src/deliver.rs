@@ -205,6 +205,7 @@ impl SystemStore {
             known: roots.roots.iter().map(anchor_key).collect(),
             roots,
             seen: std::collections::HashSet::new(),
+            files: std::collections::HashSet::new(),
             trusted: Vec::new(),
             budget: MAX_CA_BYTES,
             added: 0,
@@ -270,6 +271,9 @@ struct Load<'a> {
     seen: std::collections::HashSet<[u8; 32]>,
     /// SHA-256 of the usable ones.
     trusted: Vec<[u8; 32]>,
+    /// Device and inode of each file read: Debian's bundle is also in
+    /// /etc/ssl/certs, and is not read twice.
+    files: std::collections::HashSet<(u64, u64)>,
     budget: u64,
     added: usize,
     skipped: usize,
@@ -335,9 +339,13 @@ impl Load<'_> {
     /// read, never held whole: a bundle is ~220 KiB, a certificate ~1 KiB.
     fn open(&mut self, path: &std::path::Path) -> std::io::Result<impl Read + use<>> {
         use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path)?;
         if !meta.is_file() {
             return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        }
+        if self.files.contains(&(meta.dev(), meta.ino())) {
+            return Err(Error::new(ErrorKind::AlreadyExists, "read already"));
         }
         if meta.len() > MAX_CA_FILE.min(self.budget) {
             let why = if meta.len() > MAX_CA_FILE {
@@ -349,6 +357,7 @@ impl Load<'_> {
             return Err(Error::new(ErrorKind::InvalidData, why));
         }
         let file = std::fs::File::open(path)?;
+        self.files.insert((meta.dev(), meta.ino()));
         self.budget -= meta.len();
         // A file that grows meanwhile is read only as far as it was.
         Ok(file.take(meta.len()))
@@ -1054,6 +1063,8 @@ mod tests {
         std::fs::write(dir.join("certs/again.pem"), &a).unwrap();
         std::fs::write(dir.join("certs/README"), "not a certificate\n").unwrap();
         std::os::unix::fs::symlink("c.pem", dir.join("certs/1234abcd.0")).unwrap();
+        // Debian's bundle is also in its directory: read once.
+        std::os::unix::fs::symlink("../bundle.pem", dir.join("certs/ca-certificates.crt")).unwrap();
         std::fs::create_dir(dir.join("certs/sub")).unwrap();
         let store = SystemStore {
             files: vec![
