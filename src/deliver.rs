@@ -202,7 +202,6 @@ impl SystemStore {
     /// logged.
     fn load(&self, roots: &mut RootCertStore) -> Loaded {
         let mut load = Load {
-            known: roots.roots.iter().map(anchor_key).collect(),
             roots,
             seen: std::collections::HashSet::new(),
             files: std::collections::HashSet::new(),
@@ -247,26 +246,9 @@ struct Loaded {
     skipped: usize,
 }
 
-/// The anchors already trusted are not added twice (most of a distribution's
-/// store is the same Mozilla list as the built-in roots).
-fn anchor_key(a: &rustls::pki_types::TrustAnchor<'_>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in [
-        a.subject.as_ref(),
-        a.subject_public_key_info.as_ref(),
-        a.name_constraints.as_ref().map_or(&[][..], |n| n.as_ref()),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
 /// One reading of the system store.
 struct Load<'a> {
     roots: &'a mut RootCertStore,
-    /// Keys of the anchors in `roots`.
-    known: std::collections::HashSet<[u8; 32]>,
     /// SHA-256 of every certificate met, used or not.
     seen: std::collections::HashSet<[u8; 32]>,
     /// SHA-256 of the usable ones.
@@ -388,7 +370,9 @@ impl Load<'_> {
                 continue;
             };
             self.trusted.push(hash);
-            if self.known.insert(anchor_key(&anchor)) {
+            // Most of a distribution's store is the Mozilla list the
+            // built-in roots are: those are not added twice.
+            if !self.roots.roots.contains(&anchor) {
                 self.roots.roots.push(anchor);
                 self.added += 1;
             }
