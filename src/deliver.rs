@@ -3,8 +3,10 @@
 //!
 //! TLS is rustls (TLS 1.2 and 1.3 only), plugged into ureq as its connector so
 //! that the agent, not ureq, decides what to trust:
-//! * default: the Mozilla roots (webpki-roots) plus every certificate of
-//!   `--cacert`;
+//! * default: the Mozilla roots (webpki-roots), the system's CA store (found
+//!   as Go's crypto/x509 finds it on Linux, `SSL_CERT_FILE`/`SSL_CERT_DIR`
+//!   first, read once at start-up with size caps; a certificate it cannot use
+//!   is skipped, never fatal) and every certificate of `--cacert`;
 //! * `--server-fingerprint`: exactly the certificate whose SHA-256 matches,
 //!   whoever signed it;
 //! * `--insecure`: any certificate.
@@ -73,8 +75,10 @@ pub struct TlsOptions {
     pub fingerprint: Option<[u8; 32]>,
 }
 
-/// The rustls client configuration for these options.
-pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
+/// The rustls client configuration for these options; `system` is read
+/// only when certificates are verified against roots (not with a pin or
+/// `--insecure`).
+pub fn tls_config(opts: &TlsOptions, system: &SystemStore) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -97,7 +101,7 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let mut bundle = Vec::new();
+        let mut trusted = system.load(&mut roots).trusted;
         if let Some(path) = &opts.cacert {
             let bad = |why: String| Error::CaCert(path.clone(), why);
             let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
@@ -111,8 +115,10 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
             if added == 0 {
                 return Err(bad("none of its certificates can be used as a CA".into()));
             }
-            bundle = certs;
+            trusted.extend(certs.iter().map(|c| sha256(c)));
         }
+        trusted.sort_unstable();
+        trusted.dedup();
         let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
@@ -123,12 +129,255 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Bundle {
                 webpki,
-                bundle,
+                trusted,
                 algorithms,
             }))
             .with_no_client_auth()
     };
     Ok(Arc::new(config))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The bundle files of Go's crypto/x509 on Linux, in its order: the first
+/// one that can be read is used.
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Gentoo, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL 6
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/pki/tls/cacert.pem",            // OpenELEC
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // CentOS, RHEL 7
+    "/etc/ssl/cert.pem",                  // Alpine
+];
+/// Go's certificate directories on Linux: every file in each is read.
+pub const SYSTEM_CA_DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
+/// No bundle file is larger (Debian's 146 roots are 220 KiB); a larger one
+/// is skipped.
+const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
+/// All the files of the store together.
+const MAX_CA_BYTES: u64 = 16 * 1024 * 1024;
+/// Files looked at in one directory (Debian's /etc/ssl/certs has ~300).
+const MAX_CA_DIR_ENTRIES: usize = 4096;
+
+/// Where the system's CA certificates are. This is the agent's own trust
+/// configuration, like `--cacert`, read from the machine the agent runs on:
+/// not host telemetry, so not through `Root` (a captured or mounted host's
+/// store must not decide whom this process trusts).
+#[derive(Debug, Clone, Default)]
+pub struct SystemStore {
+    /// Candidates; the first that can be read is used.
+    pub files: Vec<std::path::PathBuf>,
+    /// Every file in each is read.
+    pub dirs: Vec<std::path::PathBuf>,
+}
+
+impl SystemStore {
+    /// As Go's crypto/x509 finds it: `SSL_CERT_FILE` replaces the bundle
+    /// list, `SSL_CERT_DIR` (colon-separated) the directories.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> SystemStore {
+        let set = |k: &str| env(k).filter(|v| !v.is_empty());
+        let files = match set("SSL_CERT_FILE") {
+            Some(f) => vec![f.into()],
+            None => SYSTEM_CA_FILES.iter().map(Into::into).collect(),
+        };
+        let dirs = match set("SSL_CERT_DIR") {
+            Some(d) => {
+                use std::os::unix::ffi::OsStrExt;
+                d.as_bytes()
+                    .split(|b| *b == b':')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| std::ffi::OsStr::from_bytes(p).into())
+                    .collect()
+            }
+            None => SYSTEM_CA_DIRS.iter().map(Into::into).collect(),
+        };
+        SystemStore { files, dirs }
+    }
+
+    /// Adds the store's CA certificates to `roots` (those not there already)
+    /// and returns the SHA-256 of every usable certificate it holds. Nothing
+    /// here is fatal: what cannot be read or used is skipped, counted and
+    /// logged.
+    fn load(&self, roots: &mut RootCertStore) -> Loaded {
+        let mut load = Load {
+            roots,
+            seen: std::collections::HashSet::new(),
+            files: std::collections::HashSet::new(),
+            trusted: Vec::new(),
+            budget: MAX_CA_BYTES,
+            added: 0,
+            skipped: 0,
+            read: Vec::new(),
+        };
+        for file in &self.files {
+            if load.file(file) {
+                break;
+            }
+        }
+        for dir in &self.dirs {
+            load.dir(dir);
+        }
+        let loaded = Loaded {
+            trusted: load.trusted,
+            skipped: load.skipped,
+        };
+        log::debug!(
+            "system CA store: {} certificates ({} besides the built-in roots) from {}; {} unusable, skipped",
+            loaded.trusted.len(),
+            load.added,
+            if load.read.is_empty() {
+                "nowhere".to_string()
+            } else {
+                load.read.join(", ")
+            },
+            loaded.skipped
+        );
+        loaded
+    }
+}
+
+/// What [`SystemStore::load`] found.
+struct Loaded {
+    /// SHA-256 of each usable certificate.
+    trusted: Vec<[u8; 32]>,
+    /// Sections and certificates that could not be used.
+    skipped: usize,
+}
+
+/// One reading of the system store.
+struct Load<'a> {
+    roots: &'a mut RootCertStore,
+    /// SHA-256 of every certificate met, used or not.
+    seen: std::collections::HashSet<[u8; 32]>,
+    /// SHA-256 of the usable ones.
+    trusted: Vec<[u8; 32]>,
+    /// Device and inode of each file read: Debian's bundle is also in
+    /// /etc/ssl/certs, and is not read twice.
+    files: std::collections::HashSet<(u64, u64)>,
+    budget: u64,
+    added: usize,
+    skipped: usize,
+    /// The files and directories something was read from, for the log.
+    read: Vec<String>,
+}
+
+impl Load<'_> {
+    /// Reads one file's certificates; false when it could not be read.
+    fn file(&mut self, path: &std::path::Path) -> bool {
+        match self.open(path) {
+            Ok(pem) => {
+                self.pem(pem);
+                self.read.push(path.display().to_string());
+                true
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::debug!("system CA store: {}: {e}", path.display());
+                }
+                false
+            }
+        }
+    }
+
+    /// Every file of a directory, in name order, except links to another
+    /// name in the same directory (OpenSSL's hash links), as Go does.
+    fn dir(&mut self, dir: &std::path::Path) {
+        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .take(MAX_CA_DIR_ENTRIES)
+                .map(|e| e.file_name())
+                .collect(),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::debug!("system CA store: {}: {e}", dir.display());
+                }
+                return;
+            }
+        };
+        names.sort();
+        let mut any = false;
+        for name in names {
+            let path = dir.join(&name);
+            let same_dir_link = std::fs::read_link(&path)
+                .is_ok_and(|t| !t.as_os_str().as_encoded_bytes().contains(&b'/'));
+            if same_dir_link {
+                continue;
+            }
+            if let Ok(pem) = self.open(&path) {
+                self.pem(pem);
+                any = true;
+            }
+        }
+        if any {
+            self.read.push(dir.display().to_string());
+        }
+    }
+
+    /// Opens a regular file (a FIFO would block) no larger than
+    /// [`MAX_CA_FILE`] and what is left of the budget. It is parsed as it is
+    /// read, never held whole: a bundle is ~220 KiB, a certificate ~1 KiB.
+    fn open(&mut self, path: &std::path::Path) -> std::io::Result<impl Read + use<>> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        }
+        if self.files.contains(&(meta.dev(), meta.ino())) {
+            return Err(Error::new(ErrorKind::AlreadyExists, "read already"));
+        }
+        if meta.len() > MAX_CA_FILE.min(self.budget) {
+            let why = if meta.len() > MAX_CA_FILE {
+                "larger than 4 MiB"
+            } else {
+                "the store is larger than 16 MiB in all"
+            };
+            log::warn!("system CA store: {} skipped: {why}", path.display());
+            return Err(Error::new(ErrorKind::InvalidData, why));
+        }
+        let file = std::fs::File::open(path)?;
+        self.files.insert((meta.dev(), meta.ino()));
+        self.budget -= meta.len();
+        // A file that grows meanwhile is read only as far as it was.
+        Ok(file.take(meta.len()))
+    }
+
+    /// The `CERTIFICATE` sections of one PEM file (other sections are not
+    /// certificates and are passed over; a broken one is skipped).
+    fn pem(&mut self, pem: impl Read) {
+        for item in CertificateDer::pem_reader_iter(pem) {
+            let Ok(der) = item else {
+                self.skipped += 1;
+                continue;
+            };
+            let hash = sha256(&der);
+            if !self.seen.insert(hash) {
+                continue; // the same certificate again (a bundle and its directory)
+            }
+            let mut one = RootCertStore::empty();
+            let anchor = match one.add(der) {
+                Ok(()) => one.roots.pop(),
+                Err(e) => {
+                    log::debug!("system CA store: a certificate is skipped: {e}");
+                    None
+                }
+            };
+            let Some(anchor) = anchor else {
+                self.skipped += 1;
+                continue;
+            };
+            self.trusted.push(hash);
+            // Most of a distribution's store is the Mozilla list the
+            // built-in roots are: those are not added twice.
+            if !self.roots.roots.contains(&anchor) {
+                self.roots.roots.push(anchor);
+                self.added += 1;
+            }
+        }
+    }
 }
 
 /// The handshake-signature checks every verifier here shares: the server
@@ -166,14 +415,17 @@ struct Pinned {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// The web roots plus `--cacert`, verified by webpki; a server certificate
-/// that is itself in the `--cacert` bundle (a self-signed certificate, as
-/// `openssl req -x509` makes them, which webpki refuses as a CA used as an
-/// end entity) is trusted as it is, for the name it carries.
+/// The web roots, the system store and `--cacert`, verified by webpki; a
+/// server certificate that is itself in the system store or the `--cacert`
+/// bundle (a self-signed certificate, as `openssl req -x509` makes them,
+/// which webpki refuses as a CA used as an end entity) is trusted as it is,
+/// for the name it carries, as Go trusts a certificate in its root pool.
 #[derive(Debug)]
 struct Bundle {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
-    bundle: Vec<CertificateDer<'static>>,
+    /// SHA-256 of each of those certificates, sorted (32 bytes each, not
+    /// the certificates: a system store holds ~150).
+    trusted: Vec<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -191,12 +443,7 @@ impl ServerCertVerifier for Bundle {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Ok(v) => Ok(v),
-            Err(e)
-                if self
-                    .bundle
-                    .iter()
-                    .any(|c| c.as_ref() == end_entity.as_ref()) =>
-            {
+            Err(e) if self.trusted.binary_search(&sha256(end_entity)).is_ok() => {
                 let parsed =
                     rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
@@ -224,7 +471,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let got = sha256(end_entity);
         if got == self.sha256 {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -458,7 +705,7 @@ impl Client {
         tls: &TlsOptions,
         user_agent: &str,
     ) -> Result<Client, Error> {
-        let tls = tls_config(tls)?;
+        let tls = tls_config(tls, &SystemStore::from_env(&|k| std::env::var_os(k)))?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -644,6 +891,7 @@ pub fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn classification() {
@@ -723,19 +971,108 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "no pem here\n").unwrap();
-        let e = tls_config(&TlsOptions {
-            cacert: Some(empty),
-            ..TlsOptions::default()
-        })
+        let none = SystemStore::default();
+        let e = tls_config(
+            &TlsOptions {
+                cacert: Some(empty),
+                ..TlsOptions::default()
+            },
+            &none,
+        )
         .unwrap_err();
         assert!(e.to_string().contains("holds no certificate"), "{e}");
-        let e = tls_config(&TlsOptions {
-            cacert: Some(dir.join("missing.pem")),
-            ..TlsOptions::default()
-        })
+        let e = tls_config(
+            &TlsOptions {
+                cacert: Some(dir.join("missing.pem")),
+                ..TlsOptions::default()
+            },
+            &none,
+        )
         .unwrap_err();
         assert!(e.to_string().contains("missing.pem"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(tls_config(&TlsOptions::default()).is_ok());
+        assert!(tls_config(&TlsOptions::default(), &none).is_ok());
+    }
+
+    #[test]
+    fn the_system_store_is_looked_for_where_go_looks() {
+        let store = SystemStore::from_env(&|_| None);
+        assert_eq!(
+            store.files[0],
+            Path::new("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert_eq!(store.files.len(), 6);
+        assert_eq!(
+            store.dirs,
+            [Path::new("/etc/ssl/certs"), Path::new("/etc/pki/tls/certs")]
+        );
+        let env = |k: &str| match k {
+            "SSL_CERT_FILE" => Some("/x/bundle.pem".into()),
+            "SSL_CERT_DIR" => Some("/a::/b".into()),
+            _ => None,
+        };
+        let store = SystemStore::from_env(&env);
+        assert_eq!(store.files, [Path::new("/x/bundle.pem")]);
+        assert_eq!(store.dirs, [Path::new("/a"), Path::new("/b")]);
+        let empty = SystemStore::from_env(&|_| Some("".into()));
+        assert_eq!(empty.files.len(), 6, "an empty variable is unset");
+    }
+
+    fn ca(name: &str) -> String {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    /// Only the first bundle that can be read; every file of the directories
+    /// except same-directory links; broken and duplicate certificates skipped.
+    #[test]
+    fn a_system_store_with_broken_certificates_still_loads() {
+        let dir = std::env::temp_dir().join(format!("pulse-sysca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let (a, b, c, d) = (ca("a"), ca("b"), ca("c"), ca("d"));
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let not_der = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        std::fs::write(
+            dir.join("bundle.pem"),
+            format!("{broken}{a}{not_der}{key}{b}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("second.pem"), &d).unwrap();
+        std::fs::write(dir.join("certs/c.pem"), &c).unwrap();
+        std::fs::write(dir.join("certs/again.pem"), &a).unwrap();
+        std::fs::write(dir.join("certs/README"), "not a certificate\n").unwrap();
+        std::os::unix::fs::symlink("c.pem", dir.join("certs/1234abcd.0")).unwrap();
+        // Debian's bundle is also in its directory: read once.
+        std::os::unix::fs::symlink("../bundle.pem", dir.join("certs/ca-certificates.crt")).unwrap();
+        std::fs::create_dir(dir.join("certs/sub")).unwrap();
+        let store = SystemStore {
+            files: vec![
+                dir.join("missing.pem"),
+                dir.join("bundle.pem"),
+                dir.join("second.pem"),
+            ],
+            dirs: vec![dir.join("certs"), dir.join("no-such-dir")],
+        };
+        let mut roots = RootCertStore::empty();
+        let got = store.load(&mut roots);
+        assert_eq!(roots.roots.len(), 3, "a, b and c; not d (second bundle)");
+        assert_eq!(got.trusted.len(), 3);
+        assert_eq!(
+            got.skipped, 2,
+            "the broken section and the one that is no certificate"
+        );
+        let again = store.load(&mut roots);
+        assert_eq!(
+            roots.roots.len(),
+            3,
+            "anchors already there are not added twice"
+        );
+        assert_eq!(again.trusted.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,17 +7,18 @@
 //!
 //! tiny_http starts a thread for every connection it accepts and has no read
 //! timeout, so it is not exposed directly. A gate thread accepts TCP
-//! connections itself and keeps the ones that have not sent anything yet in a
-//! `poll(2)` set (at most [`MAX_WAITING`], none for longer than the idle
-//! timeout; no thread each). A connection that sends a request goes to one of
-//! at most [`MAX_CONNECTIONS`] relay workers (when all are busy it gets an
-//! immediate 503), which relays it to tiny_http over a unix socket in a
+//! connections itself and keeps each in a `poll(2)` set, reading what it
+//! sends, until its request head is complete (at most [`MAX_WAITING`]
+//! connections holding at most [`MAX_HELD_BYTES`]; past either the oldest is
+//! closed; none longer than the idle timeout; no thread each). Only then does
+//! it go to one of at most [`MAX_CONNECTIONS`] relay workers, plus
+//! [`PROBE_SLOTS`] kept for `/healthz` and `/readyz` (when all are busy it gets
+//! an immediate 503), which relays it to tiny_http over a unix socket in a
 //! private (0700) directory, with an idle timeout, a write timeout and a
-//! lifetime cap. A
-//! flood of idle or slow connections therefore costs a bounded number of
-//! threads, descriptors and bytes, leaves the slots to clients that ask
-//! something, and cannot delay a report: reports are built and sent by the
-//! main thread.
+//! lifetime cap. A flood of idle connections or of slow, unfinished requests
+//! therefore costs a bounded number of threads, descriptors and bytes, never
+//! holds a relay worker, and cannot delay a report: reports are built and sent
+//! by the main thread. Only `GET` and `HEAD` are answered (others: 405).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -29,12 +30,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Connections served at once; more get `503` and are closed.
+/// Requests served at once; more get `503` and are closed.
 pub const MAX_CONNECTIONS: usize = 8;
-/// Connections kept open while they have not sent anything; past this the
-/// oldest is closed. Lower when the descriptor limit is low.
+/// Relay workers besides those, only for `GET`/`HEAD` of `/healthz` and
+/// `/readyz`: a liveness probe is answered while the others are busy.
+pub const PROBE_SLOTS: usize = 2;
+/// Connections kept open while their request head is not complete; past this
+/// the oldest is closed. Lower when the descriptor limit is low.
 pub const MAX_WAITING: usize = 256;
-/// A connection that sends nothing for this long is closed.
+/// The request bytes those connections may hold between them; past this the
+/// oldest is closed (a real request head arrives whole, in one segment).
+pub const MAX_HELD_BYTES: usize = 1024 * 1024;
+/// A connection whose request head is not complete this long after it was
+/// accepted is closed (Go's `ReadTimeout` in the stock agent); a relayed
+/// connection that sends nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(5);
 /// A client that does not read its answer for this long is dropped.
 const WRITE: Duration = Duration::from_secs(10);
@@ -113,7 +122,16 @@ pub fn start(addr: &str, published: Arc<Published>, started: SystemTime) -> io::
     Ok(Listener { addr: local, dir })
 }
 
-/// Accepts connections, holds the silent ones, relays the ones that speak.
+/// A connection the gate holds until its request head is complete.
+struct Held {
+    conn: TcpStream,
+    since: Instant,
+    /// What it has sent so far.
+    head: Vec<u8>,
+}
+
+/// Accepts connections, holds them until their request head is complete,
+/// then hands them to the relays.
 fn gate(public: TcpListener, sock: PathBuf) {
     if public.set_nonblocking(true).is_err() {
         return;
@@ -125,31 +143,35 @@ fn gate(public: TcpListener, sock: PathBuf) {
         .map_or(MAX_WAITING, |n| {
             MAX_WAITING.min((n.saturating_sub(64) / 2) as usize).max(8)
         });
-    let mut waiting: std::collections::VecDeque<(TcpStream, Instant)> =
-        std::collections::VecDeque::new();
+    let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
+    let mut held_bytes = 0usize;
+    let mut buf = vec![0u8; 4096];
     loop {
-        let mut fds = Vec::with_capacity(waiting.len() + 1);
+        let mut fds = Vec::with_capacity(held.len() + 1);
         fds.push(public.as_raw_fd());
-        fds.extend(waiting.iter().map(|(c, _)| c.as_raw_fd()));
-        let timeout = waiting
+        fds.extend(held.iter().map(|h| h.conn.as_raw_fd()));
+        // Oldest first: the front is the next to time out.
+        let timeout = held
             .front()
-            .map(|(_, at)| (*at + IDLE).saturating_duration_since(Instant::now()));
+            .map(|h| (h.since + IDLE).saturating_duration_since(Instant::now()));
         let Ok(ready) = crate::sys::poll_readable(&fds, timeout) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        // Hand over (or refuse) the connections that have something to say.
-        let mut still = std::collections::VecDeque::with_capacity(waiting.len());
-        for ((conn, at), r) in waiting.drain(..).zip(ready.iter().skip(1)) {
-            if !*r {
-                if at.elapsed() < IDLE {
-                    still.push_back((conn, at));
-                }
-                continue;
+        let mut still = std::collections::VecDeque::with_capacity(held.len());
+        for (h, r) in held.drain(..).zip(ready.iter().skip(1)) {
+            held_bytes -= h.head.len();
+            let kept = if *r {
+                feed(h, &mut relays, &mut buf)
+            } else {
+                Some(h).filter(|h| h.since.elapsed() < IDLE)
+            };
+            if let Some(h) = kept {
+                held_bytes += h.head.len();
+                still.push_back(h);
             }
-            relays.admit(conn);
         }
-        waiting = still;
+        held = still;
         if ready[0] {
             loop {
                 let conn = match public.accept() {
@@ -163,21 +185,64 @@ fn gate(public: TcpListener, sock: PathBuf) {
                         break;
                     }
                 };
-                // With TCP_DEFER_ACCEPT a new connection usually has its
-                // request already: relay it without another trip through poll.
-                if crate::sys::poll_readable(&[conn.as_raw_fd()], Some(Duration::ZERO))
-                    .is_ok_and(|r| r[0])
-                {
-                    relays.admit(conn);
+                if conn.set_nonblocking(true).is_err() {
                     continue;
                 }
-                if waiting.len() >= max_waiting {
-                    waiting.pop_front();
+                let h = Held {
+                    conn,
+                    since: Instant::now(),
+                    head: Vec::new(),
+                };
+                // With TCP_DEFER_ACCEPT a new connection usually has its
+                // whole request already: relayed without a trip through poll.
+                if let Some(h) = feed(h, &mut relays, &mut buf) {
+                    held_bytes += h.head.len();
+                    held.push_back(h);
                 }
-                waiting.push_back((conn, Instant::now()));
+                while held.len() > max_waiting || held_bytes > MAX_HELD_BYTES {
+                    let Some(old) = held.pop_front() else { break };
+                    held_bytes -= old.head.len();
+                }
             }
         }
     }
+}
+
+/// Reads what a held connection has sent. Hands it to the relays once its
+/// request head is complete and answers 431 when the head is too large (both
+/// end the gate's part: `None`), drops it when it closes or fails, and gives
+/// it back while the head is still coming.
+fn feed(mut h: Held, relays: &mut Relays, buf: &mut [u8]) -> Option<Held> {
+    loop {
+        match h.conn.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                let from = h.head.len().saturating_sub(3);
+                h.head.extend_from_slice(&buf[..n]);
+                if h.head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+                    relays.admit(h.conn, h.head);
+                    return None;
+                }
+                if h.head.len() > MAX_REQUEST {
+                    // A few bytes into an empty send buffer: never blocks.
+                    let _ = h.conn.write_all(TOO_LARGE);
+                    return None;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(h),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether a request head asks `/healthz` or `/readyz` with GET or HEAD.
+fn is_probe(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, target) = (parts.next(), parts.next());
+    let path = target.and_then(|t| t.split(|b| *b == b'?').next());
+    matches!(method, Some(b"GET" | b"HEAD")) && matches!(path, Some(b"/healthz" | b"/readyz"))
 }
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
@@ -204,13 +269,16 @@ fn private_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The relay workers: started on demand, at most [`MAX_CONNECTIONS`], kept
-/// for the next connection (starting a thread per scrape would cost more than
-/// the scrape).
+/// A connection with a complete request head, and what it has sent.
+type Job = (TcpStream, Vec<u8>);
+
+/// The relay workers: started on demand, at most [`MAX_CONNECTIONS`] plus
+/// [`PROBE_SLOTS`], kept for the next connection (starting a thread per
+/// scrape would cost more than the scrape).
 struct Relays {
     sock: PathBuf,
-    jobs: mpsc::Sender<TcpStream>,
-    queue: Arc<Mutex<mpsc::Receiver<TcpStream>>>,
+    jobs: mpsc::Sender<Job>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     busy: Arc<AtomicUsize>,
     workers: usize,
 }
@@ -227,11 +295,17 @@ impl Relays {
         }
     }
 
-    /// Hands a connection to a free worker, or answers 503 when all are busy.
-    fn admit(&mut self, mut tcp: TcpStream) {
+    /// Hands a connection to a free worker, or answers 503 when all are
+    /// busy; the last [`PROBE_SLOTS`] workers take only probes.
+    fn admit(&mut self, mut tcp: TcpStream, head: Vec<u8>) {
         let busy = self.busy.load(Ordering::SeqCst);
-        if busy >= MAX_CONNECTIONS {
-            let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
+        let limit = if is_probe(&head) {
+            MAX_CONNECTIONS + PROBE_SLOTS
+        } else {
+            MAX_CONNECTIONS
+        };
+        if busy >= limit {
+            // Non-blocking: a few bytes into an empty send buffer.
             let _ = tcp.write_all(BUSY);
             return;
         }
@@ -244,8 +318,8 @@ impl Relays {
                 .spawn(move || {
                     loop {
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok(tcp) = job else { return };
-                        relay(tcp, &sock);
+                        let Ok((tcp, head)) = job else { return };
+                        relay(tcp, &head, &sock);
                         busy.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
@@ -258,14 +332,18 @@ impl Relays {
                 }
             }
         }
-        let _ = self.jobs.send(tcp);
+        let _ = self.jobs.send((tcp, head));
     }
 }
 
-/// Relays one connection to tiny_http and back, both directions in one
-/// thread, until either side closes, the client is idle for [`IDLE`], sends
-/// more than [`MAX_REQUEST`], or the connection reaches [`LIFETIME`].
-fn relay(mut tcp: TcpStream, sock: &Path) {
+/// Relays one connection, whose request head the gate has read, to tiny_http
+/// and back, both directions in one thread, until either side closes, the
+/// client is idle for [`IDLE`], sends more than [`MAX_REQUEST`], or the
+/// connection reaches [`LIFETIME`].
+fn relay(mut tcp: TcpStream, head: &[u8], sock: &Path) {
+    if tcp.set_nonblocking(false).is_err() {
+        return;
+    }
     let _ = tcp.set_write_timeout(Some(WRITE));
     // Answers are written in pieces; do not let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
@@ -273,13 +351,19 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
         return;
     };
     let _ = unix.set_write_timeout(Some(WRITE));
+    if unix.write_all(head).is_err() {
+        return;
+    }
     let end = Instant::now() + LIFETIME;
     let mut last_input = Instant::now();
-    let mut received = 0usize;
+    let mut received = head.len();
     let mut client_done = false;
     // One request per connection: the answer gets `Connection: close` and
     // the connection ends with it.
-    let mut answer = Answer::default();
+    let mut answer = Answer {
+        head_request: head.starts_with(b"HEAD "),
+        ..Answer::default()
+    };
     let mut out = Vec::with_capacity(16 * 1024);
     // One read carries a whole /metrics answer.
     let mut buf = vec![0u8; 16 * 1024];
@@ -318,9 +402,6 @@ fn relay(mut tcp: TcpStream, sock: &Path) {
                     let _ = unix.shutdown(Shutdown::Write);
                 }
                 Ok(n) => {
-                    if received == 0 {
-                        answer.head_request = buf[..n].starts_with(b"HEAD ");
-                    }
                     received += n;
                     if received > MAX_REQUEST {
                         let _ = tcp.write_all(TOO_LARGE);
@@ -394,11 +475,33 @@ impl Answer {
     }
 }
 
+/// The paths served; anything else is 404.
+const PATHS: [&str; 5] = ["/healthz", "/readyz", "/status", "/metrics", "/report"];
+
 fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
     let path = rq.url().split('?').next().unwrap_or("").to_string();
     let snap = published.get();
     let json = "application/json";
     let text = "text/plain; charset=utf-8";
+    // Everything here is read-only: a POST or PUT that got 200 would tell
+    // its sender something was done.
+    let read = matches!(
+        rq.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    );
+    if !read && PATHS.contains(&path.as_str()) {
+        let allow = tiny_http::Header::from_bytes("Allow", "GET, HEAD")
+            .expect("invariant: static header is valid");
+        let ctype = tiny_http::Header::from_bytes("Content-Type", text)
+            .expect("invariant: static header is valid");
+        let _ = rq.respond(
+            tiny_http::Response::from_string("method not allowed\n")
+                .with_status_code(405)
+                .with_header(ctype)
+                .with_header(allow),
+        );
+        return;
+    }
     let (status, ctype, body): (u16, &str, String) = match path.as_str() {
         "/healthz" => (200, text, "ok".into()),
         "/readyz" => (
@@ -429,7 +532,7 @@ fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
 
 #[cfg(test)]
 mod tests {
-    use super::Answer;
+    use super::*;
 
     fn relay(head_request: bool, pieces: &[&[u8]]) -> (Vec<u8>, Vec<bool>) {
         let mut a = Answer {
@@ -463,5 +566,76 @@ mod tests {
         let (out, done) = relay(false, &[b"HTTP/1.1 200 OK\r\n\r\nxyz", b"more"]);
         assert_eq!(done, [false, false], "no length: until a side closes");
         assert!(out.ends_with(b"xyzmore"));
+    }
+
+    #[test]
+    fn probes_are_get_or_head_of_healthz_or_readyz() {
+        for yes in [
+            &b"GET /healthz HTTP/1.1\r\n\r\n"[..],
+            b"HEAD /readyz?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(is_probe(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"POST /healthz HTTP/1.1\r\n\r\n"[..],
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            b"GET /healthzz HTTP/1.1\r\n\r\n",
+            b"GET /status HTTP/1.1\r\nX: /healthz\r\n\r\n",
+            b"\r\n\r\n",
+        ] {
+            assert!(!is_probe(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+
+    /// Issue 12: with every relay worker busy (here: a tiny_http that never
+    /// answers), a liveness probe is still relayed, anything else gets 503.
+    #[test]
+    fn a_probe_is_relayed_while_every_other_relay_is_busy() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("pulse-probe-slots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("http.sock");
+        let silent = UnixListener::bind(&sock).unwrap();
+        let (asked_tx, asked) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            for mut c in silent.incoming().flatten() {
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf).unwrap_or(0);
+                let _ = asked_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                open.push(c); // held, never answered
+            }
+        });
+        let public = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut clients = Vec::new();
+        let mut connect = || {
+            let c = TcpStream::connect(public.local_addr().unwrap()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            clients.push(c.try_clone().unwrap());
+            (c, public.accept().unwrap().0)
+        };
+        let mut relays = Relays::new(sock);
+        let metrics = b"GET /metrics HTTP/1.1\r\n\r\n".to_vec();
+        for _ in 0..MAX_CONNECTIONS {
+            let (_, server_side) = connect();
+            relays.admit(server_side, metrics.clone());
+        }
+        for _ in 0..MAX_CONNECTIONS {
+            let got = asked.recv_timeout(Duration::from_secs(3)).unwrap();
+            assert!(got.starts_with("GET /metrics"), "{got}");
+        }
+        let (mut refused, server_side) = connect();
+        relays.admit(server_side, metrics.clone());
+        let mut answer = String::new();
+        let _ = refused.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        let (_, server_side) = connect();
+        relays.admit(server_side, b"HEAD /healthz HTTP/1.1\r\n\r\n".to_vec());
+        let got = asked
+            .recv_timeout(Duration::from_secs(3))
+            .expect("the probe is relayed");
+        assert!(got.starts_with("HEAD /healthz"), "{got}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -756,3 +756,75 @@ fn hung_hardware_programs_hold_only_the_first_report() {
     }
     assert!(reports.iter().all(|r| r.accepted));
 }
+
+/// `--once` without `--cacert`, with only these environment variables.
+fn once_with_env(s: &StandIn, dir: &Dir, env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut a = args(s, dir, &["--once"]);
+    a.retain(|x| !x.starts_with("--cacert"));
+    Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&a)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Issue 12: a private CA installed system-wide is trusted without
+/// `--cacert`. The store is found as Go's crypto/x509 finds it, so the test
+/// points `SSL_CERT_FILE` and `SSL_CERT_DIR` at its own, never the machine's.
+#[test]
+fn the_system_ca_store_is_not_ignored() {
+    let s = StandIn::start();
+    let dir = Dir::new("sysca");
+    let empty = dir.0.join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    // A bundle as distributions make them, with an entry nobody can use and
+    // another CA before the one that signed the server.
+    let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let other = common::standin::Pki::new("other");
+    let bundle = dir.0.join("ca-certificates.crt");
+    std::fs::write(&bundle, format!("{broken}{}{}", other.ca_pem, s.pki.ca_pem)).unwrap();
+    let o = once_with_env(
+        &s,
+        &dir,
+        &[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", &empty)],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same CA as one file in a certificate directory.
+    let certs = dir.0.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("private-ca.pem"), &s.pki.ca_pem).unwrap();
+    let o = once_with_env(
+        &s,
+        &dir,
+        &[
+            ("SSL_CERT_FILE", &dir.0.join("missing")),
+            ("SSL_CERT_DIR", &certs),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.accepted_sequence().len(), 2);
+}
+
+/// The other half of issue 12: the system store is what made the difference.
+#[test]
+fn without_the_private_ca_in_the_system_store_the_server_is_refused() {
+    let s = StandIn::start();
+    let dir = Dir::new("nosysca");
+    let empty = dir.0.join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let other = common::standin::Pki::new("other");
+    let bundle = dir.0.join("ca-certificates.crt");
+    std::fs::write(&bundle, &other.ca_pem).unwrap();
+    for file in [dir.0.join("missing"), bundle] {
+        let o = once_with_env(
+            &s,
+            &dir,
+            &[("SSL_CERT_FILE", &file), ("SSL_CERT_DIR", &empty)],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", file.display());
+        let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+        assert!(err.contains("certificate"), "{err}");
+    }
+    assert!(s.reports().is_empty());
+}

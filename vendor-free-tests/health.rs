@@ -1,0 +1,177 @@
+//! The health listener end to end: the built binary with its listener on a
+//! loopback port, probed while local clients hold idle connections or send
+//! requests slowly, and asked with methods it does not serve.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::proc::{Agent, Dir, args};
+use common::standin::StandIn;
+
+/// The agent with its health listener on a free port, after two reports (the
+/// first has been published).
+fn with_listener(s: &StandIn, dir: &Dir) -> (Agent, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut a = args(s, dir, &[]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let agent = Agent::start(dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    (agent, port)
+}
+
+/// Sends `request` on a new connection and reads the answer to its end:
+/// the status, the head and the body (status 0: no answer in `wait`).
+fn ask(port: u16, request: &str, wait: Duration) -> (u16, String, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+fn healthz(port: u16) -> u16 {
+    ask(
+        port,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .0
+}
+
+/// Asks `/healthz` every 100 ms for `for_`; every answer must be 200.
+fn healthz_keeps_answering(port: u16, for_: Duration, what: &str) {
+    let started = Instant::now();
+    let mut asked = 0;
+    while started.elapsed() < for_ {
+        let t = Instant::now();
+        let status = healthz(port);
+        assert_eq!(
+            status,
+            200,
+            "{what}: /healthz answered {status} after {:?} (probe {asked}, {:?} in)",
+            t.elapsed(),
+            started.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{what}: slow answer");
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn healthz_answers_while_300_idle_connections_are_held() {
+    let (s, dir) = (StandIn::start(), Dir::new("idle300"));
+    let (_agent, port) = with_listener(&s, &dir);
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Past the listener's idle timeout, so the held connections reach the
+    // gate (TCP_DEFER_ACCEPT hands them over once it gives up waiting).
+    healthz_keeps_answering(port, Duration::from_secs(12), "300 idle connections");
+    drop(idle);
+}
+
+/// What an https health checker pointed at the plain-http port leaves behind:
+/// connections that sent the first bytes of a TLS handshake and wait.
+#[test]
+fn healthz_answers_while_300_connections_sit_on_their_first_bytes() {
+    let (s, dir) = (StandIn::start(), Dir::new("bytes300"));
+    let (_agent, port) = with_listener(&s, &dir);
+    let waiting: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                .unwrap();
+            c
+        })
+        .collect();
+    healthz_keeps_answering(port, Duration::from_secs(6), "300 waiting connections");
+    drop(waiting);
+}
+
+#[test]
+fn healthz_answers_while_slow_clients_hold_partial_requests() {
+    let (s, dir) = (StandIn::start(), Dir::new("partial"));
+    let (_agent, port) = with_listener(&s, &dir);
+    // More slow clients than relay workers, each with a request head it never
+    // finishes, one more byte every second so none is idle long enough to be
+    // closed.
+    let mut slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    let mut last_trickle = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        if last_trickle.elapsed() >= Duration::from_secs(1) {
+            for c in &mut slow {
+                let _ = c.write_all(b"X");
+            }
+            last_trickle = Instant::now();
+        }
+        healthz_keeps_answering(port, Duration::from_millis(300), "16 slow clients");
+    }
+    drop(slow);
+}
+
+#[test]
+fn health_paths_answer_other_methods_with_405() {
+    let (s, dir) = (StandIn::start(), Dir::new("methods"));
+    let (_agent, port) = with_listener(&s, &dir);
+    let wait = Duration::from_secs(3);
+    for path in ["/healthz", "/readyz", "/status", "/metrics", "/report"] {
+        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let body = if matches!(method, "POST" | "PUT" | "PATCH") {
+                "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            } else {
+                "\r\n"
+            };
+            let (status, head, _) = ask(
+                port,
+                &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{body}"),
+                wait,
+            );
+            assert_eq!(status, 405, "{method} {path}: {head}");
+            assert!(
+                head.lines()
+                    .any(|l| l.eq_ignore_ascii_case("allow: GET, HEAD")),
+                "{method} {path}: {head}"
+            );
+        }
+        for method in ["GET", "HEAD"] {
+            let (status, head, _) = ask(
+                port,
+                &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                wait,
+            );
+            assert_eq!(status, 200, "{method} {path}: {head}");
+        }
+    }
+    // Unknown paths stay 404 whatever the method.
+    let (status, _, _) = ask(
+        port,
+        "POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        wait,
+    );
+    assert_eq!(status, 404);
+}
