@@ -948,7 +948,8 @@ fn docker_json(d: &DockerModule, url: Option<&str>) -> Value {
 
 fn delivery_json(d: &DeliveryState, url: Option<&str>) -> Value {
     json!({"configured": d.configured, "url": url, "lastOk": d.last_ok, "lastError": d.last_error,
-        "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled})
+        "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled,
+        "spoolDropped": d.spool_dropped})
 }
 
 fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Result<Client, Error> {

@@ -756,3 +756,98 @@ fn hung_hardware_programs_hold_only_the_first_report() {
     }
     assert!(reports.iter().all(|r| r.accepted));
 }
+
+/// A spool left with a file named `u64::MAX` (and names past it): the debug
+/// build panicked with an integer overflow while scanning. Now the reports
+/// are renumbered in order and the files that are not spool files stay.
+#[test]
+fn a_spool_file_with_a_huge_sequence_number_does_not_crash_the_agent() {
+    let s = StandIn::start();
+    let dir = Dir::new("hugeid");
+    let spool = dir.state().join("spool");
+    common::copy_tree(&common::fixtures_dir().join("spool/huge-ids"), &spool);
+    s.set_mode(Mode::Status(503));
+    let o = once(&s, &dir, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "not delivered, not a panic:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("ignoring 3 file(s)") && err.contains("99999999999999999999999.json"),
+        "{err}"
+    );
+    let body = |id: u64| std::fs::read_to_string(spool.join(format!("{id:020}.json"))).unwrap();
+    assert!(body(1).contains("fixture:1"));
+    assert!(body(2).contains("fixture:7"));
+    assert!(body(3).contains("fixture:max"), "renumbered in order");
+    assert!(body(4).contains("\"hostname\""), "then this run's report");
+    let mut names = dir.spooled();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "00000000000000000001.json",
+            "00000000000000000002.json",
+            "00000000000000000003.json",
+            "00000000000000000004.json",
+            "18446744073709551616.json",
+            "5.json",
+            "99999999999999999999999.json",
+        ],
+        "files the agent did not write are left alone"
+    );
+}
+
+/// "spool full, dropped the oldest" was logged every cycle. Now the change
+/// is logged (dropping starts, there is room again) and the drops are
+/// counted in /status and /metrics.
+#[test]
+fn a_full_spool_logs_dropping_once_and_counts_the_drops() {
+    let s = StandIn::start();
+    let dir = Dir::new("spoolfull");
+    let port = free_port();
+    let mut a = args(&s, &dir, &["--spool-reports=2"]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    s.go_down();
+    let agent = Agent::start(&dir, &a);
+    let dropped = || -> u64 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return 0; // not listening yet
+        }
+        let (_, status) = get(port, "/status");
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| v["delivery"]["spoolDropped"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped() < 4 {
+        assert!(Instant::now() < deadline, "log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(port, "/metrics");
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pulse_agent_spool_dropped_total{module=\"host\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no spool counter:\n{metrics}"));
+    assert!(counted >= 4, "{counted}");
+    assert!(metrics.contains("# TYPE pulse_agent_spool_dropped_total counter"));
+    assert_eq!(dir.spooled().len(), 2);
+    let log = agent.log();
+    assert_eq!(log.matches("spool: full").count(), 1, "{log}");
+    s.come_up();
+    assert!(
+        s.wait_for(Duration::from_secs(10), |_| dir.spooled().is_empty()),
+        "{:?}",
+        dir.spooled()
+    );
+    assert!(s.wait_for(Duration::from_secs(10), |r| r.len() >= 3));
+    let log = agent.log();
+    assert_eq!(log.matches("spool: full").count(), 1, "{log}");
+    assert_eq!(log.matches("spool: has room again").count(), 1, "{log}");
+}
