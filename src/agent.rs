@@ -56,6 +56,8 @@ pub enum Error {
     Signals(std::io::Error),
     NotDelivered(String),
     Docker(String),
+    /// The report could not be written to standard output.
+    Stdout(std::io::Error),
 }
 
 impl fmt::Display for Error {
@@ -67,6 +69,7 @@ impl fmt::Display for Error {
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::NotDelivered(why) => write!(f, "report not delivered: {why}"),
             Error::Docker(why) => write!(f, "docker: {why}"),
+            Error::Stdout(e) => write!(f, "writing the report to standard output: {e}"),
         }
     }
 }
@@ -112,10 +115,13 @@ fn run_once(config: &Config) -> Result<(), Error> {
         _ => None,
     };
     if agent.client.is_none() {
-        for (doc, _) in host.iter().chain(docker.iter()) {
-            let text = serde_json::to_string_pretty(doc)
-                .expect("invariant: a serde_json::Value always serialises");
-            println!("{text}");
+        let docs = host.iter().chain(docker.iter()).map(|(doc, _)| doc);
+        match print_reports(&mut std::io::stdout().lock(), docs) {
+            Ok(()) => {}
+            // Whoever reads has read enough (`| head`): not an error, as
+            // for ripgrep and most Unix tools.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Error::Stdout(e)),
         }
         return docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)));
     }
@@ -147,6 +153,19 @@ fn run_once(config: &Config) -> Result<(), Error> {
         log::info!("delivered the docker report ({n} containers) to {base}");
     }
     docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)))
+}
+
+/// Writes each document, pretty, one after the other. `println!` would
+/// panic on a write error (a full disk, a closed pipe); this returns it.
+fn print_reports<'a>(
+    out: &mut impl std::io::Write,
+    docs: impl Iterator<Item = &'a Value>,
+) -> std::io::Result<()> {
+    for doc in docs {
+        serde_json::to_writer_pretty(&mut *out, doc).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
 /// Collects one host report and returns it, without delivering. The clock,

@@ -1,15 +1,84 @@
-//! The agent as an operating system sees it: the systemd units in
-//! contrib/systemd (checked by reading them, and with `systemd-analyze
-//! verify` where it is installed).
+//! The agent as an operating system sees it: what it does when standard
+//! output cannot be written (a full disk, a closed pipe), and the systemd
+//! units in contrib/systemd (checked by reading them, and with
+//! `systemd-analyze verify` where it is installed).
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-agent"));
+    c.env_clear();
+    c
+}
+
+/// Runs the agent with standard output going to `out`.
+fn run_to(args: &[String], out: Stdio) -> Output {
+    agent()
+        .args(args)
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `--once` (and `--help`, `--version`) with standard output on /dev/full:
+/// one error line and exit 1, not a panic with a backtrace (exit 101 or 134).
+#[test]
+fn once_to_dev_full_is_one_error_line_and_exit_1() {
+    let once = common::case_args("debian12-vm");
+    let cases: [(Vec<String>, &str); 3] = [
+        (once, "the report"),
+        (vec!["--help".into()], "the help"),
+        (vec!["--version".into()], "the version"),
+    ];
+    for (args, what) in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = run_to(&args, Stdio::from(full));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let want = format!(
+            "pulse-agent: error: writing {what} to standard output: No space left on device (os error 28)\n"
+        );
+        assert!(err.ends_with(&want), "{args:?}:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{args:?}:\n{err}"
+        );
+    }
+}
+
+/// `pulse-agent --once | head -c1`: the reader leaves early; like ripgrep and
+/// most Unix tools, the agent stops writing and exits 0 without a word.
+#[test]
+fn once_into_a_closed_pipe_exits_quietly() {
+    for args in [
+        common::case_args("debian12-vm"),
+        vec!["--help".to_string()],
+        vec!["--version".to_string()],
+    ] {
+        // A socket pair whose other end is closed before the agent starts:
+        // every write gets EPIPE, with no race against a reader.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(ours);
+        let o = run_to(&args, Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+        assert!(!err.contains("error"), "{args:?}:\n{err}");
+    }
 }
 
 /// One systemd unit file: section → (key → values, in order).
