@@ -12,6 +12,11 @@
 //! server, the signal thread spools the report in flight and exits the
 //! process after at most [`STOP_GRACE`], so a stop never takes longer than
 //! about 2 s and never loses a report.
+//!
+//! With a server URL the agent holds the state directory's lock
+//! (`state::Lock`) for its whole life: a second agent on the same directory
+//! exits 1 naming the first, and `--once` waits up to [`ONCE_LOCK_WAIT`]
+//! for it first. Without a URL nothing is written there and nothing is locked.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +52,9 @@ pub const DOCKER_WARN_BODY: usize = DOCKER_MAX_BODY / 10 * 8;
 /// How long the first report waits for the first SMART refresh; a hung
 /// smartctl costs the first report at most this, later reports nothing.
 pub const SMART_WAIT: Duration = Duration::from_secs(15);
+/// How long `--once` waits for another agent to let go of the state
+/// directory (a timer run that meets the service, or a second manual run).
+pub const ONCE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum Error {
@@ -56,6 +64,12 @@ pub enum Error {
     Signals(std::io::Error),
     NotDelivered(String),
     Docker(String),
+    /// Another agent holds the state directory's lock.
+    StateDirBusy {
+        dir: PathBuf,
+        pid: Option<u32>,
+        waited: Option<Duration>,
+    },
     /// The report could not be written to standard output.
     Stdout(std::io::Error),
 }
@@ -69,6 +83,20 @@ impl fmt::Display for Error {
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::NotDelivered(why) => write!(f, "report not delivered: {why}"),
             Error::Docker(why) => write!(f, "docker: {why}"),
+            Error::StateDirBusy { dir, pid, waited } => {
+                write!(
+                    f,
+                    "the state directory {} is in use by another pulse-agent",
+                    dir.display()
+                )?;
+                if let Some(pid) = pid {
+                    write!(f, " (PID {pid})")?;
+                }
+                if let Some(w) = waited {
+                    write!(f, "; waited {} s", w.as_secs())?;
+                }
+                f.write_str("; stop it, or give this one its own --state-dir")
+            }
             Error::Stdout(e) => write!(f, "writing the report to standard output: {e}"),
         }
     }
@@ -355,10 +383,18 @@ struct Agent {
     smart: Option<smart::Service>,
     smart_waited: bool,
     hardware: Hardware,
+    /// Held while the agent lives (with a URL): one agent per state directory.
+    _state_lock: Option<state::Lock>,
 }
 
 impl Agent {
     fn new(config: &Config, clock: fn() -> SystemTime) -> Result<Agent, Error> {
+        // Before anything starts: a second agent stops here, having touched
+        // nothing of the first one's.
+        let state_lock = match config.url {
+            Some(_) => lock_state_dir(config)?,
+            None => None,
+        };
         let started = clock();
         let root = Root::new(&config.root).map_err(|e| Error::Root(config.root.clone(), e))?;
         let identity = collect::identity::collect(&root, config.hostname.as_deref());
@@ -375,14 +411,6 @@ impl Agent {
         let mut client = None;
         let mut spool_dir = None;
         if let Some(url) = &config.url {
-            match state::ensure_dir(&config.state_dir) {
-                Ok(Some(warning)) => log::warn!("{warning}"),
-                Ok(None) => {}
-                Err(e) => log::warn!(
-                    "state directory {}: {e}; nothing will survive a restart",
-                    config.state_dir.display()
-                ),
-            }
             spool_dir = Some(config.state_dir.join("spool"));
             let mut token = config.token.clone();
             if config.enroll {
@@ -461,6 +489,7 @@ impl Agent {
             smart,
             smart_waited: false,
             hardware,
+            _state_lock: state_lock,
             agent_id,
             identity,
             host,
@@ -969,6 +998,60 @@ fn delivery_json(d: &DeliveryState, url: Option<&str>) -> Value {
     json!({"configured": d.configured, "url": url, "lastOk": d.last_ok, "lastError": d.last_error,
         "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled,
         "spoolDropped": d.spool_dropped})
+}
+
+/// Takes the state directory's lock (creating the directory first). The
+/// service gives up at once when another agent holds it; `--once` waits up
+/// to [`ONCE_LOCK_WAIT`]. A directory that cannot be locked at all (read-only,
+/// a filesystem without locks) is logged and not guarded.
+fn lock_state_dir(config: &Config) -> Result<Option<state::Lock>, Error> {
+    let dir = &config.state_dir;
+    match state::ensure_dir(dir) {
+        Ok(Some(warning)) => log::warn!("{warning}"),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "state directory {}: {e}; nothing will survive a restart",
+            dir.display()
+        ),
+    }
+    let wait = if config.once {
+        ONCE_LOCK_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match state::Lock::try_take(dir) {
+            Ok(l) => return Ok(Some(l)),
+            Err(state::LockError::Io(path, e)) => {
+                log::warn!(
+                    "cannot lock {}: {e}; another agent on this state directory would not be noticed",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            Err(state::LockError::Held(pid)) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::StateDirBusy {
+                        dir: dir.clone(),
+                        pid,
+                        waited: (!wait.is_zero()).then_some(wait),
+                    });
+                }
+                if !told {
+                    log::info!(
+                        "the state directory {} is in use by another pulse-agent{}; waiting up to {} s",
+                        dir.display(),
+                        pid.map_or(String::new(), |p| format!(" (PID {p})")),
+                        wait.as_secs()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Result<Client, Error> {

@@ -1,5 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls the agent
-//! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf).
+//! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf,
+//! flock, signal masks).
 //!
 //! Each wrapper returns owned Rust values and an `io::Error` built from errno.
 //! Nothing here reads host files or knows about `Root`; callers decide which
@@ -277,6 +278,27 @@ pub fn wait_stop_signal() -> libc::c_int {
         // SAFETY: `set` is initialised and `sig` is ours to write.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
             return sig;
+        }
+    }
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` when this open file now holds
+/// the exclusive lock, `Ok(false)` when another open file holds it. The lock
+/// lasts until every descriptor of this open file is closed.
+pub fn try_lock_exclusive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a descriptor and flags and touches no memory;
+        // the BorrowedFd keeps the descriptor open for the call.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }

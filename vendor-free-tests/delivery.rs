@@ -851,3 +851,72 @@ fn a_full_spool_logs_dropping_once_and_counts_the_drops() {
     assert_eq!(log.matches("spool: full").count(), 1, "{log}");
     assert_eq!(log.matches("spool: has room again").count(), 1, "{log}");
 }
+
+/// The service and a manual `--once` on one state directory overwrote each
+/// other's spool files. Now the first holds a lock: a second service exits 1
+/// at once naming its PID, and `--once` waits up to 10 s for it.
+#[test]
+fn two_agents_on_one_state_dir_the_second_exits_naming_the_first() {
+    let s = StandIn::start();
+    let dir = Dir::new("lock");
+    let first = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
+    let pid = first.pid();
+    let busy = |err: &str| {
+        err.lines().last().is_some_and(|l| {
+            l.starts_with("pulse-agent: error: the state directory")
+                && l.contains(&format!("is in use by another pulse-agent (PID {pid})"))
+        })
+    };
+
+    // A second service: exit 1 at once.
+    let mut second = Agent::start(&dir, &args(&s, &dir, &[]));
+    let status = second
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second service exits");
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    assert!(busy(&second.log()), "{}", second.log());
+    let lock = std::fs::read_to_string(dir.state().join("lock")).unwrap();
+    assert_eq!(
+        lock.trim(),
+        pid.to_string(),
+        "the holder's PID, for the message"
+    );
+
+    // --once waits for the lock, then gives up with the same message.
+    let started = Instant::now();
+    let o = once(&s, &dir, &[]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(busy(&err) && err.contains("waited 10 s"), "{err}");
+    assert!(
+        took >= pulse_agent::agent::ONCE_LOCK_WAIT - Duration::from_millis(200)
+            && took < pulse_agent::agent::ONCE_LOCK_WAIT + Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // --once started while the service runs goes ahead once it has stopped.
+    let mut a = args(&s, &dir, &[]);
+    a.push("--once".into());
+    let mut waiting = Agent::start(&dir, &a);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.child.try_wait().unwrap().is_none(), "still waiting");
+    first.signal("TERM");
+    let status = waiting
+        .wait_exit(Duration::from_secs(15))
+        .expect("--once finished");
+    assert!(status.success(), "{}", waiting.log());
+    assert!(
+        waiting.log().contains("waiting up to 10 s"),
+        "{}",
+        waiting.log()
+    );
+    assert!(dir.spooled().is_empty(), "{:?}", dir.spooled());
+    let got = s.accepted_sequence();
+    assert_eq!(
+        got.last().map(|(_, n)| *n),
+        Some(1),
+        "the --once report arrived last, as its own stream: {got:?}"
+    );
+}
