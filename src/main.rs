@@ -23,13 +23,16 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, &e.to_string()),
     };
-    if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
-        let file = config
-            .log_file
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""));
-        return fail(2, &format!("--log-file {}: {e}", file.display()));
-    }
+    let log_file = match logging::init(config.log_level, config.log_file.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            let file = config
+                .log_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            return fail(2, &format!("--log-file {}: {e}", file.display()));
+        }
+    };
     for n in &config.notices {
         match n {
             Notice::Info(m) => log::info!("{m}"),
@@ -40,7 +43,7 @@ fn main() -> ExitCode {
         log::info!("Self-test passed");
         return ExitCode::SUCCESS;
     }
-    match agent::run(&config) {
+    match agent::run(&config, log_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e.to_string()),
     }

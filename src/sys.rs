@@ -242,26 +242,29 @@ pub fn process_stats() -> ProcessStats {
     ProcessStats { memory, max_fds }
 }
 
-/// The signals that stop the agent.
-const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// The signals the service takes synchronously: SIGTERM and SIGINT stop
+/// it, SIGHUP reopens its files.
+const HANDLED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-fn stop_set() -> libc::sigset_t {
+pub const SIGHUP: libc::c_int = libc::SIGHUP;
+
+fn handled_set() -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset only modifies it.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for s in STOP_SIGNALS {
+        for s in HANDLED_SIGNALS {
             libc::sigaddset(set.as_mut_ptr(), s);
         }
         set.assume_init()
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
-/// starts afterwards, so that [`wait_stop_signal`] can take them
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every
+/// thread it starts afterwards, so that [`wait_signal`] can take them
 /// synchronously. Call before starting any thread.
-pub fn block_stop_signals() -> io::Result<()> {
-    let set = stop_set();
+pub fn block_signals() -> io::Result<()> {
+    let set = handled_set();
     // SAFETY: `set` is initialised; the old mask is not needed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -270,9 +273,10 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
-pub fn wait_stop_signal() -> libc::c_int {
-    let set = stop_set();
+/// Waits for SIGTERM, SIGINT or SIGHUP (blocked beforehand) and returns its
+/// number.
+pub fn wait_signal() -> libc::c_int {
+    let set = handled_set();
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is initialised and `sig` is ours to write.
