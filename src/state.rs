@@ -224,7 +224,18 @@ mod tests {
             .spawn()
             .unwrap();
         drop(first);
-        let again = Lock::try_take(&dir);
+        // Other tests of this process fork too: a child between fork and
+        // exec briefly shares the descriptor. A leaked one would hold it
+        // for the 5 s the child sleeps.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let again = loop {
+            match Lock::try_take(&dir) {
+                Err(LockError::Held(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
         let _ = child.kill();
         let _ = child.wait();
         again.expect("free once the holder is gone");
