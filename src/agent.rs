@@ -11,7 +11,13 @@
 //! cycle and the process exits 0. If the cycle is stuck on an unresponsive
 //! server, the signal thread spools the report in flight and exits the
 //! process after at most [`STOP_GRACE`], so a stop never takes longer than
-//! about 2 s and never loses a report.
+//! about 2 s and never loses a report. SIGHUP reopens the log file and
+//! re-reads the token file between cycles.
+//!
+//! With a server URL the agent holds the state directory's lock
+//! (`state::Lock`) for its whole life: a second agent on the same directory
+//! exits 1 naming the first, and `--once` waits up to [`ONCE_LOCK_WAIT`]
+//! for it first. Without a URL nothing is written there and nothing is locked.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 
 use crate::collect::{self, Outcome, SourceStatus, identity::Identity};
-use crate::config::{Config, Secret, ServerUrl};
+use crate::config::{Config, Secret, ServerUrl, TokenSource};
 use crate::deliver::{self, Client, TlsOptions};
 use crate::docker;
 use crate::hardware::Hardware;
@@ -47,6 +53,11 @@ pub const DOCKER_WARN_BODY: usize = DOCKER_MAX_BODY / 10 * 8;
 /// How long the first report waits for the first SMART refresh; a hung
 /// smartctl costs the first report at most this, later reports nothing.
 pub const SMART_WAIT: Duration = Duration::from_secs(15);
+/// How long `--once` waits for another agent to let go of the state
+/// directory (a timer run that meets the service, or a second manual run).
+pub const ONCE_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// The largest token file read on SIGHUP (as at start).
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 #[derive(Debug)]
 pub enum Error {
@@ -56,6 +67,14 @@ pub enum Error {
     Signals(std::io::Error),
     NotDelivered(String),
     Docker(String),
+    /// Another agent holds the state directory's lock.
+    StateDirBusy {
+        dir: PathBuf,
+        pid: Option<u32>,
+        waited: Option<Duration>,
+    },
+    /// The report could not be written to standard output.
+    Stdout(std::io::Error),
 }
 
 impl fmt::Display for Error {
@@ -67,6 +86,21 @@ impl fmt::Display for Error {
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::NotDelivered(why) => write!(f, "report not delivered: {why}"),
             Error::Docker(why) => write!(f, "docker: {why}"),
+            Error::StateDirBusy { dir, pid, waited } => {
+                write!(
+                    f,
+                    "the state directory {} is in use by another pulse-agent",
+                    dir.display()
+                )?;
+                if let Some(pid) = pid {
+                    write!(f, " (PID {pid})")?;
+                }
+                if let Some(w) = waited {
+                    write!(f, "; waited {} s", w.as_secs())?;
+                }
+                f.write_str("; stop it, or give this one its own --state-dir")
+            }
+            Error::Stdout(e) => write!(f, "writing the report to standard output: {e}"),
         }
     }
 }
@@ -78,13 +112,14 @@ pub fn version() -> String {
     format!("v{VERSION}")
 }
 
-/// Runs what the configuration asks for.
-pub fn run(config: &Config) -> Result<(), Error> {
+/// Runs what the configuration asks for. `log_file` is the logger's file
+/// (`--log-file`), reopened on SIGHUP.
+pub fn run(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
     sys::limit_malloc_arenas();
     if config.once {
         return run_once(config);
     }
-    serve(config)
+    serve(config, log_file)
 }
 
 /// `--once`: without a URL, print the report (then the docker report, when
@@ -112,10 +147,13 @@ fn run_once(config: &Config) -> Result<(), Error> {
         _ => None,
     };
     if agent.client.is_none() {
-        for (doc, _) in host.iter().chain(docker.iter()) {
-            let text = serde_json::to_string_pretty(doc)
-                .expect("invariant: a serde_json::Value always serialises");
-            println!("{text}");
+        let docs = host.iter().chain(docker.iter()).map(|(doc, _)| doc);
+        match print_reports(&mut std::io::stdout().lock(), docs) {
+            Ok(()) => {}
+            // Whoever reads has read enough (`| head`): not an error, as
+            // for ripgrep and most Unix tools.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Error::Stdout(e)),
         }
         return docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)));
     }
@@ -149,6 +187,19 @@ fn run_once(config: &Config) -> Result<(), Error> {
     docker_error.map_or(Ok(()), |e| Err(Error::Docker(e)))
 }
 
+/// Writes each document, pretty, one after the other. `println!` would
+/// panic on a write error (a full disk, a closed pipe); this returns it.
+fn print_reports<'a>(
+    out: &mut impl std::io::Write,
+    docs: impl Iterator<Item = &'a Value>,
+) -> std::io::Result<()> {
+    for doc in docs {
+        serde_json::to_writer_pretty(&mut *out, doc).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
 /// Collects one host report and returns it, without delivering. The clock,
 /// sequence and the process's privilege are passed in so tests can pin them.
 pub fn once(
@@ -168,15 +219,18 @@ pub fn once(
 /// What wakes the service loop besides its schedule.
 enum Event {
     Stop,
+    /// SIGHUP: reopen the log file, re-read the token file.
+    Hangup,
     Config(Result<Option<remote_config::Remote>, String>),
 }
 
 /// The reporting service.
-fn serve(config: &Config) -> Result<(), Error> {
-    sys::block_stop_signals().map_err(Error::Signals)?;
+fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
+    sys::block_signals().map_err(Error::Signals)?;
     let (events_tx, events) = mpsc::channel::<Event>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut agent = Agent::new(config, SystemTime::now)?;
+    agent.log_file = log_file;
 
     let held: Vec<_> = agent
         .outboxes()
@@ -187,7 +241,15 @@ fn serve(config: &Config) -> Result<(), Error> {
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let sig = sys::wait_stop_signal();
+            let sig = loop {
+                match sys::wait_signal() {
+                    // Handled by the loop between cycles, like a config.
+                    sys::SIGHUP => {
+                        let _ = stop_tx.send(Event::Hangup);
+                    }
+                    sig => break sig,
+                }
+            };
             log::info!("received signal {sig}; stopping after the current cycle");
             let _ = stop_tx.send(Event::Stop);
             if done_rx.recv_timeout(STOP_GRACE).is_err() {
@@ -225,11 +287,25 @@ fn serve(config: &Config) -> Result<(), Error> {
         None => None,
     };
 
-    let mut wait =
-        |d: Duration| matches!(events.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
+    // Enrollment retries sleep on the event channel so a stop ends them; a
+    // SIGHUP meanwhile is handled once enrollment is over.
+    let mut hangup_pending = false;
+    let mut wait = |d: Duration| {
+        let until = Instant::now() + d;
+        loop {
+            match events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Err(mpsc::RecvTimeoutError::Timeout) => return true,
+                Ok(Event::Hangup) => hangup_pending = true,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    };
     if let Err(e) = agent.enroll_if_asked(false, &mut wait) {
         let _ = done_tx.send(());
         return Err(e);
+    }
+    if hangup_pending {
+        agent.hangup();
     }
     match &config.url {
         Some(url) => log::info!("reporting to {url} every {}s", agent.interval.as_secs()),
@@ -241,15 +317,19 @@ fn serve(config: &Config) -> Result<(), Error> {
     // The first config is applied before the first report (one 10 s budget);
     // later ones are fetched on their own thread so a slow server never
     // delays a report.
-    if let Some(fetch) = agent.config_fetcher() {
+    if let Some(mut fetch) = agent.config_fetcher() {
         agent.apply_fetched(fetch.fetch());
         let tx = events_tx.clone();
+        let new_token = agent.fetch_token.clone();
         let spawned = std::thread::Builder::new()
             .name("remote-config".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 loop {
                     std::thread::sleep(remote_config::REFRESH);
+                    if let Some(t) = lock(&new_token).take() {
+                        fetch.client.set_token(t);
+                    }
                     if tx.send(Event::Config(fetch.fetch())).is_err() {
                         return;
                     }
@@ -267,6 +347,10 @@ fn serve(config: &Config) -> Result<(), Error> {
     loop {
         match events.recv_timeout(next_report.saturating_duration_since(Instant::now())) {
             Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Event::Hangup) => {
+                agent.hangup();
+                continue;
+            }
             Ok(Event::Config(fetched)) => {
                 let before = agent.interval;
                 agent.apply_fetched(fetched);
@@ -336,10 +420,22 @@ struct Agent {
     smart: Option<smart::Service>,
     smart_waited: bool,
     hardware: Hardware,
+    /// The logger's file, reopened on SIGHUP.
+    log_file: logging::LogFile,
+    /// A token re-read on SIGHUP, for the remote-config thread's client.
+    fetch_token: Arc<Mutex<Option<Secret>>>,
+    /// Held while the agent lives (with a URL): one agent per state directory.
+    _state_lock: Option<state::Lock>,
 }
 
 impl Agent {
     fn new(config: &Config, clock: fn() -> SystemTime) -> Result<Agent, Error> {
+        // Before anything starts: a second agent stops here, having touched
+        // nothing of the first one's.
+        let state_lock = match config.url {
+            Some(_) => lock_state_dir(config)?,
+            None => None,
+        };
         let started = clock();
         let root = Root::new(&config.root).map_err(|e| Error::Root(config.root.clone(), e))?;
         let identity = collect::identity::collect(&root, config.hostname.as_deref());
@@ -356,14 +452,6 @@ impl Agent {
         let mut client = None;
         let mut spool_dir = None;
         if let Some(url) = &config.url {
-            match state::ensure_dir(&config.state_dir) {
-                Ok(Some(warning)) => log::warn!("{warning}"),
-                Ok(None) => {}
-                Err(e) => log::warn!(
-                    "state directory {}: {e}; nothing will survive a restart",
-                    config.state_dir.display()
-                ),
-            }
             spool_dir = Some(config.state_dir.join("spool"));
             let mut token = config.token.clone();
             if config.enroll {
@@ -442,6 +530,9 @@ impl Agent {
             smart,
             smart_waited: false,
             hardware,
+            log_file: logging::LogFile::default(),
+            fetch_token: Arc::new(Mutex::new(None)),
+            _state_lock: state_lock,
             agent_id,
             identity,
             host,
@@ -847,6 +938,67 @@ impl Agent {
         }
     }
 
+    /// SIGHUP: reopens the log file (after logrotate renamed it) and
+    /// re-reads the token file, and says so in one line.
+    fn hangup(&mut self) {
+        let mut done = Vec::new();
+        let mut failed = false;
+        if let Some((path, result)) = self.log_file.reopen() {
+            match result {
+                Ok(()) => done.push(format!("reopened the log file {}", path.display())),
+                Err(e) => {
+                    failed = true;
+                    done.push(format!(
+                        "cannot reopen the log file {}: {e}; still writing the old one",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        match (&self.config.token_source, self.client.as_mut()) {
+            (_, None) => {}
+            (Some(TokenSource::File(path) | TokenSource::StateDir(path)), Some(client))
+                if !self.config.enroll =>
+            {
+                match read_token(path) {
+                    Ok(token) if Some(&token) == self.config.token.as_ref() => done.push(format!(
+                        "re-read the token file {} (unchanged)",
+                        path.display()
+                    )),
+                    Ok(token) => {
+                        client.set_token(token.clone());
+                        *lock(&self.fetch_token) = Some(token.clone());
+                        self.config.token = Some(token);
+                        done.push(format!(
+                            "re-read the token file {}: a new token, used from the next request",
+                            path.display()
+                        ));
+                    }
+                    Err(why) => {
+                        failed = true;
+                        done.push(format!(
+                            "token file {}: {why}; keeping the token in use",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            (Some(TokenSource::File(_) | TokenSource::StateDir(_)), Some(_)) => {
+                done.push("the enrolled runtime token is kept (--enroll)".into());
+            }
+            (_, Some(_)) => {}
+        }
+        if done.is_empty() {
+            done.push("nothing to reopen (no --log-file, no token file)".into());
+        }
+        let line = format!("SIGHUP: {}", done.join("; "));
+        if failed {
+            log::warn!("{line}");
+        } else {
+            log::info!("{line}");
+        }
+    }
+
     /// Publishes what the health listener answers with.
     fn publish(&self, doc: Option<&Value>) {
         let Some(published) = &self.published else {
@@ -948,7 +1100,84 @@ fn docker_json(d: &DockerModule, url: Option<&str>) -> Value {
 
 fn delivery_json(d: &DeliveryState, url: Option<&str>) -> Value {
     json!({"configured": d.configured, "url": url, "lastOk": d.last_ok, "lastError": d.last_error,
-        "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled})
+        "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled,
+        "spoolDropped": d.spool_dropped})
+}
+
+/// Re-reads a token file as at start: capped, trimmed, not empty, no white
+/// space or control characters inside. The error never contains the token.
+fn read_token(path: &Path) -> Result<Secret, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_TOKEN_FILE {
+        return Err("larger than 64 KiB".into());
+    }
+    let t = buf.trim();
+    if t.is_empty() {
+        return Err("file is empty".into());
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the token contains whitespace or control characters".into());
+    }
+    Ok(Secret::new(t.to_string()))
+}
+
+/// Takes the state directory's lock (creating the directory first). The
+/// service gives up at once when another agent holds it; `--once` waits up
+/// to [`ONCE_LOCK_WAIT`]. A directory that cannot be locked at all (read-only,
+/// a filesystem without locks) is logged and not guarded.
+fn lock_state_dir(config: &Config) -> Result<Option<state::Lock>, Error> {
+    let dir = &config.state_dir;
+    match state::ensure_dir(dir) {
+        Ok(Some(warning)) => log::warn!("{warning}"),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "state directory {}: {e}; nothing will survive a restart",
+            dir.display()
+        ),
+    }
+    let wait = if config.once {
+        ONCE_LOCK_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match state::Lock::try_take(dir) {
+            Ok(l) => return Ok(Some(l)),
+            Err(state::LockError::Io(path, e)) => {
+                log::warn!(
+                    "cannot lock {}: {e}; another agent on this state directory would not be noticed",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            Err(state::LockError::Held(pid)) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::StateDirBusy {
+                        dir: dir.clone(),
+                        pid,
+                        waited: (!wait.is_zero()).then_some(wait),
+                    });
+                }
+                if !told {
+                    log::info!(
+                        "the state directory {} is in use by another pulse-agent{}; waiting up to {} s",
+                        dir.display(),
+                        pid.map_or(String::new(), |p| format!(" (PID {p})")),
+                        wait.as_secs()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Result<Client, Error> {

@@ -6,7 +6,9 @@
 //! With `--log-file` the same records are also appended to that file with a
 //! UTC timestamp; the file never grows past 1 MiB (the previous one is kept as
 //! `FILE.1`), because a full root filesystem on a small NAS is worse than a
-//! lost log line. Nothing here ever sees the token: callers do not log it.
+//! lost log line. On SIGHUP the service reopens the file by its name
+//! ([`LogFile::reopen`]), so an outside logrotate can rename it. Nothing here
+//! ever sees the token: callers do not log it.
 //! A new log file is created 0600 (log lines name hosts, URLs and server
 //! answers; the stock agent's log files are 0600 too); an existing one keeps
 //! its mode, and so does the file that replaces it at rotation, so an
@@ -16,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use log::{Level, LevelFilter};
@@ -25,14 +28,34 @@ pub const LOG_FILE_CAP: u64 = 1024 * 1024;
 /// Mode of a log file this agent creates (before the umask).
 pub const LOG_FILE_MODE: u32 = 0o600;
 
+/// The log file the logger writes, shared with whoever reopens it on
+/// SIGHUP. Empty without `--log-file`.
+#[derive(Clone, Default)]
+pub struct LogFile(Option<Arc<Mutex<CappedFile>>>);
+
+impl LogFile {
+    /// Opens the file by its path again, so lines go to a file of that
+    /// name after someone renamed the old one. On failure the old file is
+    /// kept. `None` without a log file.
+    pub fn reopen(&self) -> Option<(PathBuf, io::Result<()>)> {
+        let shared = self.0.as_ref()?;
+        let mut f = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let result = CappedFile::open(f.path.clone(), f.cap).map(|new| *f = new);
+        Some((f.path.clone(), result))
+    }
+}
+
 /// Installs the global logger. Safe to call once; later calls do nothing.
 /// The level can be changed later with [`set_level`] (remote configuration);
 /// the libraries' own logs are capped at `warn` unless the level is `trace`.
-pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
+pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<LogFile> {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let file = match file {
-        Some(p) => Some(CappedFile::open(p.to_path_buf(), LOG_FILE_CAP)?),
-        None => None,
+        Some(p) => LogFile(Some(Arc::new(Mutex::new(CappedFile::open(
+            p.to_path_buf(),
+            LOG_FILE_CAP,
+        )?)))),
+        None => LogFile::default(),
     };
     let mut b = env_logger::Builder::new();
     b.filter_level(LevelFilter::Trace);
@@ -53,10 +76,12 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
             )
         }
     })
-    .target(env_logger::Target::Pipe(Box::new(Tee { file })));
+    .target(env_logger::Target::Pipe(Box::new(Tee {
+        file: file.clone(),
+    })));
     let _ = b.try_init();
     set_level(level);
-    Ok(())
+    Ok(file)
 }
 
 /// Changes the log level while running.
@@ -85,13 +110,13 @@ fn word(l: Level) -> &'static str {
 
 /// Standard error, plus the log file when there is one.
 struct Tee {
-    file: Option<CappedFile>,
+    file: LogFile,
 }
 
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         io::stderr().write_all(buf)?;
-        if let Some(f) = &mut self.file {
+        if let Some(f) = &self.file.0 {
             // Strip the journald prefix; the file gets its own timestamp.
             let line = match buf.strip_prefix(b"<") {
                 Some(rest) if rest.get(1) == Some(&b'>') => &rest[2..],
@@ -103,6 +128,7 @@ impl Write for Tee {
                 String::from_utf8_lossy(line)
             );
             // A failing log file must not stop the agent.
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
             let _ = f.write_all(stamped.as_bytes());
         }
         Ok(buf.len())

@@ -24,6 +24,8 @@ pub struct DeliveryState {
     pub failed: u64,
     pub dropped: u64,
     pub spooled: usize,
+    /// Of `dropped`: reports the full spool dropped (oldest first), since start.
+    pub spool_dropped: u64,
 }
 
 /// Everything the metrics page shows, gathered by the main thread.
@@ -240,6 +242,21 @@ pub fn render(s: &State) -> String {
         );
         let _ = writeln!(o, "pulse_agent_spool_reports {}", d.spooled);
     }
+    if !streams.is_empty() {
+        family(
+            &mut o,
+            "pulse_agent_spool_dropped_total",
+            "counter",
+            "Reports dropped since start because the spool was full (the oldest go first).",
+        );
+        for (m, d) in &streams {
+            let _ = writeln!(
+                o,
+                "pulse_agent_spool_dropped_total{{module=\"{m}\"}} {}",
+                d.spool_dropped
+            );
+        }
+    }
     o
 }
 
@@ -358,6 +375,12 @@ mod tests {
         };
         let page = render(&State { delivery: &d2, ..s });
         assert!(page.contains("pulse_agent_destination_delivery_up{destination=\"primary\",module=\"host\",role=\"primary\"} 0\n"));
+        let d3 = DeliveryState {
+            spool_dropped: 7,
+            ..d.clone()
+        };
+        let page = render(&State { delivery: &d3, ..s });
+        assert!(page.contains("pulse_agent_spool_dropped_total{module=\"host\"} 7\n"));
         // Every sample line belongs to a family declared just before it.
         let mut declared = std::collections::HashSet::new();
         for line in page.lines() {

@@ -68,6 +68,9 @@ impl Outbox {
             delivery: DeliveryState {
                 configured,
                 spooled: spool.len(),
+                // Dropped at open: more reports on disk than the bounds allow.
+                dropped: spool.dropped(),
+                spool_dropped: spool.dropped(),
                 ..DeliveryState::default()
             },
             spool: Arc::new(Mutex::new(spool)),
@@ -129,9 +132,10 @@ impl Outbox {
             }
         };
         let spool = self.spool();
-        let (dropped, spooled) = (spool.dropped() - dropped_before, spool.len());
+        let (total, spooled) = (spool.dropped(), spool.len());
         drop(spool);
-        self.delivery.dropped += dropped;
+        self.delivery.dropped += total - dropped_before;
+        self.delivery.spool_dropped = total;
         self.delivery.spooled = spooled;
         delivered
     }

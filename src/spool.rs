@@ -4,8 +4,15 @@
 //! with `state::write_atomic` (temporary file, fsync, rename, fsync of the
 //! directory), so a report in the spool survives SIGKILL and power loss. The
 //! oldest report is sent first. Bounds: `max_reports` reports and
-//! `max_bytes` bytes; past either, the oldest is dropped (and the drop
-//! logged), like the stock agent's 60-report buffer.
+//! `max_bytes` bytes; past either, the oldest is dropped, like the stock
+//! agent's 60-report buffer. Dropping is logged when it starts and when the
+//! spool has room again, not for every report; the drops are counted.
+//!
+//! A file in the directory whose name is not one the spool writes (20
+//! digits, `.json`) is left alone and named in one warning at start. IDs
+//! never overflow: when the next ID would pass `u64::MAX` (only a planted or
+//! corrupted file name can get there), the spool renumbers its reports
+//! 1, 2, 3, ... in order first.
 //!
 //! What it will not do: write anything while deliveries succeed (the spool
 //! is only used after a failure); stop the agent when the disk is full or
@@ -46,6 +53,21 @@ pub struct Spool {
     max_bytes: u64,
     disk_ok: bool,
     dropped: u64,
+    /// The last push dropped a report: the spool is full.
+    dropping: bool,
+    /// Reports dropped since the spool was last not full.
+    dropped_while_full: u64,
+}
+
+/// The ID in a spool file name: exactly 20 digits and `.json`, as
+/// [`Spool::push`] writes them. Anything else (a sign, fewer digits, a
+/// number past `u64::MAX`) is not a spool file.
+pub fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Spool {
@@ -61,6 +83,8 @@ impl Spool {
             max_bytes,
             disk_ok: true,
             dropped: 0,
+            dropping: false,
+            dropped_while_full: 0,
         };
         if let Some(dir) = dir {
             s.scan(dir);
@@ -86,6 +110,7 @@ impl Spool {
         }
         let Ok(rd) = fs::read_dir(dir) else { return };
         let mut found = Vec::new();
+        let mut foreign = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -94,14 +119,28 @@ impl Spool {
                 let _ = fs::remove_file(entry.path());
                 continue;
             }
-            let Some(id) = name
-                .strip_suffix(".json")
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(id) = parse_name(&name) else {
+                foreign.push(name.into_owned());
                 continue;
             };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             found.push((id, size));
+        }
+        if !foreign.is_empty() {
+            foreign.sort();
+            let more = foreign.len().saturating_sub(5);
+            foreign.truncate(5);
+            log::warn!(
+                "spool: ignoring {} file(s) in {} that the agent did not write: {}{}",
+                foreign.len() + more,
+                dir.display(),
+                foreign.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
         }
         found.sort_unstable();
         for (id, size) in found {
@@ -111,8 +150,59 @@ impl Spool {
                 size,
                 memory: None,
             });
-            self.next_id = self.next_id.max(id + 1);
         }
+        match self.entries.back().map(|e| e.id.checked_add(1)) {
+            None => {}
+            Some(Some(next)) => self.next_id = next,
+            Some(None) => self.renumber(),
+        }
+    }
+
+    /// Gives the reports the IDs 1, 2, 3, ... in their order, so the next ID
+    /// has room. Renaming in ascending order never meets a file still to
+    /// be renamed (the k-th report's ID is at least k), and a crash half-way
+    /// leaves the order intact. A report that cannot be renamed is dropped.
+    fn renumber(&mut self) {
+        log::warn!("spool: report IDs are near their limit; renumbering the spooled reports");
+        let old = std::mem::take(&mut self.entries);
+        self.next_id = 1;
+        for mut e in old {
+            let new_id = self.next_id;
+            if e.memory.is_none() && e.id != new_id {
+                let (from, to) = self
+                    .path(e.id)
+                    .zip(self.path(new_id))
+                    .expect("invariant: disk entries exist only with a spool directory");
+                if let Err(err) = fs::rename(&from, &to) {
+                    log::warn!(
+                        "spool: cannot rename {} to {}: {err}; dropped it",
+                        from.display(),
+                        to.display()
+                    );
+                    self.bytes = self.bytes.saturating_sub(e.size);
+                    self.dropped += 1;
+                    continue;
+                }
+            }
+            e.id = new_id;
+            self.entries.push_back(e);
+            // At most one per entry, and there are far fewer than u64::MAX.
+            self.next_id += 1;
+        }
+        if let Some(dir) = &self.dir {
+            let _ = state::sync_dir(dir);
+        }
+    }
+
+    /// The ID for a new report; renumbers first when none is left.
+    fn allocate(&mut self) -> u64 {
+        if self.next_id == u64::MAX {
+            // Using u64::MAX would leave no ID after it.
+            self.renumber();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +218,11 @@ impl Spool {
         self.dropped
     }
 
+    /// Whether the last report pushed made the spool drop its oldest.
+    pub fn is_dropping(&self) -> bool {
+        self.dropping
+    }
+
     fn path(&self, id: u64) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("{id:020}.json")))
     }
@@ -139,8 +234,7 @@ impl Spool {
             self.dropped += 1;
             return None;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.allocate();
         let size = body.len() as u64;
         let memory = match self.path(id) {
             Some(path) => match state::write_atomic(&path, &body) {
@@ -170,19 +264,43 @@ impl Spool {
         Some(id)
     }
 
+    /// Drops the oldest reports past the bounds. Logs when dropping starts
+    /// and when a report fits without a drop again, not every time.
     fn enforce_bounds(&mut self) {
+        let before = self.dropped;
         while self.entries.len() > self.max_reports.max(1)
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
             if let Some(e) = self.entries.pop_front() {
                 self.forget(&e);
                 self.dropped += 1;
+            }
+        }
+        let now = self.dropped - before;
+        if now > 0 {
+            if !self.dropping {
                 log::warn!(
-                    "spool: full ({} reports, {} bytes at most); dropped the oldest unsent report",
+                    "spool: full ({} reports, {} bytes at most); dropping the oldest unsent report for each new one until there is room",
                     self.max_reports,
                     self.max_bytes
                 );
+                self.dropping = true;
             }
+            self.dropped_while_full += now;
+        } else {
+            self.has_room();
+        }
+    }
+
+    /// The spool is no longer dropping: say so once, with what it cost.
+    fn has_room(&mut self) {
+        if self.dropping {
+            log::info!(
+                "spool: has room again; dropped {} report(s) while it was full",
+                self.dropped_while_full
+            );
+            self.dropping = false;
+            self.dropped_while_full = 0;
         }
     }
 
@@ -235,6 +353,7 @@ impl Spool {
         if self.entries.front().is_some_and(|e| e.id == id) {
             let e = self.entries.pop_front().expect("invariant: front exists");
             self.forget(&e);
+            self.has_room();
         }
     }
 
@@ -244,6 +363,7 @@ impl Spool {
         while let Some(e) = self.entries.pop_front() {
             self.forget(&e);
         }
+        self.has_room();
         n
     }
 }
@@ -376,6 +496,97 @@ mod tests {
         assert_eq!(s.front().unwrap().unwrap().1, report(2));
         assert_eq!(s.clear(), 1);
         fs::remove_file(&blocker).unwrap();
+    }
+
+    #[test]
+    fn spool_scan_with_a_huge_sequence_number_does_not_overflow() {
+        let d = dir("huge");
+        fs::create_dir_all(&d).unwrap();
+        let max = format!("{}.json", u64::MAX);
+        fs::write(d.join(format!("{:020}.json", 3)), report(3)).unwrap();
+        fs::write(d.join(&max), report(9)).unwrap();
+        // Past u64::MAX, and not 20 digits: not spool files, left alone.
+        for foreign in [
+            "99999999999999999999999.json",
+            "18446744073709551616.json",
+            "+0000000000000000005.json",
+            "5.json",
+        ] {
+            fs::write(d.join(foreign), report(5)).unwrap();
+        }
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        assert_eq!(s.len(), 2);
+        // Renumbered in order, so the next ID has room.
+        assert!(d.join(format!("{:020}.json", 1)).exists());
+        assert!(d.join(format!("{:020}.json", 2)).exists());
+        assert!(!d.join(&max).exists());
+        assert_eq!(s.push(report(10)), Some(3));
+        let mut got = Vec::new();
+        while let Some((id, body)) = s.front().unwrap() {
+            got.push(body);
+            s.remove(id);
+        }
+        assert_eq!(got, vec![report(3), report(9), report(10)]);
+        assert!(
+            d.join("99999999999999999999999.json").exists(),
+            "not ours: untouched"
+        );
+        fs::remove_dir_all(&d).unwrap();
+
+        // The last ID before the limit: the push after it renumbers.
+        let d = dir("huge2");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("{}.json", u64::MAX - 1)), report(1)).unwrap();
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        assert_eq!(s.push(report(2)), Some(2), "u64::MAX itself is never used");
+        assert_eq!(s.push(report(3)), Some(3));
+        assert_eq!(s.front().unwrap().unwrap().1, report(1));
+        fs::remove_dir_all(&d).unwrap();
+
+        // Only in memory (the disk refused): renumbered the same way.
+        let mut s = Spool::open(None, 60, DEFAULT_MAX_BYTES);
+        s.next_id = u64::MAX - 1;
+        assert_eq!(s.push(report(1)), Some(u64::MAX - 1));
+        assert_eq!(s.push(report(2)), Some(2));
+        assert_eq!(s.front().unwrap().unwrap().1, report(1));
+    }
+
+    #[test]
+    fn spool_names_are_exactly_twenty_digits() {
+        assert_eq!(parse_name("00000000000000000042.json"), Some(42));
+        assert_eq!(parse_name(&format!("{}.json", u64::MAX)), Some(u64::MAX));
+        for bad in [
+            "18446744073709551616.json",
+            "99999999999999999999999.json",
+            "42.json",
+            "+0000000000000000042.json",
+            "0000000000000000004a.json",
+            "00000000000000000042.json.tmp-1",
+            "00000000000000000042",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spool_full_tracks_when_dropping_starts_and_stops() {
+        let mut s = Spool::open(None, 2, DEFAULT_MAX_BYTES);
+        s.push(report(1));
+        s.push(report(2));
+        assert!(!s.is_dropping());
+        for n in 3..=6 {
+            s.push(report(n));
+            assert!(s.is_dropping());
+        }
+        assert_eq!(s.dropped(), 4);
+        assert_eq!(s.dropped_while_full, 4);
+        let (id, _) = s.front().unwrap().unwrap();
+        s.remove(id);
+        assert!(!s.is_dropping(), "room again once a report went out");
+        assert_eq!(s.dropped_while_full, 0);
+        s.push(report(7));
+        assert!(!s.is_dropping());
+        assert_eq!(s.dropped(), 4, "counted since start");
     }
 
     #[test]

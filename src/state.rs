@@ -8,11 +8,18 @@
 //!
 //! Nothing here is called while reports are being delivered normally: the
 //! happy path writes nothing to disk (flash on NAS boxes and SD cards wears out).
+//!
+//! One agent per state directory: [`Lock`] holds `flock(2)` on
+//! `STATE-DIR/lock` for the life of the process, so a second agent (a manual
+//! `--once` beside the service) never renames or deletes the first one's
+//! spool files. The holder writes its PID there for the other's message.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// Creates `dir` (and parents) if needed and makes it 0700. Failing to
 /// tighten the mode of an existing directory is reported, not fatal.
@@ -90,6 +97,72 @@ pub fn write_if_changed(path: &Path, value: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The name of the lock file in the state directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// The state directory's lock. Released when dropped or when the process
+/// ends, however it ends (the kernel drops `flock` locks with the file).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+/// Why [`Lock::try_take`] did not take the lock.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; its PID, if the lock file names one.
+    Held(Option<u32>),
+    /// The lock file cannot be opened or locked.
+    Io(PathBuf, io::Error),
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Held(Some(pid)) => write!(f, "held by PID {pid}"),
+            LockError::Held(None) => f.write_str("held by another process"),
+            LockError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl Lock {
+    /// Takes the lock on `dir` without waiting and writes this process's
+    /// PID into the lock file.
+    pub fn try_take(dir: &Path) -> Result<Lock, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |e| LockError::Io(path.clone(), e);
+        // O_CLOEXEC (std sets it anyway; said here because it matters): a
+        // child program (smartctl, a re-exec) must not inherit the
+        // descriptor and hold the lock after the agent is gone.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io_err)?;
+        if !crate::sys::try_lock_exclusive(file.as_fd()).map_err(io_err)? {
+            return Err(LockError::Held(read_pid(&mut file)));
+        }
+        // Not fsync'd: the PID only names the holder while it runs.
+        file.set_len(0).map_err(io_err)?;
+        file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+            .map_err(io_err)?;
+        Ok(Lock { _file: file })
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    let mut s = String::new();
+    file.seek(io::SeekFrom::Start(0)).ok()?;
+    file.take(32).read_to_string(&mut s).ok()?;
+    s.trim().parse().ok().filter(|&pid| pid > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +189,56 @@ mod tests {
         assert_eq!(read_trimmed(&dir.join("none"), 10).unwrap(), None);
         // No temporary files left behind.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_agents_on_one_state_dir_the_second_is_refused_and_told_the_pid() {
+        let dir = std::env::temp_dir().join(format!("pulse-state-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_dir(&dir).unwrap();
+        // flock locks belong to the open file: a second open in this process
+        // conflicts just as another process would.
+        let first = Lock::try_take(&dir).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            fs::read_to_string(dir.join(LOCK_FILE)).unwrap(),
+            format!("{pid}\n")
+        );
+        match Lock::try_take(&dir) {
+            Err(LockError::Held(Some(p))) => assert_eq!(p, pid),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fs::metadata(dir.join(LOCK_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // A child started while the lock is held does not inherit it: once
+        // the agent lets go, the lock is free although the child still runs.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        drop(first);
+        // Other tests of this process fork too: a child between fork and
+        // exec briefly shares the descriptor. A leaked one would hold it
+        // for the 5 s the child sleeps.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let again = loop {
+            match Lock::try_take(&dir) {
+                Err(LockError::Held(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        again.expect("free once the holder is gone");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls the agent
-//! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf).
+//! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf,
+//! flock, signal masks).
 //!
 //! Each wrapper returns owned Rust values and an `io::Error` built from errno.
 //! Nothing here reads host files or knows about `Root`; callers decide which
@@ -255,26 +256,29 @@ pub fn process_stats() -> ProcessStats {
     ProcessStats { memory, max_fds }
 }
 
-/// The signals that stop the agent.
-const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// The signals the service takes synchronously: SIGTERM and SIGINT stop
+/// it, SIGHUP reopens its files.
+const HANDLED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-fn stop_set() -> libc::sigset_t {
+pub const SIGHUP: libc::c_int = libc::SIGHUP;
+
+fn handled_set() -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset only modifies it.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for s in STOP_SIGNALS {
+        for s in HANDLED_SIGNALS {
             libc::sigaddset(set.as_mut_ptr(), s);
         }
         set.assume_init()
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
-/// starts afterwards, so that [`wait_stop_signal`] can take them
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every
+/// thread it starts afterwards, so that [`wait_signal`] can take them
 /// synchronously. Call before starting any thread.
-pub fn block_stop_signals() -> io::Result<()> {
-    let set = stop_set();
+pub fn block_signals() -> io::Result<()> {
+    let set = handled_set();
     // SAFETY: `set` is initialised; the old mask is not needed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -283,14 +287,36 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
-pub fn wait_stop_signal() -> libc::c_int {
-    let set = stop_set();
+/// Waits for SIGTERM, SIGINT or SIGHUP (blocked beforehand) and returns its
+/// number.
+pub fn wait_signal() -> libc::c_int {
+    let set = handled_set();
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is initialised and `sig` is ours to write.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
             return sig;
+        }
+    }
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` when this open file now holds
+/// the exclusive lock, `Ok(false)` when another open file holds it. The lock
+/// lasts until every descriptor of this open file is closed.
+pub fn try_lock_exclusive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a descriptor and flags and touches no memory;
+        // the BorrowedFd keeps the descriptor open for the call.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }

@@ -827,4 +827,237 @@ fn without_the_private_ca_in_the_system_store_the_server_is_refused() {
         assert!(err.contains("certificate"), "{err}");
     }
     assert!(s.reports().is_empty());
+
+/// A spool left with a file named `u64::MAX` (and names past it): the debug
+/// build panicked with an integer overflow while scanning. Now the reports
+/// are renumbered in order and the files that are not spool files stay.
+#[test]
+fn a_spool_file_with_a_huge_sequence_number_does_not_crash_the_agent() {
+    let s = StandIn::start();
+    let dir = Dir::new("hugeid");
+    let spool = dir.state().join("spool");
+    common::copy_tree(&common::fixtures_dir().join("spool/huge-ids"), &spool);
+    s.set_mode(Mode::Status(503));
+    let o = once(&s, &dir, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "not delivered, not a panic:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("ignoring 3 file(s)") && err.contains("99999999999999999999999.json"),
+        "{err}"
+    );
+    let body = |id: u64| std::fs::read_to_string(spool.join(format!("{id:020}.json"))).unwrap();
+    assert!(body(1).contains("fixture:1"));
+    assert!(body(2).contains("fixture:7"));
+    assert!(body(3).contains("fixture:max"), "renumbered in order");
+    assert!(body(4).contains("\"hostname\""), "then this run's report");
+    let mut names = dir.spooled();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "00000000000000000001.json",
+            "00000000000000000002.json",
+            "00000000000000000003.json",
+            "00000000000000000004.json",
+            "18446744073709551616.json",
+            "5.json",
+            "99999999999999999999999.json",
+        ],
+        "files the agent did not write are left alone"
+    );
+}
+
+/// The service and a manual `--once` on one state directory overwrote each
+/// other's spool files. Now the first holds a lock: a second service exits 1
+/// at once naming its PID, and `--once` waits up to 10 s for it.
+#[test]
+fn two_agents_on_one_state_dir_the_second_exits_naming_the_first() {
+    let s = StandIn::start();
+    let dir = Dir::new("lock");
+    let first = Agent::start(&dir, &args(&s, &dir, &[]));
+    assert!(s.wait_for(Duration::from_secs(20), |r| !r.is_empty()));
+    let pid = first.pid();
+    let busy = |err: &str| {
+        err.lines().last().is_some_and(|l| {
+            l.starts_with("pulse-agent: error: the state directory")
+                && l.contains(&format!("is in use by another pulse-agent (PID {pid})"))
+        })
+    };
+
+    // A second service: exit 1 at once.
+    let mut second = Agent::start(&dir, &args(&s, &dir, &[]));
+    let status = second
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second service exits");
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    assert!(busy(&second.log()), "{}", second.log());
+    let lock = std::fs::read_to_string(dir.state().join("lock")).unwrap();
+    assert_eq!(
+        lock.trim(),
+        pid.to_string(),
+        "the holder's PID, for the message"
+    );
+
+    // --once waits for the lock, then gives up with the same message.
+    let started = Instant::now();
+    let o = once(&s, &dir, &[]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(busy(&err) && err.contains("waited 10 s"), "{err}");
+    assert!(
+        took >= pulse_agent::agent::ONCE_LOCK_WAIT - Duration::from_millis(200)
+            && took < pulse_agent::agent::ONCE_LOCK_WAIT + Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // --once started while the service runs goes ahead once it has stopped.
+    let mut a = args(&s, &dir, &[]);
+    a.push("--once".into());
+    let mut waiting = Agent::start(&dir, &a);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.child.try_wait().unwrap().is_none(), "still waiting");
+    first.signal("TERM");
+    let status = waiting
+        .wait_exit(Duration::from_secs(15))
+        .expect("--once finished");
+    assert!(status.success(), "{}", waiting.log());
+    assert!(
+        waiting.log().contains("waiting up to 10 s"),
+        "{}",
+        waiting.log()
+    );
+    assert!(dir.spooled().is_empty(), "{:?}", dir.spooled());
+    let got = s.accepted_sequence();
+    assert_eq!(
+        got.last().map(|(_, n)| *n),
+        Some(1),
+        "the --once report arrived last, as its own stream: {got:?}"
+    );
+}
+
+/// SIGHUP killed the daemon (the default action). Now it reopens the log
+/// file (logrotate renamed the old one) and re-reads the token file.
+#[test]
+fn sighup_reopens_the_log_file_and_rereads_the_token_instead_of_killing_the_agent() {
+    let s = StandIn::start();
+    let dir = Dir::new("sighup");
+    let new_token = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
+    s.add_token(new_token, &["agent:report", "agent:config:read"]);
+    let log = dir.0.join("agent.log");
+    let mut agent = Agent::start(
+        &dir,
+        &args(&s, &dir, &[&format!("--log-file={}", log.display())]),
+    );
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    let rotated = dir.0.join("agent.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    dir.token_file(new_token);
+    agent.signal("HUP");
+    let new_token_seen = |r: &[common::standin::Received]| {
+        r.iter()
+            .any(|x| x.headers.get("x-api-token").map(String::as_str) == Some(new_token))
+    };
+    assert!(
+        s.wait_for(Duration::from_secs(10), new_token_seen),
+        "the next report carries the new token; log:\n{}",
+        agent.log()
+    );
+    assert!(agent.child.try_wait().unwrap().is_none(), "still running");
+    assert!(
+        s.reports().iter().all(|r| r.status == 200),
+        "every report taken"
+    );
+    let after = std::fs::read_to_string(&log).expect("a new log file");
+    assert!(
+        after.contains("SIGHUP: reopened the log file")
+            && after.contains("re-read the token file")
+            && after.contains("a new token"),
+        "{after}"
+    );
+    assert!(!after.contains(new_token) && !agent.log().contains(new_token));
+    let before = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!before.contains("SIGHUP"), "{before}");
+    // An emptied token file is no token: the one in use is kept.
+    std::fs::write(dir.0.join("token"), "").unwrap();
+    agent.signal("HUP");
+    let n = s.reports().len();
+    assert!(s.wait_for(Duration::from_secs(10), |r| r.len() >= n + 2));
+    assert!(agent.child.try_wait().unwrap().is_none(), "still running");
+    let last = s.reports().last().unwrap().clone();
+    assert_eq!(last.status, 200);
+    assert_eq!(
+        last.headers.get("x-api-token").map(String::as_str),
+        Some(new_token)
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("file is empty; keeping the token in use"),
+        "{}",
+        agent.log()
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(5)).unwrap().success());
+    let after = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        after.contains("stopped"),
+        "later lines go to the new file:\n{after}"
+    );
+}
+
+/// "spool full, dropped the oldest" was logged every cycle. Now the change
+/// is logged (dropping starts, there is room again) and the drops are
+/// counted in /status and /metrics.
+#[test]
+fn a_full_spool_logs_dropping_once_and_counts_the_drops() {
+    let s = StandIn::start();
+    let dir = Dir::new("spoolfull");
+    let port = free_port();
+    let mut a = args(&s, &dir, &["--spool-reports=2"]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    s.go_down();
+    let agent = Agent::start(&dir, &a);
+    let dropped = || -> u64 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return 0; // not listening yet
+        }
+        let (_, status) = get(port, "/status");
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| v["delivery"]["spoolDropped"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped() < 4 {
+        assert!(Instant::now() < deadline, "log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(port, "/metrics");
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pulse_agent_spool_dropped_total{module=\"host\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no spool counter:\n{metrics}"));
+    assert!(counted >= 4, "{counted}");
+    assert!(metrics.contains("# TYPE pulse_agent_spool_dropped_total counter"));
+    assert_eq!(dir.spooled().len(), 2);
+    let log = agent.log();
+    assert_eq!(log.matches("spool: full").count(), 1, "{log}");
+    s.come_up();
+    assert!(
+        s.wait_for(Duration::from_secs(10), |_| dir.spooled().is_empty()),
+        "{:?}",
+        dir.spooled()
+    );
+    assert!(s.wait_for(Duration::from_secs(10), |r| r.len() >= 3));
+    let log = agent.log();
+    assert_eq!(log.matches("spool: full").count(), 1, "{log}");
+    assert_eq!(log.matches("spool: has room again").count(), 1, "{log}");
 }

@@ -1,0 +1,218 @@
+//! The agent as an operating system sees it: what it does when standard
+//! output cannot be written (a full disk, a closed pipe), and the systemd
+//! units in contrib/systemd (checked by reading them, and with
+//! `systemd-analyze verify` where it is installed).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-agent"));
+    c.env_clear();
+    c
+}
+
+/// Runs the agent with standard output going to `out`.
+fn run_to(args: &[String], out: Stdio) -> Output {
+    agent()
+        .args(args)
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `--once` (and `--help`, `--version`) with standard output on /dev/full:
+/// one error line and exit 1, not a panic with a backtrace (exit 101 or 134).
+#[test]
+fn once_to_dev_full_is_one_error_line_and_exit_1() {
+    let once = common::case_args("debian12-vm");
+    let cases: [(Vec<String>, &str); 3] = [
+        (once, "the report"),
+        (vec!["--help".into()], "the help"),
+        (vec!["--version".into()], "the version"),
+    ];
+    for (args, what) in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = run_to(&args, Stdio::from(full));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let want = format!(
+            "pulse-agent: error: writing {what} to standard output: No space left on device (os error 28)\n"
+        );
+        assert!(err.ends_with(&want), "{args:?}:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{args:?}:\n{err}"
+        );
+    }
+}
+
+/// `pulse-agent --once | head -c1`: the reader leaves early; like ripgrep and
+/// most Unix tools, the agent stops writing and exits 0 without a word.
+#[test]
+fn once_into_a_closed_pipe_exits_quietly() {
+    for args in [
+        common::case_args("debian12-vm"),
+        vec!["--help".to_string()],
+        vec!["--version".to_string()],
+    ] {
+        // A socket pair whose other end is closed before the agent starts:
+        // every write gets EPIPE, with no race against a reader.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(ours);
+        let o = run_to(&args, Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+        assert!(!err.contains("error"), "{args:?}:\n{err}");
+    }
+}
+
+/// One systemd unit file: section → (key → values, in order).
+type Unit = HashMap<String, HashMap<String, Vec<String>>>;
+
+fn parse_unit(text: &str) -> Unit {
+    let mut unit = Unit::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("KEY=VALUE");
+        unit.entry(section.clone())
+            .or_default()
+            .entry(k.trim().to_string())
+            .or_default()
+            .push(v.trim().to_string());
+    }
+    unit
+}
+
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd")
+}
+
+fn units() -> Vec<(String, Unit, String)> {
+    let mut v: Vec<(String, Unit, String)> = std::fs::read_dir(units_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            (name, parse_unit(&text), text)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn value<'a>(u: &'a Unit, section: &str, key: &str) -> Option<&'a str> {
+    u.get(section)?.get(key)?.last().map(String::as_str)
+}
+
+/// `pulse-agent.timer` had no `Unit=`, so it started the service of its own
+/// name, the resident `pulse-agent.service`, never the one-shot one. Every
+/// timer must name an existing service that runs `--once`; the resident
+/// service must not.
+#[test]
+fn the_timer_starts_the_once_service_not_the_resident_one() {
+    let units = units();
+    let services: HashMap<&str, &Unit> = units
+        .iter()
+        .filter(|(n, _, _)| n.ends_with(".service"))
+        .map(|(n, u, _)| (n.as_str(), u))
+        .collect();
+    let timers: Vec<_> = units
+        .iter()
+        .filter(|(n, _, _)| n.ends_with(".timer"))
+        .collect();
+    assert!(!timers.is_empty(), "contrib/systemd has a timer");
+    for (name, timer, _) in &timers {
+        let target = value(timer, "Timer", "Unit").unwrap_or_else(|| {
+            panic!("{name}: no Unit= (it would start the service of its own name)")
+        });
+        let service = services
+            .get(target)
+            .unwrap_or_else(|| panic!("{name}: Unit={target} is not in contrib/systemd"));
+        let exec = value(service, "Service", "ExecStart").expect("ExecStart");
+        assert!(
+            exec.split_whitespace().any(|a| a == "--once"),
+            "{name} starts {target}, which does not run --once: {exec}"
+        );
+        assert_eq!(
+            value(service, "Service", "Type"),
+            Some("oneshot"),
+            "{target}"
+        );
+    }
+    let resident = services["pulse-agent.service"];
+    let exec = value(resident, "Service", "ExecStart").unwrap();
+    assert!(!exec.split_whitespace().any(|a| a == "--once"), "{exec}");
+    // Every service runs the agent on the same state directory, the one the
+    // lock in it guards.
+    for (name, service) in &services {
+        let exec = value(service, "Service", "ExecStart").unwrap();
+        assert!(
+            exec.contains("--state-dir /var/lib/pulse-agent"),
+            "{name}: {exec}"
+        );
+    }
+}
+
+/// `systemd-analyze verify` on the units, with ExecStart pointing at the
+/// built binary (the installed path does not exist here). Where systemd is
+/// not installed this says so on standard error; the checks above still ran.
+#[test]
+fn systemd_analyze_verify_accepts_the_units() {
+    let probe = Command::new("systemd-analyze").arg("--version").output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "NOTE: systemd-analyze is not installed: the units were checked by \
+             the_timer_starts_the_once_service_not_the_resident_one only"
+        );
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("systemd-units-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (name, _, text) in units() {
+        let text = text.replace(
+            "/usr/local/bin/pulse-agent",
+            env!("CARGO_BIN_EXE_pulse-agent"),
+        );
+        std::fs::write(dir.join(&name), text).unwrap();
+        files.push(dir.join(&name));
+    }
+    // --man=no: the page is not installed where the test runs.
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "systemd-analyze verify:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
