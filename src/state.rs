@@ -12,13 +12,15 @@
 //! One agent per state directory: [`Lock`] holds `flock(2)` on
 //! `STATE-DIR/lock` for the life of the process, so a second agent (a manual
 //! `--once` beside the service) never renames or deletes the first one's
-//! spool files. The holder writes its PID there for the other's message.
+//! spool files. The lock file stays empty: the second agent finds the
+//! holder's PID in the kernel's `/proc/locks`, so taking the lock writes
+//! nothing (a `--once` timer every minute would otherwise write every minute).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Creates `dir` (and parents) if needed and makes it 0700. Failing to
@@ -127,15 +129,14 @@ impl fmt::Display for LockError {
 }
 
 impl Lock {
-    /// Takes the lock on `dir` without waiting and writes this process's
-    /// PID into the lock file.
+    /// Takes the lock on `dir` without waiting.
     pub fn try_take(dir: &Path) -> Result<Lock, LockError> {
         let path = dir.join(LOCK_FILE);
         let io_err = |e| LockError::Io(path.clone(), e);
         // O_CLOEXEC (std sets it anyway; said here because it matters): a
         // child program (smartctl, a re-exec) must not inherit the
         // descriptor and hold the lock after the agent is gone.
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -145,22 +146,38 @@ impl Lock {
             .open(&path)
             .map_err(io_err)?;
         if !crate::sys::try_lock_exclusive(file.as_fd()).map_err(io_err)? {
-            return Err(LockError::Held(read_pid(&mut file)));
+            let holder = file.metadata().ok().and_then(|m| {
+                // The agent's own kernel, like /proc/self: not the host
+                // telemetry that --root redirects.
+                let locks = fs::read("/proc/locks").ok()?;
+                let locks = String::from_utf8_lossy(&locks[..locks.len().min(1 << 20)]);
+                flock_holder(&locks, m.dev(), m.ino())
+            });
+            return Err(LockError::Held(holder));
         }
-        // Not fsync'd: the PID only names the holder while it runs.
-        file.set_len(0).map_err(io_err)?;
-        file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
-            .map_err(io_err)?;
         Ok(Lock { _file: file })
     }
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
-    use std::io::{Read, Seek};
-    let mut s = String::new();
-    file.seek(io::SeekFrom::Start(0)).ok()?;
-    file.take(32).read_to_string(&mut s).ok()?;
-    s.trim().parse().ok().filter(|&pid| pid > 0)
+/// The PID that holds an exclusive `flock` on the file with device `dev`
+/// and inode `ino`, from `/proc/locks` lines such as
+/// `1: FLOCK  ADVISORY  WRITE 2119 fd:01:1575937 0 EOF` (device as hex
+/// `major:minor`). Lines of blocked waiters (`1: -> FLOCK ...`) are skipped.
+pub fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    locks.lines().find_map(|line| {
+        let mut f = line.split_whitespace().skip(1);
+        if f.next()? != "FLOCK" {
+            return None;
+        }
+        let (_, mode, pid, file) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let mut id = file.split(':');
+        let ma = u32::from_str_radix(id.next()?, 16).ok()?;
+        let mi = u32::from_str_radix(id.next()?, 16).ok()?;
+        let inode: u64 = id.next()?.parse().ok()?;
+        let pid: u32 = pid.parse().ok()?;
+        (mode == "WRITE" && ma == major && mi == minor && inode == ino && pid > 0).then_some(pid)
+    })
 }
 
 #[cfg(test)]
@@ -201,10 +218,8 @@ mod tests {
         // conflicts just as another process would.
         let first = Lock::try_take(&dir).unwrap();
         let pid = std::process::id();
-        assert_eq!(
-            fs::read_to_string(dir.join(LOCK_FILE)).unwrap(),
-            format!("{pid}\n")
-        );
+        // Nothing is written: the holder is found in /proc/locks.
+        assert_eq!(fs::read_to_string(dir.join(LOCK_FILE)).unwrap(), "");
         match Lock::try_take(&dir) {
             Err(LockError::Held(Some(p))) => assert_eq!(p, pid),
             other => panic!("{other:?}"),
@@ -240,5 +255,22 @@ mod tests {
         let _ = child.wait();
         again.expect("free once the holder is gone");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flock_holder_is_read_from_proc_locks() {
+        let dev = libc::makedev(0xfd, 0x01);
+        let locks = "1: POSIX  ADVISORY  WRITE 77 fd:01:1575937 0 EOF\n\
+                     2: FLOCK  ADVISORY  READ  88 fd:01:1575937 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 2119 fd:01:1575937 0 EOF\n\
+                     3: -> FLOCK  ADVISORY  WRITE 3000 fd:01:1575937 0 EOF\n";
+        assert_eq!(flock_holder(locks, dev, 1575937), Some(2119));
+        assert_eq!(flock_holder(locks, dev, 1575938), None);
+        assert_eq!(flock_holder(locks, libc::makedev(0xfd, 2), 1575937), None);
+        assert_eq!(flock_holder("", dev, 1), None);
+        assert_eq!(
+            flock_holder("1: FLOCK ADVISORY WRITE x zz:01:1\n9:", dev, 1),
+            None
+        );
     }
 }

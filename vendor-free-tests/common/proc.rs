@@ -67,9 +67,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Dir, args: &[String]) -> Agent {
-        let log = dir
-            .0
-            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        // One log per agent: two agents in one directory (the lock test)
+        // must not write over each other's lines.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.0.join(format!("agent-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
             .args(args)
             .env_clear()
