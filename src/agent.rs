@@ -56,8 +56,6 @@ pub const SMART_WAIT: Duration = Duration::from_secs(15);
 /// How long `--once` waits for another agent to let go of the state
 /// directory (a timer run that meets the service, or a second manual run).
 pub const ONCE_LOCK_WAIT: Duration = Duration::from_secs(10);
-/// The largest token file read on SIGHUP (as at start).
-const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 #[derive(Debug)]
 pub enum Error {
@@ -960,7 +958,19 @@ impl Agent {
             (Some(TokenSource::File(path) | TokenSource::StateDir(path)), Some(client))
                 if !self.config.enroll =>
             {
-                match read_token(path) {
+                let mut notices = Vec::new();
+                let read = match crate::config::read_token_file(path, &mut notices) {
+                    Ok(Some(token)) => Ok(token),
+                    Ok(None) => Err(format!("token file {}: empty", path.display())),
+                    Err(e) => Err(e.to_string()),
+                };
+                for n in notices {
+                    match n {
+                        crate::config::Notice::Info(m) => log::info!("{m}"),
+                        crate::config::Notice::Warn(m) => log::warn!("{m}"),
+                    }
+                }
+                match read {
                     Ok(token) if Some(&token) == self.config.token.as_ref() => done.push(format!(
                         "re-read the token file {} (unchanged)",
                         path.display()
@@ -976,10 +986,7 @@ impl Agent {
                     }
                     Err(why) => {
                         failed = true;
-                        done.push(format!(
-                            "token file {}: {why}; keeping the token in use",
-                            path.display()
-                        ));
+                        done.push(format!("{why}; keeping the token in use"));
                     }
                 }
             }
@@ -1102,28 +1109,6 @@ fn delivery_json(d: &DeliveryState, url: Option<&str>) -> Value {
     json!({"configured": d.configured, "url": url, "lastOk": d.last_ok, "lastError": d.last_error,
         "delivered": d.delivered, "failed": d.failed, "dropped": d.dropped, "spooled": d.spooled,
         "spoolDropped": d.spool_dropped})
-}
-
-/// Re-reads a token file as at start: capped, trimmed, not empty, no white
-/// space or control characters inside. The error never contains the token.
-fn read_token(path: &Path) -> Result<Secret, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    f.take(MAX_TOKEN_FILE + 1)
-        .read_to_string(&mut buf)
-        .map_err(|e| e.to_string())?;
-    if buf.len() as u64 > MAX_TOKEN_FILE {
-        return Err("larger than 64 KiB".into());
-    }
-    let t = buf.trim();
-    if t.is_empty() {
-        return Err("file is empty".into());
-    }
-    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("the token contains whitespace or control characters".into());
-    }
-    Ok(Secret::new(t.to_string()))
 }
 
 /// Takes the state directory's lock (creating the directory first). The

@@ -483,7 +483,10 @@ fn resolve_token(
     }
 }
 
-fn read_token_file(path: &Path, notices: &mut Vec<Notice>) -> Result<Option<Secret>, ConfigError> {
+pub(crate) fn read_token_file(
+    path: &Path,
+    notices: &mut Vec<Notice>,
+) -> Result<Option<Secret>, ConfigError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let what = || format!("token file {}", path.display());

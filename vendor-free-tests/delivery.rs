@@ -995,7 +995,7 @@ fn sighup_reopens_the_log_file_and_rereads_the_token_instead_of_killing_the_agen
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
-            .contains("file is empty; keeping the token in use"),
+            .contains("token: empty; keeping the token in use"),
         "{}",
         agent.log()
     );
