@@ -142,10 +142,12 @@ impl Conn {
                 .trim()
                 .parse()
                 .map_err(|_| Error::Malformed(format!("Content-Length {len:?}")))?;
-            if len > cap {
-                return Err(Error::TooLarge(cap));
-            }
-            (self.read_exact(len as usize, deadline)?, true)
+            // The peer's number: compared with the cap before it sizes anything.
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l as u64 <= cap)
+                .ok_or(Error::TooLarge(cap))?;
+            (self.read_exact(len, deadline)?, true)
         } else {
             (self.read_to_close(deadline, cap)?, false)
         };
@@ -183,7 +185,7 @@ impl Conn {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
-            if out.len() + take > cap {
+            if out.len().saturating_add(take) > cap {
                 return Err(Error::Malformed(format!(
                     "a line or header block over {cap} bytes"
                 )));
@@ -261,10 +263,14 @@ impl Conn {
                     }
                 }
             }
-            if body.len() as u64 + size > cap {
-                return Err(Error::TooLarge(cap));
-            }
-            self.append(&mut body, size as usize, deadline)?;
+            // The size is the peer's (up to `ffffffffffffffff`): checked
+            // arithmetic, and over the cap is an error before any byte is read.
+            let size = (body.len() as u64)
+                .checked_add(size)
+                .filter(|&total| total <= cap)
+                .and_then(|_| usize::try_from(size).ok())
+                .ok_or(Error::TooLarge(cap))?;
+            self.append(&mut body, size, deadline)?;
             let mut end = Vec::new();
             self.read_line(&mut end, deadline, 2)?;
             if end != b"\r\n" && end != b"\n" {
@@ -281,7 +287,7 @@ impl Conn {
                 return Ok(body);
             }
             let n = buf.len();
-            if body.len() as u64 + n as u64 > cap {
+            if (body.len() as u64).saturating_add(n as u64) > cap {
                 return Err(Error::TooLarge(cap));
             }
             body.extend_from_slice(buf);
@@ -479,6 +485,52 @@ mod tests {
         let r = c.request("GET", "/x", "t", soon(), 1000).unwrap();
         assert_eq!(&r.body[..], b"all of it");
         assert!(!c.reusable());
+    }
+
+    /// Fuzzing: `body.len() + size` overflowed (a panic in a debug build,
+    /// a wrapped sum that passed the cap check in release) when a chunk size
+    /// of `ffffffffffffffff` followed a first chunk.
+    #[test]
+    fn chunk_size_that_overflows_is_an_error_not_a_panic() {
+        for (size, cap) in [
+            ("ffffffffffffffff", 1000),
+            ("ffffffffffffffff", u64::MAX),
+            ("fffffffffffffffe", u64::MAX - 1),
+        ] {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n{size}\r\nbbbb"
+            );
+            let (_d, p) = serve(vec![answer.into_bytes()]);
+            let e = Conn::connect(&p)
+                .unwrap()
+                .request("GET", "/x", "t", soon(), cap);
+            assert!(matches!(e, Err(Error::TooLarge(_))), "{size}: {e:?}");
+        }
+        // Longer than 64 bits of hex: not a number at all.
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
+        assert!(matches!(e, Err(Error::Malformed(_))), "{e:?}");
+    }
+
+    /// A Content-Length at or past `u64::MAX`, negative or not an integer:
+    /// an error, never a truncating cast or an allocation of that size.
+    #[test]
+    fn huge_content_length_is_an_error_not_a_panic() {
+        for len in ["18446744073709551615", "18446744073709551616", "-1", "1e9"] {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\nab");
+            let (_d, p) = serve(vec![answer.into_bytes()]);
+            let e = Conn::connect(&p)
+                .unwrap()
+                .request("GET", "/x", "t", soon(), 1000);
+            assert!(
+                matches!(e, Err(Error::TooLarge(_) | Error::Malformed(_))),
+                "{len}: {e:?}"
+            );
+        }
     }
 
     #[test]
