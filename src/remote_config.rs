@@ -532,7 +532,16 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         digits(&b[14..16])?,
         digits(&b[17..19])?,
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    // Go's ranges (the server writes and reads these): no day 31 in a
+    // 30-day month, no leap second.
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&mo) || !(1..=month_days).contains(&d) || h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut rest = &b[19..];
@@ -716,12 +725,29 @@ mod tests {
                 .as_deref(),
             Some("2000-02-29T00:00:00Z")
         );
+        assert!(parse_rfc3339("2024-02-29T23:59:59Z").is_some());
+        assert!(parse_rfc3339("9999-12-31T23:59:59.999999999Z").is_some());
         for bad in [
             "",
             "2026-13-01T00:00:00Z",
             "2026-08-22 14:52:27Z",
             "2026-08-22T14:52:27",
             "2026-08-22T14:52:27.Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// Day 31 of a 30-day month and second 60 passed, though Go (the server)
+    /// refuses them: a container time passed on unchecked made the server
+    /// refuse the whole docker report.
+    #[test]
+    fn rfc3339_outside_gos_ranges_is_rejected() {
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-08-22T14:52:60Z",
         ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }
