@@ -2,6 +2,8 @@
 //! `nvidia-smi --query-gpu=...`'s CSV. Parsing only; the program is run by
 //! the hardware thread.
 
+use std::collections::HashSet;
+
 /// The exact arguments: the columns [`parse`] expects, in order.
 pub const QUERY: [&str; 2] = [
     "--query-gpu=index,name,temperature.gpu,utilization.gpu,memory.used,memory.total",
@@ -23,6 +25,8 @@ pub struct Gpu {
 /// absent.
 pub fn parse(text: &str) -> Vec<Gpu> {
     let mut out: Vec<Gpu> = Vec::new();
+    // IDs already given (a set: scanning `out` per row was quadratic).
+    let mut ids: HashSet<String> = HashSet::new();
     for (row, line) in text.lines().enumerate() {
         let cols = split_csv(line);
         if cols.len() < 3 {
@@ -30,7 +34,7 @@ pub fn parse(text: &str) -> Vec<Gpu> {
         }
         let col = |i: usize| cols.get(i).map(String::as_str).unwrap_or("");
         let mut id = normalize_id(col(0));
-        if id.is_empty() || out.iter().any(|g| g.id == id) {
+        if id.is_empty() || ids.contains(&id) {
             id = row.to_string();
         }
         let temperature = number(col(2)).filter(|v| *v > 0.0);
@@ -47,6 +51,7 @@ pub fn parse(text: &str) -> Vec<Gpu> {
         {
             continue;
         }
+        ids.insert(id.clone());
         out.push(Gpu {
             id,
             name,
