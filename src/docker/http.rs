@@ -12,7 +12,7 @@
 //! accept a header block larger than [`MAX_HEAD`].
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,9 +77,68 @@ impl Response {
     }
 }
 
-/// One connection to the socket.
-pub struct Conn {
-    reader: BufReader<UnixStream>,
+/// What a connection talks over: the engine's Unix socket, or an answer
+/// held in memory ([`parse_response`]).
+pub trait Transport: io::Read + io::Write {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Transport for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+}
+
+/// An answer in memory: reads give its bytes, then end of file; what is
+/// written (the request) is dropped.
+pub struct Recorded(io::Cursor<Vec<u8>>);
+
+impl io::Read for Recorded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl io::Write for Recorded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Recorded {
+    fn set_read_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_write_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads `answer` as the reply to one `method` request, the body at most
+/// `cap` bytes, through the same code as an answer on the socket (head,
+/// Content-Length, chunked or close-delimited body). Pure: for tests and
+/// fuzzing the engine's side of the protocol.
+pub fn parse_response(answer: &[u8], method: &str, cap: u64) -> Result<Response, Error> {
+    let mut conn = Conn {
+        reader: BufReader::with_capacity(16 * 1024, Recorded(io::Cursor::new(answer.to_vec()))),
+        reusable: true,
+    };
+    // Nothing here waits: the deadline is only there because requests have one.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    conn.request(method, "/", "pulse-agent", deadline, cap)
+}
+
+/// One connection to the socket (or, for [`parse_response`], to an answer
+/// in memory).
+pub struct Conn<T = UnixStream> {
+    reader: BufReader<T>,
     /// The last answer left the connection usable for another request.
     reusable: bool,
 }
@@ -95,7 +154,9 @@ impl Conn {
             reusable: true,
         })
     }
+}
 
+impl<T: Transport> Conn<T> {
     pub fn reusable(&self) -> bool {
         self.reusable
     }
@@ -354,6 +415,7 @@ fn parse_head(head: &[u8]) -> Result<(u16, Headers, bool), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     /// Serves `answers` (one per request, raw bytes) on a fresh socket.
@@ -531,6 +593,33 @@ mod tests {
                 "{len}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn parse_response_reads_an_answer_in_memory_like_the_socket() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET",
+            100,
+        )
+        .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
+        let r = parse_response(b"HTTP/1.0 404 Nope\r\n\r\nall", "GET", 100).unwrap();
+        assert_eq!((r.status, &r.body[..]), (404, &b"all"[..]));
+        let e = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab",
+            "GET",
+            100,
+        );
+        assert!(e.as_ref().is_err_and(Error::is_stale_connection), "{e:?}");
+        assert!(matches!(parse_response(b"", "GET", 100), Err(Error::Io(_))));
+        // The overflowing chunk size, without a socket.
+        let e = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+            "GET",
+            u64::MAX,
+        );
+        assert!(matches!(e, Err(Error::TooLarge(_))), "{e:?}");
     }
 
     #[test]
