@@ -329,12 +329,17 @@ fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
         let stat = match f.get(1..) {
             Some(["hang"]) => CapturedStat::Hang,
             Some(["error"]) => CapturedStat::Error,
-            Some(["slow", secs, rest @ ..]) => match (secs.parse::<f64>(), numbers(rest)) {
-                (Ok(secs), Some(s)) if secs.is_finite() && secs >= 0.0 => {
-                    CapturedStat::Slow(std::time::Duration::from_secs_f64(secs), s)
+            Some(["slow", secs, rest @ ..]) => {
+                // try_from: `from_secs_f64` panics on a delay past Duration's range.
+                let delay = secs
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok());
+                match (delay, numbers(rest)) {
+                    (Some(delay), Some(s)) => CapturedStat::Slow(delay, s),
+                    _ => continue,
                 }
-                _ => continue,
-            },
+            }
             Some(rest) => match numbers(rest) {
                 Some(s) => CapturedStat::Stats(s),
                 None => continue,
@@ -404,6 +409,18 @@ mod tests {
         assert!(matches!(t.get("/nfs"), Some(CapturedStat::Hang)));
         assert!(matches!(t.get("/bad"), Some(CapturedStat::Error)));
         assert!(!t.contains_key("/x"));
+    }
+
+    /// `Duration::from_secs_f64(1e300)` panicked: a captured statvfs line
+    /// with an absurd delay stopped `Root::new`. It is skipped like any
+    /// malformed line.
+    #[test]
+    fn captured_statvfs_with_an_absurd_delay_is_skipped_not_a_panic() {
+        let t = parse_statvfs(
+            "/a slow 1e300 4096 1 1 1\n/b slow -1 4096 1 1 1\n/c slow NaN 4096 1 1 1\n/d slow 0.5 4096 1 1 1\n",
+        );
+        assert!(!t.contains_key("/a") && !t.contains_key("/b") && !t.contains_key("/c"));
+        assert!(matches!(t.get("/d"), Some(CapturedStat::Slow(d, _)) if d.as_millis() == 500));
     }
 
     /// `.capture/` files were read whole (`read_to_string`): a huge one cost
