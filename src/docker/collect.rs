@@ -488,12 +488,9 @@ fn cpu_between(prev: CpuSample, cur: CpuSample, runtime: Runtime, ncpu: u64) -> 
         _ => 0.0,
     };
     // Counters from the engine that moved more than the CPUs can (a reset
-    // system counter, hostile JSON) say nothing: at most every CPU busy.
-    let ceiling = match runtime {
-        Runtime::Docker => online * 100.0,
-        Runtime::Podman => 100.0,
-    };
-    finite(pct).min(ceiling)
+    // system counter, hostile JSON) say nothing: at most every CPU busy
+    // (Podman's figure is of one CPU, so a busy container of 4 reads 400).
+    finite(pct).min(online * 100.0)
 }
 
 fn finite(v: f64) -> f64 {
@@ -1093,6 +1090,12 @@ mod tests {
         assert!((cpu_between(a, r, Runtime::Docker, 0) - 50.0).abs() < 1e-9);
         // Nothing moved.
         assert_eq!(cpu_between(a, a, Runtime::Docker, 4), 0.0);
+        // Podman: two CPUs busy for a second is 200 % (not cut at one CPU).
+        let two = CpuSample {
+            total: 3_000_000_000,
+            ..b
+        };
+        assert!((cpu_between(a, two, Runtime::Podman, 0) - 200.0).abs() < 1e-9);
     }
 
     #[test]
