@@ -509,6 +509,10 @@ pub fn escape(s: &str, query: bool) -> String {
 }
 
 /// `2026-08-22T14:52:27.5Z` or with a `±HH:MM` offset → a time.
+///
+/// Works on bytes: the text comes from the server, and a multi-byte character
+/// anywhere (`+1é00`) must give `None`, never a slice inside a character.
+/// Every numeric field is exactly its digits (no sign, no spaces).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     if b.len() < 20
@@ -520,33 +524,42 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let (y, mo, d, h, mi, sec) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
+        digits(&b[0..4])?,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    // Go's ranges (the server writes and reads these): no day 31 in a
+    // 30-day month, no leap second.
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&mo) || !(1..=month_days).contains(&d) || h > 23 || mi > 59 || sec > 59 {
         return None;
     }
-    let mut rest = &s[19..];
+    let mut rest = &b[19..];
     let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
         if n == 0 || n > 9 {
             return None;
         }
-        nanos = frac[..n].parse::<u32>().ok()? * 10u32.pow(9 - n as u32);
+        let scale = 10i64.pow(9 - n as u32);
+        nanos = u32::try_from(digits(&frac[..n])? * scale).ok()?;
         rest = &frac[n..];
     }
     let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), hh @ .., b':', m1, m2] if hh.len() == 2 => {
+            let sign = if *sign == b'-' { -1 } else { 1 };
+            sign * (digits(hh)? * 3600 + digits(&[*m1, *m2])? * 60)
         }
         _ => return None,
     };
@@ -564,6 +577,14 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
     let secs = u64::try_from(secs).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// An unsigned decimal made only of ASCII digits (at most 9 of them).
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 9 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
 }
 
 #[cfg(test)]
@@ -704,12 +725,77 @@ mod tests {
                 .as_deref(),
             Some("2000-02-29T00:00:00Z")
         );
+        assert!(parse_rfc3339("2024-02-29T23:59:59Z").is_some());
+        assert!(parse_rfc3339("9999-12-31T23:59:59.999999999Z").is_some());
         for bad in [
             "",
             "2026-13-01T00:00:00Z",
             "2026-08-22 14:52:27Z",
             "2026-08-22T14:52:27",
             "2026-08-22T14:52:27.Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// Day 31 of a 30-day month and second 60 passed, though Go (the server)
+    /// refuses them: a container time passed on unchecked made the server
+    /// refuse the whole docker report.
+    #[test]
+    fn rfc3339_outside_gos_ranges_is_rejected() {
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-08-22T14:52:60Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// Fuzzing found `+1é00` in an offset slicing inside `é` (a panic, so a
+    /// config from the server could kill the agent). Every multi-byte
+    /// character at every position, inserted or replacing a byte, gives
+    /// `None` or a time, never a panic.
+    #[test]
+    fn rfc3339_with_multibyte_character_at_any_position_is_rejected_not_a_panic() {
+        assert!(parse_rfc3339("2026-08-22T16:52:27+1é00").is_none());
+        assert!(parse_rfc3339("2026-08-22T16:52:2é+02:00").is_none());
+        assert!(parse_rfc3339("2026-08-22T16:52:27.1é").is_none());
+        let valid = [
+            "2026-08-22T16:52:27+02:00",
+            "2026-08-22T14:52:27.123456789Z",
+            "2026-08-22T14:52:27Z",
+            "2026-08-22T14:52:27.5-11:30",
+        ];
+        for v in valid {
+            assert!(parse_rfc3339(v).is_some(), "{v}");
+            for c in ['é', '€', '𝄞', '\u{80}', '\u{2028}'] {
+                for i in 0..=v.len() {
+                    let mut inserted = v.to_string();
+                    inserted.insert(i, c);
+                    let _ = parse_rfc3339(&inserted);
+                    if i < v.len() {
+                        let mut replaced = v.to_string();
+                        replaced.replace_range(i..i + 1, c.encode_utf8(&mut [0; 4]));
+                        assert!(parse_rfc3339(&replaced).is_none(), "{replaced}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `str::parse::<i64>` took `-1` and `+5` as fields, so hour `-1` passed
+    /// the range check and shifted the time.
+    #[test]
+    fn rfc3339_with_signed_or_spaced_fields_is_rejected() {
+        for bad in [
+            "2026-08-22T-1:52:27Z",
+            "2026-08-22T+1:52:27Z",
+            "+026-08-22T14:52:27Z",
+            "2026-08-22T14:52:27+-1:00",
+            "2026-08-22T14:52:27+01:+0",
+            "2026-08-22T14:52: 7Z",
         ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }

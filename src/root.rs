@@ -156,21 +156,7 @@ impl Root {
     /// error: a garbled byte in one line must not lose the rest of the file.
     pub fn read_capped(&self, abs: &str, cap: usize) -> Result<Capped, ReadError> {
         let file = std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))?;
-        let mut buf = Vec::with_capacity(cap.min(16 * 1024));
-        file.take(cap as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| self.err(abs, e))?;
-        let truncated = buf.len() > cap;
-        if truncated {
-            buf.truncate(cap);
-            let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            buf.truncate(keep);
-        }
-        let text = match String::from_utf8(buf) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
-        Ok(Capped { text, truncated })
+        read_at_most(file, cap).map_err(|e| self.err(abs, e))
     }
 
     /// Reads a small file whole (up to [`SMALL`]).
@@ -279,26 +265,47 @@ impl Root {
 
 impl Capture {
     fn load(dir: &Path) -> io::Result<Capture> {
-        let read = |name: &str| -> io::Result<Option<String>> {
-            match std::fs::read_to_string(dir.join(name)) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
-            }
+        // Capped like every other read: the statvfs list as large as a
+        // mount table may be, the others as the files they stand for.
+        let read = |name: &str, cap: usize| -> io::Result<Option<String>> {
+            let file = match std::fs::File::open(dir.join(name)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(Some(read_at_most(file, cap)?.text))
         };
-        let statvfs = read("statvfs")?
+        let statvfs = read("statvfs", MOUNTS)?
             .as_deref()
             .map(parse_statvfs)
             .unwrap_or_default();
         Ok(Capture {
             statvfs,
             slowed: Default::default(),
-            ip_addr: read("ip-addr")?,
-            machine: read("uname-m")?
+            ip_addr: read("ip-addr", LARGE)?,
+            machine: read("uname-m", SMALL)?
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
         })
     }
+}
+
+/// At most `cap` bytes of `file`, cut after the last whole line when there
+/// was more; invalid UTF-8 replaced.
+fn read_at_most(file: std::fs::File, cap: usize) -> io::Result<Capped> {
+    let mut buf = Vec::with_capacity(cap.min(16 * 1024));
+    file.take(cap as u64 + 1).read_to_end(&mut buf)?;
+    let truncated = buf.len() > cap;
+    if truncated {
+        buf.truncate(cap);
+        let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        buf.truncate(keep);
+    }
+    let text = match String::from_utf8(buf) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    Ok(Capped { text, truncated })
 }
 
 fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
@@ -322,12 +329,17 @@ fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
         let stat = match f.get(1..) {
             Some(["hang"]) => CapturedStat::Hang,
             Some(["error"]) => CapturedStat::Error,
-            Some(["slow", secs, rest @ ..]) => match (secs.parse::<f64>(), numbers(rest)) {
-                (Ok(secs), Some(s)) if secs.is_finite() && secs >= 0.0 => {
-                    CapturedStat::Slow(std::time::Duration::from_secs_f64(secs), s)
+            Some(["slow", secs, rest @ ..]) => {
+                // try_from: `from_secs_f64` panics on a delay past Duration's range.
+                let delay = secs
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok());
+                match (delay, numbers(rest)) {
+                    (Some(delay), Some(s)) => CapturedStat::Slow(delay, s),
+                    _ => continue,
                 }
-                _ => continue,
-            },
+            }
             Some(rest) => match numbers(rest) {
                 Some(s) => CapturedStat::Stats(s),
                 None => continue,
@@ -397,6 +409,38 @@ mod tests {
         assert!(matches!(t.get("/nfs"), Some(CapturedStat::Hang)));
         assert!(matches!(t.get("/bad"), Some(CapturedStat::Error)));
         assert!(!t.contains_key("/x"));
+    }
+
+    /// `Duration::from_secs_f64(1e300)` panicked: a captured statvfs line
+    /// with an absurd delay stopped `Root::new`. It is skipped like any
+    /// malformed line.
+    #[test]
+    fn captured_statvfs_with_an_absurd_delay_is_skipped_not_a_panic() {
+        let t = parse_statvfs(
+            "/a slow 1e300 4096 1 1 1\n/b slow -1 4096 1 1 1\n/c slow NaN 4096 1 1 1\n/d slow 0.5 4096 1 1 1\n",
+        );
+        assert!(!t.contains_key("/a") && !t.contains_key("/b") && !t.contains_key("/c"));
+        assert!(matches!(t.get("/d"), Some(CapturedStat::Slow(d, _)) if d.as_millis() == 500));
+    }
+
+    /// `.capture/` files were read whole (`read_to_string`): a huge one cost
+    /// its whole size in memory at start-up. They are capped like /proc.
+    #[test]
+    fn captured_root_reads_its_capture_files_with_a_cap() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-cap-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".capture")).unwrap();
+        let line = "2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n";
+        let lines = LARGE / line.len() + 1000;
+        std::fs::write(dir.join(".capture/ip-addr"), line.repeat(lines)).unwrap();
+        std::fs::write(dir.join(".capture/uname-m"), "x".repeat(SMALL + 10)).unwrap();
+        let r = Root::new(&dir).unwrap();
+        let addrs = r.interface_addrs().unwrap();
+        // Whole lines only: every address read is a whole one.
+        assert_eq!(addrs.len(), LARGE / line.len());
+        assert!(addrs.iter().all(|a| a.cidr == "10.0.0.5/24"));
+        // One line longer than the cap: nothing of it.
+        assert_eq!(r.machine(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `nvidia-smi --query-gpu=...`'s CSV. Parsing only; the program is run by
 //! the hardware thread.
 
+use std::collections::HashSet;
+
 /// The exact arguments: the columns [`parse`] expects, in order.
 pub const QUERY: [&str; 2] = [
     "--query-gpu=index,name,temperature.gpu,utilization.gpu,memory.used,memory.total",
@@ -23,6 +25,8 @@ pub struct Gpu {
 /// absent.
 pub fn parse(text: &str) -> Vec<Gpu> {
     let mut out: Vec<Gpu> = Vec::new();
+    // IDs already given (a set: scanning `out` per row was quadratic).
+    let mut ids: HashSet<String> = HashSet::new();
     for (row, line) in text.lines().enumerate() {
         let cols = split_csv(line);
         if cols.len() < 3 {
@@ -30,14 +34,19 @@ pub fn parse(text: &str) -> Vec<Gpu> {
         }
         let col = |i: usize| cols.get(i).map(String::as_str).unwrap_or("");
         let mut id = normalize_id(col(0));
-        if id.is_empty() || out.iter().any(|g| g.id == id) {
+        if id.is_empty() || ids.contains(&id) {
             id = row.to_string();
         }
         let temperature = number(col(2)).filter(|v| *v > 0.0);
         let utilization = number(col(3));
-        let mib = |v: f64| (v * 1_048_576.0).round() as u64;
-        let memory_used = number(col(4)).map(mib);
-        let memory_total = number(col(5)).filter(|v| *v > 0.0).map(mib);
+        // MiB → bytes; a size past i64 (the server's integer) is not a size,
+        // where `as` would have saturated it to u64::MAX.
+        let mib = |v: f64| {
+            let bytes = (v * 1_048_576.0).round();
+            (bytes < 9_223_372_036_854_775_807.0).then_some(bytes as u64)
+        };
+        let memory_used = number(col(4)).and_then(mib);
+        let memory_total = number(col(5)).filter(|v| *v > 0.0).and_then(mib);
         let name = col(1).to_string();
         if name.is_empty()
             && temperature.is_none()
@@ -47,6 +56,7 @@ pub fn parse(text: &str) -> Vec<Gpu> {
         {
             continue;
         }
+        ids.insert(id.clone());
         out.push(Gpu {
             id,
             name,
@@ -127,6 +137,16 @@ mod tests {
         assert_eq!(g[1].temperature, None);
         assert_eq!(g[1].utilization, Some(12.0));
         assert_eq!(normalize_id("0000:65:00.0"), "0000_65_00_0");
+    }
+
+    /// `1e300` MiB became u64::MAX bytes (a saturating `as`), past the
+    /// server's int64: now absent.
+    #[test]
+    fn memory_past_the_servers_integers_is_absent_not_saturated() {
+        let g = parse("0, A, 30, 1, 1e300, 8796093022208\n1, B, 30, 1, 8796093022207, 5\n");
+        assert_eq!((g[0].memory_used, g[0].memory_total), (None, None));
+        assert_eq!(g[1].memory_used, Some(8_796_093_022_207 * 1_048_576));
+        assert_eq!(g[1].memory_total, Some(5 * 1_048_576));
     }
 
     #[test]

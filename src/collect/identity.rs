@@ -12,7 +12,7 @@
 //! (`12.5`, not os-release's `12`); everything else uses os-release `ID` and
 //! `VERSION_ID`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::cpu;
 use crate::root::{self, Root};
@@ -152,12 +152,19 @@ pub fn count_processors(cpuinfo: &str) -> u64 {
         .count() as u64
 }
 
+/// Distinct ARM core types named in a model (big.LITTLE designs have up to
+/// three): more is not a CPU, and would make a model name of megabytes.
+const MAX_CORE_TYPES: usize = 8;
+
 /// A human CPU name. x86 has `model name`; ARM kernels print only the
 /// implementer and part numbers, which are named here the way `lscpu` does;
 /// older ARM, MIPS, PowerPC and RISC-V kernels have a line of their own.
 pub fn cpu_model(cpuinfo: &str) -> String {
     let mut first: HashMap<&str, &str> = HashMap::new();
+    // Distinct (implementer, part) pairs in file order; the set keeps a
+    // cpuinfo of many distinct parts linear (a Vec::contains was quadratic).
     let mut parts: Vec<(&str, &str)> = Vec::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut implementer = "";
     for line in cpuinfo.lines() {
         let Some((k, v)) = line.split_once(':') else {
@@ -170,7 +177,9 @@ pub fn cpu_model(cpuinfo: &str) -> String {
         first.entry(k).or_insert(v);
         match k {
             "CPU implementer" => implementer = v,
-            "CPU part" if !parts.contains(&(implementer, v)) => parts.push((implementer, v)),
+            "CPU part" if parts.len() < MAX_CORE_TYPES && seen.insert((implementer, v)) => {
+                parts.push((implementer, v))
+            }
             _ => {}
         }
     }

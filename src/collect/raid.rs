@@ -208,13 +208,19 @@ fn operation(line: &str) -> Option<&'static str> {
 
 /// The number in the first `= 12.6%` (the progress bar's `=` signs are not
 /// followed by a number).
+///
+/// Only the digits right after each `=` are looked at: searching the rest of
+/// the line for `%` from every `=` was quadratic, and a 1 MB progress bar of
+/// `=` did not finish.
 fn percent(line: &str) -> Option<f64> {
     line.match_indices('=').find_map(|(i, _)| {
         let after = line[i + 1..].trim_start();
-        let num = &after[..after.find('%')?];
-        let ok = !num.is_empty()
-            && num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-            && !num.starts_with('.');
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        let (num, rest) = after.split_at(len);
+        let ok = !num.is_empty() && !num.starts_with('.') && rest.starts_with('%');
         ok.then(|| num.parse().ok()).flatten()
     })
 }

@@ -146,7 +146,15 @@ pub fn parse_zpool_status(text: &str) -> HashMap<String, String> {
     for line in text.lines() {
         let t = line.trim();
         if let Some(p) = t.strip_prefix("pool:") {
-            pool = p.trim().to_string();
+            // Every member key gets a copy of the name: only a real pool name
+            // (at most 255 bytes) is copied, so a 1 MB name line followed by
+            // many members cannot cost megabytes per member.
+            let p = p.trim();
+            pool = if valid_pool_name(p) {
+                p.to_string()
+            } else {
+                String::new()
+            };
             in_config = false;
             continue;
         }
@@ -154,7 +162,7 @@ pub fn parse_zpool_status(text: &str) -> HashMap<String, String> {
             in_config = true;
             continue;
         }
-        if !in_config || t.is_empty() {
+        if !in_config || t.is_empty() || pool.is_empty() {
             continue;
         }
         if STOP.iter().any(|s| t.starts_with(s)) {

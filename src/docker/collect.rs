@@ -45,6 +45,12 @@ const ITEM_CAP: u64 = 4 << 20;
 const RECONNECT_AFTER: u32 = 3;
 /// At most this many healthcheck targets (spec §4.4).
 const MAX_TARGETS: usize = 16;
+/// More online CPUs than Linux can have (NR_CPUS tops out at 8192): a count
+/// above this is not a count, and would scale a CPU % into nonsense.
+const MAX_CPUS: u64 = 1 << 16;
+/// 9999-12-31T23:59:59Z, the last instant an RFC 3339 time (and the
+/// server's parser) can hold: a `Created` past it is not a time.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
 const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
@@ -409,10 +415,7 @@ impl Docker {
             }
             kept.push(c);
         }
-        // Forget containers that are gone.
-        self.inspected
-            .retain(|id, _| kept.iter().any(|c| &c.id == id));
-        self.cpu.retain(|id, _| kept.iter().any(|c| &c.id == id));
+        forget_gone(&mut self.inspected, &mut self.cpu, &kept);
         Ok(Snapshot {
             endpoint: engine.endpoint.clone(),
             api_version: engine.api_version.clone(),
@@ -427,6 +430,19 @@ impl Docker {
     }
 }
 
+/// Drops what is kept between cycles for containers no longer reported. A
+/// set of the reported IDs: a scan of the list per cached container was
+/// quadratic, minutes for a host with 100 000 containers.
+fn forget_gone(
+    inspected: &mut HashMap<String, Inspected>,
+    cpu: &mut HashMap<String, CpuSample>,
+    kept: &[Container],
+) {
+    let present: std::collections::HashSet<&str> = kept.iter().map(|c| c.id.as_str()).collect();
+    inspected.retain(|id, _| present.contains(id.as_str()));
+    cpu.retain(|id, _| present.contains(id.as_str()));
+}
+
 /// CPU % between this stats sample and the container's previous one
 /// (spec §4.6); 0 the first time a container is seen.
 pub(crate) fn cpu_percent(
@@ -438,7 +454,9 @@ pub(crate) fn cpu_percent(
 ) -> f64 {
     if runtime == Runtime::Podman {
         if let Some(p) = s.podman_cpu {
-            return finite(p);
+            // Podman's own figure, of all CPUs: at most all of them busy.
+            let cpus = Some(ncpu).filter(|n| (1..=MAX_CPUS).contains(n));
+            return finite(p).min(cpus.unwrap_or(MAX_CPUS) as f64 * 100.0);
         }
     }
     let Some(cur) = s.cpu else {
@@ -458,7 +476,7 @@ fn cpu_between(prev: CpuSample, cur: CpuSample, runtime: Runtime, ncpu: u64) -> 
     } as f64;
     let online = [cur.online, prev.online, ncpu]
         .into_iter()
-        .find(|&n| n > 0)
+        .find(|n| (1..=MAX_CPUS).contains(n))
         .unwrap_or(1) as f64;
     let d_read = cur.read - prev.read;
     let pct = match runtime {
@@ -469,7 +487,10 @@ fn cpu_between(prev: CpuSample, cur: CpuSample, runtime: Runtime, ncpu: u64) -> 
         Runtime::Podman if d_read > 0.0 => d_total / (d_read * 1e9) * 100.0,
         _ => 0.0,
     };
-    finite(pct)
+    // Counters from the engine that moved more than the CPUs can (a reset
+    // system counter, hostile JSON) say nothing: at most every CPU busy
+    // (Podman's figure is of one CPU, so a busy container of 4 reads 400).
+    finite(pct).min(online * 100.0)
 }
 
 fn finite(v: f64) -> f64 {
@@ -564,13 +585,35 @@ fn s(v: &Value, k: &str) -> String {
     v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
 }
 
+/// A count or byte counter: a JSON integer from 0 to `u64::MAX`, or a float
+/// in that range (truncated). Anything else — negative, `1e300`, past
+/// `u64::MAX`, not a number — is 0, the field's "absent", never a value
+/// saturated or wrapped into a huge one.
 fn u(v: &Value, k: &str) -> u64 {
-    v.get(k)
-        .and_then(|x| {
-            x.as_u64()
-                .or_else(|| x.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-        })
+    v.get(k).and_then(count).unwrap_or(0)
+}
+
+fn count(x: &Value) -> Option<u64> {
+    // 2^64 as f64: every float below it converts exactly-or-truncated.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    x.as_u64().or_else(|| {
+        x.as_f64()
+            .filter(|f| (0.0..LIMIT).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
+/// [`u`] for a field the server decodes as a Go `int`/`int64`: a value past
+/// `i64::MAX` would make the whole report undecodable, so it is 0 (absent).
+fn i(v: &Value, k: &str) -> u64 {
+    Some(u(v, k))
+        .filter(|&n| i64::try_from(n).is_ok())
         .unwrap_or(0)
+}
+
+/// A TCP/UDP port, or 0 when the value is not one.
+fn port(v: &Value, k: &str) -> u64 {
+    Some(u(v, k)).filter(|&p| p <= 65_535).unwrap_or(0)
 }
 
 pub fn parse_info(v: &Value) -> Info {
@@ -593,8 +636,8 @@ pub fn parse_info(v: &Value) -> Info {
         server_version: s(v, "ServerVersion"),
         kernel_version: s(v, "KernelVersion"),
         architecture: s(v, "Architecture"),
-        ncpu: u(v, "NCPU"),
-        mem_total: u(v, "MemTotal"),
+        ncpu: i(v, "NCPU"),
+        mem_total: i(v, "MemTotal"),
         authorization_plugins: plugins,
     }
 }
@@ -628,8 +671,8 @@ pub fn parse_list_entry(v: &Value) -> Option<Container> {
         .map(|a| {
             a.iter()
                 .map(|p| Port {
-                    private: u(p, "PrivatePort"),
-                    public: u(p, "PublicPort"),
+                    private: port(p, "PrivatePort"),
+                    public: port(p, "PublicPort"),
                     protocol: s(p, "Type"),
                     ip: s(p, "IP"),
                 })
@@ -673,7 +716,12 @@ pub fn parse_list_entry(v: &Value) -> Option<Container> {
         name,
         image: s(v, "Image"),
         image_digest: s(v, "ImageID"),
-        created: v.get("Created").and_then(Value::as_i64).unwrap_or(0),
+        // Rendered as an RFC 3339 time: only seconds that make one.
+        created: v
+            .get("Created")
+            .and_then(Value::as_i64)
+            .filter(|t| (0..=MAX_UNIX_SECONDS).contains(t))
+            .unwrap_or(0),
         state: s(v, "State").to_ascii_lowercase(),
         status: s(v, "Status"),
         ports,
@@ -687,9 +735,11 @@ pub fn parse_list_entry(v: &Value) -> Option<Container> {
 /// The inspect fields the report uses.
 pub(crate) fn parse_inspect(v: &Value) -> Inspected {
     let st = v.get("State").cloned().unwrap_or_default();
+    // Passed on as the engine wrote them, so only text that is a time: the
+    // server parses it, and one bad time would make it refuse the report.
     let time = |k: &str| {
         let t = s(&st, k);
-        if t.is_empty() || t.starts_with("0001-01-01") {
+        if t.starts_with("0001-01-01") || parse_rfc3339(&t).is_none() {
             String::new()
         } else {
             t
@@ -718,7 +768,7 @@ pub(crate) fn parse_inspect(v: &Value) -> Inspected {
             .unwrap_or("")
             .to_string(),
         targets: healthcheck_targets(&test),
-        restart_count: u(v, "RestartCount"),
+        restart_count: i(v, "RestartCount"),
         exit_code: st.get("ExitCode").and_then(Value::as_i64).unwrap_or(0),
         oom_killed: st
             .get("OOMKilled")
@@ -734,7 +784,7 @@ pub(crate) fn parse_inspect(v: &Value) -> Inspected {
 
 pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     let mem = v.get("memory_stats").cloned().unwrap_or_default();
-    let mut usage = u(&mem, "usage");
+    let mut usage = i(&mem, "usage");
     if let Some(m) = mem.get("stats") {
         // cgroup v1 has `cache`; v2 has `inactive_file`.
         let cache = if m.get("cache").is_some() {
@@ -769,12 +819,15 @@ pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     let cpu = v.get("cpu_stats");
     let sample = cpu.and_then(|c| {
         let total = c.pointer("/cpu_usage/total_usage")?.as_u64()?;
+        // Not a count of CPUs (0, or past MAX_CPUS): the per-CPU list's
+        // length, else the caller's fallback.
         let online = match u(c, "online_cpus") {
-            0 => c
+            n @ 1..=MAX_CPUS => n,
+            _ => c
                 .pointer("/cpu_usage/percpu_usage")
                 .and_then(Value::as_array)
-                .map_or(0, |a| a.len() as u64),
-            n => n,
+                .map_or(0, |a| a.len() as u64)
+                .min(MAX_CPUS),
         };
         let read = parse_rfc3339(v.get("read")?.as_str()?)?
             .duration_since(UNIX_EPOCH)
@@ -789,7 +842,7 @@ pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     });
     Stats {
         memory_usage: usage,
-        memory_limit: u(&mem, "limit"),
+        memory_limit: i(&mem, "limit"),
         network_rx: rx,
         network_tx: tx,
         block_read: read,
@@ -827,12 +880,38 @@ pub(crate) fn apply_stats(c: &mut Container, s: &Stats) {
     c.memory_limit = s.memory_limit;
     c.memory_percent = match s.memory_limit {
         0 => 0.0,
-        l => finite(s.memory_usage as f64 / l as f64 * 100.0),
+        // Usage past the limit is not memory a container can hold.
+        l => finite(s.memory_usage as f64 / l as f64 * 100.0).min(100.0),
     };
     c.network_rx = s.network_rx;
     c.network_tx = s.network_tx;
     c.block_read = s.block_read;
     c.block_write = s.block_write;
+}
+
+/// One container from the engine's documents, as a collection builds it: a
+/// list entry, its inspect, and its stats (successive samples, so the last
+/// one's CPU % is against the one before). Pure: for tests and fuzzing the
+/// whole container path with hostile JSON. `None` without an ID.
+pub fn container_from_documents(
+    list_entry: &Value,
+    inspect: &Value,
+    stats: &[Value],
+    runtime: Runtime,
+    ncpu: u64,
+    now: SystemTime,
+) -> Option<Container> {
+    let mut c = parse_list_entry(list_entry)?;
+    let mut i = parse_inspect(inspect);
+    i.key = inspect_key(&c);
+    apply_inspect(&mut c, &i, now);
+    let mut samples = HashMap::new();
+    for doc in stats {
+        let s = parse_stats(doc, runtime);
+        c.cpu_percent = cpu_percent(&mut samples, &c.id, &s, runtime, ncpu);
+        apply_stats(&mut c, &s);
+    }
+    Some(c)
 }
 
 /// The parts of a list entry that, when they change, make a cached inspect
@@ -859,7 +938,8 @@ pub(crate) fn needs_inspect(c: &Container, i: &Inspected, now: SystemTime) -> bo
     // Still "Up", but for less time than the cached start implies: it restarted.
     match (c.state.as_str(), i.started, up_at_most(&c.status)) {
         ("running" | "paused", Some(started), Some(max)) => {
-            now.duration_since(started).unwrap_or_default() > max + Duration::from_secs(2)
+            now.duration_since(started).unwrap_or_default()
+                > max.saturating_add(Duration::from_secs(2))
         }
         _ => false,
     }
@@ -880,16 +960,19 @@ pub fn up_at_most(status: &str) -> Option<Duration> {
         _ => {
             let (n, unit) = text.split_once(' ')?;
             let n: u64 = n.parse().ok()?;
-            match unit.trim_end_matches('s') {
-                "second" => n + 1,
-                "minute" => (n + 1) * MIN,
-                "hour" => n * HOUR + HOUR / 2,
-                "day" => (n + 1) * DAY,
-                "week" => (n + 1) * 7 * DAY,
-                "month" => (n + 1) * 30 * DAY,
-                "year" => (n + 1) * 366 * DAY,
+            // The number is the engine's: checked arithmetic, and a span that
+            // does not fit is not a status (`Up 99999999999 years`).
+            let (bucket, scale, extra) = match unit.trim_end_matches('s') {
+                "second" => (n.checked_add(1)?, 1, 0),
+                "minute" => (n.checked_add(1)?, MIN, 0),
+                "hour" => (n, HOUR, HOUR / 2),
+                "day" => (n.checked_add(1)?, DAY, 0),
+                "week" => (n.checked_add(1)?, 7 * DAY, 0),
+                "month" => (n.checked_add(1)?, 30 * DAY, 0),
+                "year" => (n.checked_add(1)?, 366 * DAY, 0),
                 _ => return None,
-            }
+            };
+            bucket.checked_mul(scale)?.checked_add(extra)?
         }
     };
     Some(Duration::from_secs(secs))
@@ -1007,6 +1090,12 @@ mod tests {
         assert!((cpu_between(a, r, Runtime::Docker, 0) - 50.0).abs() < 1e-9);
         // Nothing moved.
         assert_eq!(cpu_between(a, a, Runtime::Docker, 4), 0.0);
+        // Podman: two CPUs busy for a second is 200 % (not cut at one CPU).
+        let two = CpuSample {
+            total: 3_000_000_000,
+            ..b
+        };
+        assert!((cpu_between(a, two, Runtime::Podman, 0) - 200.0).abs() < 1e-9);
     }
 
     #[test]
@@ -1041,6 +1130,186 @@ mod tests {
         assert_eq!(m("Up 2 days"), Some(3 * 86_400));
         assert_eq!(m("Exited (0) 3 minutes ago"), None);
         assert_eq!(m("Up forever"), None);
+    }
+
+    /// Fuzzing: `(n + 1) * 366 * DAY` overflowed on a huge `Up N years`,
+    /// and `max + 2 s` on a status near `u64::MAX` seconds (both panics).
+    #[test]
+    fn up_at_most_with_a_huge_number_is_none_not_an_overflow() {
+        let m = |s| up_at_most(s).map(|d| d.as_secs());
+        assert_eq!(m("Up 18446744073709551615 seconds"), None);
+        assert_eq!(m("Up 18446744073709551615 hours"), None);
+        assert_eq!(m("Up 99999999999999 years"), None);
+        assert_eq!(m("Up 999999999999 years (healthy)"), None);
+        assert_eq!(m("Up 99999999999999999999 weeks"), None, "past u64");
+        assert_eq!(
+            m("Up 99999999999 years"),
+            Some(100_000_000_000 * 366 * 86_400)
+        );
+        assert_eq!(m("Up 18446744073709551614 seconds"), Some(u64::MAX));
+        let now = SystemTime::now();
+        let i = Inspected {
+            key: "running".into(),
+            at: Some(Instant::now()),
+            started: Some(now - Duration::from_secs(3600)),
+            ..Inspected::default()
+        };
+        for status in [
+            "Up 18446744073709551614 seconds",
+            "Up 18446744073709551613 seconds",
+            "Up 99999999999 years",
+        ] {
+            let c = Container {
+                state: "running".into(),
+                status: status.into(),
+                ..Container::default()
+            };
+            assert!(!needs_inspect(&c, &i, now), "{status}");
+        }
+    }
+
+    /// The fuzzer's container documents: numbers past every range, negative,
+    /// 1e300, zero deltas. Nothing panics, and no field the server reads as
+    /// a Go int64 gets a value past `i64::MAX` (which would make it refuse
+    /// the whole report), nor a percentage more than the CPUs or the limit
+    /// allow; a nonsensical number is left out (0).
+    #[test]
+    fn hostile_numbers_in_container_json_are_left_out_not_wrapped() {
+        let list: Value = serde_json::from_str(
+            r#"{"Id": "abc", "Names": ["/x"], "Created": 1e300, "State": "running",
+            "Status": "Up 18446744073709551615 years",
+            "Ports": [{"PrivatePort": 1e300, "PublicPort": -1},
+                      {"PrivatePort": 70000, "PublicPort": 18446744073709551616}]}"#,
+        )
+        .unwrap();
+        let inspect = json!({"RestartCount": 1e300, "State": {"ExitCode": -9223372036854775808i64,
+            "StartedAt": "2026-11-22T16:14:07+1é00", "FinishedAt": "not a time"}});
+        let stats = |total: f64, system: f64, read: &str| {
+            json!({"read": read,
+                "memory_stats": {"usage": 1e300, "limit": 1, "stats": {"cache": -5}},
+                "networks": {"a": {"rx_bytes": 18446744073709551615u64, "tx_bytes": 1e300},
+                             "b": {"rx_bytes": 18446744073709551615u64, "tx_bytes": -1}},
+                "blkio_stats": {"io_service_bytes_recursive": [
+                    {"op": "read", "value": 18446744073709551615u64}, {"op": "Read", "value": 7},
+                    {"op": "write", "value": 1e300}]},
+                "cpu_stats": {"cpu_usage": {"total_usage": total, "percpu_usage": []},
+                    "system_cpu_usage": system, "online_cpus": 1e300}})
+        };
+        let samples = [
+            stats(0.0, 5.0, "2026-11-22T16:14:07Z"),
+            stats(1e19, 5.0, "2026-11-22T16:14:08Z"),
+            stats(1.8e19, 6.0, "2026-11-22T16:14:07Z"),
+        ];
+        let now = SystemTime::now();
+        for runtime in [Runtime::Docker, Runtime::Podman] {
+            for ncpu in [0, 4, u64::MAX] {
+                for n in 0..=samples.len() {
+                    let c = container_from_documents(
+                        &list,
+                        &inspect,
+                        &samples[..n],
+                        runtime,
+                        ncpu,
+                        now,
+                    )
+                    .unwrap();
+                    assert_eq!(c.created, 0);
+                    assert_eq!(c.restart_count, 0);
+                    assert_eq!((c.ports[0].private, c.ports[0].public), (0, 0));
+                    assert_eq!((c.ports[1].private, c.ports[1].public), (0, 0));
+                    assert_eq!((c.started_at.as_str(), c.finished_at.as_str()), ("", ""));
+                    assert_eq!(c.uptime_seconds, 0);
+                    let int64 = [c.memory_usage, c.memory_limit, c.uptime_seconds];
+                    assert!(int64.iter().all(|&v| i64::try_from(v).is_ok()), "{c:?}");
+                    assert!(c.cpu_percent.is_finite() && c.cpu_percent >= 0.0);
+                    assert!(c.cpu_percent <= 100.0 * 4.0, "{}", c.cpu_percent);
+                    assert!((0.0..=100.0).contains(&c.memory_percent), "{c:?}");
+                    if n > 0 {
+                        assert_eq!((c.memory_usage, c.memory_limit), (0, 1));
+                        assert_eq!((c.network_rx, c.network_tx), (u64::MAX, 0));
+                        assert_eq!((c.block_read, c.block_write), (u64::MAX, 0));
+                    }
+                }
+            }
+        }
+        // A Podman figure of 1e300 % is at most every CPU busy.
+        let podman = json!({"cpu_stats": {"cpu": 1e300}});
+        let c = container_from_documents(&list, &inspect, &[podman], Runtime::Podman, 2, now);
+        assert_eq!(c.unwrap().cpu_percent, 200.0);
+        // Info: counts past i64 are left out.
+        let info = parse_info(&json!({"NCPU": 1e300, "MemTotal": 18446744073709551615u64}));
+        assert_eq!((info.ncpu, info.mem_total), (0, 0));
+    }
+
+    /// Forgetting gone containers scanned the kept list once per cached
+    /// container: quadratic. 100 000 containers, half of them gone, within a
+    /// generous deadline (a hang check, not a speed target).
+    #[test]
+    fn forgetting_many_gone_containers_is_not_quadratic() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let n = 100_000;
+            let ids: Vec<String> = (0..n).map(|i| format!("{i:064x}")).collect();
+            let mut inspected: HashMap<String, Inspected> = ids
+                .iter()
+                .map(|id| (id.clone(), Inspected::default()))
+                .collect();
+            let sample = CpuSample {
+                total: 0,
+                system: 0,
+                online: 1,
+                read: 0.0,
+            };
+            let mut cpu: HashMap<String, CpuSample> =
+                ids.iter().map(|id| (id.clone(), sample)).collect();
+            let kept: Vec<Container> = ids
+                .iter()
+                .step_by(2)
+                .map(|id| Container {
+                    id: id.clone(),
+                    ..Container::default()
+                })
+                .collect();
+            forget_gone(&mut inspected, &mut cpu, &kept);
+            let _ = tx.send((inspected.len(), cpu.len(), inspected.contains_key(&ids[1])));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(got, Ok((50_000, 50_000, false)), "hung or wrong");
+    }
+
+    /// The ordinary path still gives the ordinary numbers.
+    #[test]
+    fn container_from_documents_matches_a_collection() {
+        let list = json!({"Id": "abc", "Names": ["/web"], "Created": 1_700_000_000,
+            "State": "running", "Status": "Up 2 hours", "Ports": [{"PrivatePort": 80, "PublicPort": 8080}]});
+        let inspect = json!({"RestartCount": 2, "State": {"ExitCode": 0,
+            "StartedAt": "2026-11-22T14:14:07.5Z", "FinishedAt": "0001-01-01T00:00:00Z"}});
+        let stats = |total: u64, system: u64, read: &str| {
+            json!({"read": read, "memory_stats": {"usage": 3000, "limit": 4000, "stats": {"inactive_file": 1000}},
+                "cpu_stats": {"cpu_usage": {"total_usage": total}, "system_cpu_usage": system, "online_cpus": 2}})
+        };
+        let now = parse_rfc3339("2026-11-22T16:14:07.5Z").unwrap();
+        let c = container_from_documents(
+            &list,
+            &inspect,
+            &[
+                stats(1_000_000_000, 100_000_000_000, "2026-11-22T16:14:06Z"),
+                stats(2_000_000_000, 102_000_000_000, "2026-11-22T16:14:07Z"),
+            ],
+            Runtime::Docker,
+            2,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.created, c.restart_count, c.uptime_seconds),
+            (1_700_000_000, 2, 7200)
+        );
+        assert_eq!((c.memory_usage, c.memory_limit), (2000, 4000));
+        assert!((c.memory_percent - 50.0).abs() < 1e-9);
+        assert!((c.cpu_percent - 100.0).abs() < 1e-9);
+        assert_eq!(c.started_at, "2026-11-22T14:14:07.5Z");
+        assert_eq!((c.ports[0].private, c.ports[0].public), (80, 8080));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! accept a header block larger than [`MAX_HEAD`].
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,9 +77,68 @@ impl Response {
     }
 }
 
-/// One connection to the socket.
-pub struct Conn {
-    reader: BufReader<UnixStream>,
+/// What a connection talks over: the engine's Unix socket, or an answer
+/// held in memory ([`parse_response`]).
+pub trait Transport: io::Read + io::Write {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Transport for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+}
+
+/// An answer in memory: reads give its bytes, then end of file; what is
+/// written (the request) is dropped.
+pub struct Recorded(io::Cursor<Vec<u8>>);
+
+impl io::Read for Recorded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl io::Write for Recorded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Recorded {
+    fn set_read_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_write_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads `answer` as the reply to one `method` request, the body at most
+/// `cap` bytes, through the same code as an answer on the socket (head,
+/// Content-Length, chunked or close-delimited body). Pure: for tests and
+/// fuzzing the engine's side of the protocol.
+pub fn parse_response(answer: &[u8], method: &str, cap: u64) -> Result<Response, Error> {
+    let mut conn = Conn {
+        reader: BufReader::with_capacity(16 * 1024, Recorded(io::Cursor::new(answer.to_vec()))),
+        reusable: true,
+    };
+    // Nothing here waits: the deadline is only there because requests have one.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    conn.request(method, "/", "pulse-agent", deadline, cap)
+}
+
+/// One connection to the socket (or, for [`parse_response`], to an answer
+/// in memory).
+pub struct Conn<T = UnixStream> {
+    reader: BufReader<T>,
     /// The last answer left the connection usable for another request.
     reusable: bool,
 }
@@ -101,7 +160,9 @@ impl Conn {
             reusable: true,
         }
     }
+}
 
+impl<T: Transport> Conn<T> {
     pub fn reusable(&self) -> bool {
         self.reusable
     }
@@ -148,10 +209,12 @@ impl Conn {
                 .trim()
                 .parse()
                 .map_err(|_| Error::Malformed(format!("Content-Length {len:?}")))?;
-            if len > cap {
-                return Err(Error::TooLarge(cap));
-            }
-            (self.read_exact(len as usize, deadline)?, true)
+            // The peer's number: compared with the cap before it sizes anything.
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l as u64 <= cap)
+                .ok_or(Error::TooLarge(cap))?;
+            (self.read_exact(len, deadline)?, true)
         } else {
             (self.read_to_close(deadline, cap)?, false)
         };
@@ -189,7 +252,7 @@ impl Conn {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
-            if out.len() + take > cap {
+            if out.len().saturating_add(take) > cap {
                 return Err(Error::Malformed(format!(
                     "a line or header block over {cap} bytes"
                 )));
@@ -267,10 +330,14 @@ impl Conn {
                     }
                 }
             }
-            if body.len() as u64 + size > cap {
-                return Err(Error::TooLarge(cap));
-            }
-            self.append(&mut body, size as usize, deadline)?;
+            // The size is the peer's (up to `ffffffffffffffff`): checked
+            // arithmetic, and over the cap is an error before any byte is read.
+            let size = (body.len() as u64)
+                .checked_add(size)
+                .filter(|&total| total <= cap)
+                .and_then(|_| usize::try_from(size).ok())
+                .ok_or(Error::TooLarge(cap))?;
+            self.append(&mut body, size, deadline)?;
             let mut end = Vec::new();
             self.read_line(&mut end, deadline, 2)?;
             if end != b"\r\n" && end != b"\n" {
@@ -287,7 +354,7 @@ impl Conn {
                 return Ok(body);
             }
             let n = buf.len();
-            if body.len() as u64 + n as u64 > cap {
+            if (body.len() as u64).saturating_add(n as u64) > cap {
                 return Err(Error::TooLarge(cap));
             }
             body.extend_from_slice(buf);
@@ -354,6 +421,7 @@ fn parse_head(head: &[u8]) -> Result<(u16, Headers, bool), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     /// Serves `answers` (one per request, raw bytes) on a fresh socket.
@@ -485,6 +553,79 @@ mod tests {
         let r = c.request("GET", "/x", "t", soon(), 1000).unwrap();
         assert_eq!(&r.body[..], b"all of it");
         assert!(!c.reusable());
+    }
+
+    /// Fuzzing: `body.len() + size` overflowed (a panic in a debug build,
+    /// a wrapped sum that passed the cap check in release) when a chunk size
+    /// of `ffffffffffffffff` followed a first chunk.
+    #[test]
+    fn chunk_size_that_overflows_is_an_error_not_a_panic() {
+        for (size, cap) in [
+            ("ffffffffffffffff", 1000),
+            ("ffffffffffffffff", u64::MAX),
+            ("fffffffffffffffe", u64::MAX - 1),
+        ] {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n{size}\r\nbbbb"
+            );
+            let (_d, p) = serve(vec![answer.into_bytes()]);
+            let e = Conn::connect(&p)
+                .unwrap()
+                .request("GET", "/x", "t", soon(), cap);
+            assert!(matches!(e, Err(Error::TooLarge(_))), "{size}: {e:?}");
+        }
+        // Longer than 64 bits of hex: not a number at all.
+        let (_d, p) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n".to_vec(),
+        ]);
+        let e = Conn::connect(&p)
+            .unwrap()
+            .request("GET", "/x", "t", soon(), 1000);
+        assert!(matches!(e, Err(Error::Malformed(_))), "{e:?}");
+    }
+
+    /// A Content-Length at or past `u64::MAX`, negative or not an integer:
+    /// an error, never a truncating cast or an allocation of that size.
+    #[test]
+    fn huge_content_length_is_an_error_not_a_panic() {
+        for len in ["18446744073709551615", "18446744073709551616", "-1", "1e9"] {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\nab");
+            let (_d, p) = serve(vec![answer.into_bytes()]);
+            let e = Conn::connect(&p)
+                .unwrap()
+                .request("GET", "/x", "t", soon(), 1000);
+            assert!(
+                matches!(e, Err(Error::TooLarge(_) | Error::Malformed(_))),
+                "{len}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_response_reads_an_answer_in_memory_like_the_socket() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET",
+            100,
+        )
+        .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
+        let r = parse_response(b"HTTP/1.0 404 Nope\r\n\r\nall", "GET", 100).unwrap();
+        assert_eq!((r.status, &r.body[..]), (404, &b"all"[..]));
+        let e = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab",
+            "GET",
+            100,
+        );
+        assert!(e.as_ref().is_err_and(Error::is_stale_connection), "{e:?}");
+        assert!(matches!(parse_response(b"", "GET", 100), Err(Error::Io(_))));
+        // The overflowing chunk size, without a socket.
+        let e = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+            "GET",
+            u64::MAX,
+        );
+        assert!(matches!(e, Err(Error::TooLarge(_))), "{e:?}");
     }
 
     #[test]
