@@ -210,7 +210,7 @@ pub struct Snapshot {
 
 /// The inspect fields the report uses, kept between cycles.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Inspected {
+struct Inspected {
     /// The list's state, health and exit code when this was read.
     key: String,
     at: Option<Instant>,
@@ -227,7 +227,7 @@ pub(crate) struct Inspected {
 
 /// The CPU counters of a container's previous stats.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct CpuSample {
+struct CpuSample {
     total: u64,
     system: u64,
     online: u64,
@@ -236,7 +236,7 @@ pub(crate) struct CpuSample {
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Stats {
+struct Stats {
     memory_usage: u64,
     memory_limit: u64,
     network_rx: u64,
@@ -445,7 +445,7 @@ fn forget_gone(
 
 /// CPU % between this stats sample and the container's previous one
 /// (spec §4.6); 0 the first time a container is seen.
-pub(crate) fn cpu_percent(
+fn cpu_percent(
     samples: &mut HashMap<String, CpuSample>,
     id: &str,
     s: &Stats,
@@ -733,7 +733,7 @@ pub fn parse_list_entry(v: &Value) -> Option<Container> {
 }
 
 /// The inspect fields the report uses.
-pub(crate) fn parse_inspect(v: &Value) -> Inspected {
+fn parse_inspect(v: &Value) -> Inspected {
     let st = v.get("State").cloned().unwrap_or_default();
     // Passed on as the engine wrote them, so only text that is a time: the
     // server parses it, and one bad time would make it refuse the report.
@@ -782,7 +782,7 @@ pub(crate) fn parse_inspect(v: &Value) -> Inspected {
     }
 }
 
-pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
+fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     let mem = v.get("memory_stats").cloned().unwrap_or_default();
     let mut usage = i(&mem, "usage");
     if let Some(m) = mem.get("stats") {
@@ -855,7 +855,7 @@ pub(crate) fn parse_stats(v: &Value, runtime: Runtime) -> Stats {
     }
 }
 
-pub(crate) fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
+fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
     c.health = i.health.clone();
     c.healthcheck_targets = i.targets.clone();
     c.restart_count = i.restart_count;
@@ -875,7 +875,7 @@ pub(crate) fn apply_inspect(c: &mut Container, i: &Inspected, now: SystemTime) {
     }
 }
 
-pub(crate) fn apply_stats(c: &mut Container, s: &Stats) {
+fn apply_stats(c: &mut Container, s: &Stats) {
     c.memory_usage = s.memory_usage;
     c.memory_limit = s.memory_limit;
     c.memory_percent = match s.memory_limit {
@@ -931,7 +931,7 @@ fn inspect_key(c: &Container) -> String {
     key
 }
 
-pub(crate) fn needs_inspect(c: &Container, i: &Inspected, now: SystemTime) -> bool {
+fn needs_inspect(c: &Container, i: &Inspected, now: SystemTime) -> bool {
     if i.key != inspect_key(c) || i.at.is_none_or(|t| t.elapsed() >= INSPECT_MAX_AGE) {
         return true;
     }

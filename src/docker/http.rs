@@ -149,16 +149,10 @@ impl Conn {
     /// a full backlog, which the caller's thread bears.)
     pub fn connect(path: &Path) -> Result<Conn, Error> {
         let stream = UnixStream::connect(path).map_err(Error::Connect)?;
-        Ok(Conn::from_stream(stream))
-    }
-
-    /// A connection over an already connected stream (the fuzz harness
-    /// hands it a socket pair).
-    pub(crate) fn from_stream(stream: UnixStream) -> Conn {
-        Conn {
+        Ok(Conn {
             reader: BufReader::with_capacity(16 * 1024, stream),
             reusable: true,
-        }
+        })
     }
 }
 
