@@ -964,12 +964,7 @@ impl Agent {
                     Ok(None) => Err(format!("token file {}: empty", path.display())),
                     Err(e) => Err(e.to_string()),
                 };
-                for n in notices {
-                    match n {
-                        crate::config::Notice::Info(m) => log::info!("{m}"),
-                        crate::config::Notice::Warn(m) => log::warn!("{m}"),
-                    }
-                }
+                notices.iter().for_each(crate::config::Notice::log);
                 match read {
                     Ok(token) if Some(&token) == self.config.token.as_ref() => done.push(format!(
                         "re-read the token file {} (unchanged)",

@@ -456,8 +456,14 @@ fn go_style(args: Vec<OsString>) -> Result<Vec<OsString>, UsageError> {
         let s = arg.to_str();
         if let Some(name) = value_for.take() {
             if let Some(word) = s.filter(|w| is_flag_word(w)) {
+                // Only the flag's name: what follows its `=` may be a
+                // secret (`--url --token=...`), and errors reach the journal.
+                let shown = match word.split_once('=') {
+                    Some((flag, _)) => format!("{flag}=..."),
+                    None => word.to_string(),
+                };
                 return Err(usage(format!(
-                    "--{name} needs a value, but the next argument is the flag '{word}' (if that is the value, write --{name}={word})"
+                    "--{name} needs a value, but the next argument is the flag '{shown}' (if that is the value, write --{name}={shown})"
                 )));
             }
             out.push(arg);
@@ -780,12 +786,8 @@ mod tests {
         for (args, flag, word) in [
             (&["--token-file", "--once"][..], "--token-file", "--once"),
             (&["-token-file", "-once"], "--token-file", "-once"),
-            (
-                &["--token-file", "-once=true"],
-                "--token-file",
-                "-once=true",
-            ),
-            (&["-url", "--token=x"], "--url", "--token=x"),
+            (&["--token-file", "-once=true"], "--token-file", "-once=..."),
+            (&["-url", "--token=S3CRET"], "--url", "--token=..."),
             (
                 &["--hostname", "--no-such-flag"],
                 "--hostname",
@@ -803,6 +805,8 @@ mod tests {
             assert!(e.contains(&format!("'{word}'")), "{args:?}: {e}");
             assert!(e.contains(&format!("{flag}={word}")), "{args:?}: {e}");
             assert!(!e.contains('\n'));
+            // The value after a flag's `=` is never echoed: it may be the token.
+            assert!(!e.contains("S3CRET") && !e.contains("=true"), "{e}");
         }
         let a = p(&["--token-file=--once", "-hostname=-once"]).unwrap();
         assert_eq!(a.str("token-file"), Some("--once"));

@@ -162,6 +162,16 @@ pub enum Notice {
     Warn(String),
 }
 
+impl Notice {
+    /// Logs it at its level (once the logger is up).
+    pub fn log(&self) {
+        match self {
+            Notice::Info(m) => log::info!("{m}"),
+            Notice::Warn(m) => log::warn!("{m}"),
+        }
+    }
+}
+
 /// Resolves host names for the plain-HTTP rule; injected by tests.
 pub type Resolver = dyn Fn(&str) -> Option<Vec<IpAddr>>;
 

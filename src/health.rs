@@ -160,18 +160,21 @@ fn gate(public: TcpListener, sock: PathBuf) {
         };
         let mut still = std::collections::VecDeque::with_capacity(held.len());
         for (h, r) in held.drain(..).zip(ready.iter().skip(1)) {
-            held_bytes -= h.head.len();
+            held_bytes -= h.head.capacity();
+            // The deadline counts from accept, whatever the client sends.
             let kept = if *r {
                 feed(h, &mut relays, &mut buf)
             } else {
-                Some(h).filter(|h| h.since.elapsed() < IDLE)
-            };
+                Some(h)
+            }
+            .filter(|h| h.since.elapsed() < IDLE);
             if let Some(h) = kept {
-                held_bytes += h.head.len();
+                held_bytes += h.head.capacity();
                 still.push_back(h);
             }
         }
         held = still;
+        shed(&mut held, &mut held_bytes, max_waiting);
         if ready[0] {
             loop {
                 let conn = match public.accept() {
@@ -196,15 +199,21 @@ fn gate(public: TcpListener, sock: PathBuf) {
                 // With TCP_DEFER_ACCEPT a new connection usually has its
                 // whole request already: relayed without a trip through poll.
                 if let Some(h) = feed(h, &mut relays, &mut buf) {
-                    held_bytes += h.head.len();
+                    held_bytes += h.head.capacity();
                     held.push_back(h);
                 }
-                while held.len() > max_waiting || held_bytes > MAX_HELD_BYTES {
-                    let Some(old) = held.pop_front() else { break };
-                    held_bytes -= old.head.len();
-                }
+                shed(&mut held, &mut held_bytes, max_waiting);
             }
         }
+    }
+}
+
+/// Closes the oldest held connections until at most `max` are held with at
+/// most [`MAX_HELD_BYTES`] of request bytes (allocated) between them.
+fn shed(held: &mut std::collections::VecDeque<Held>, bytes: &mut usize, max: usize) {
+    while held.len() > max || *bytes > MAX_HELD_BYTES {
+        let Some(old) = held.pop_front() else { break };
+        *bytes -= old.head.capacity();
     }
 }
 

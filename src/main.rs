@@ -33,12 +33,7 @@ fn main() -> ExitCode {
             return fail(2, &format!("--log-file {}: {e}", file.display()));
         }
     };
-    for n in &config.notices {
-        match n {
-            Notice::Info(m) => log::info!("{m}"),
-            Notice::Warn(m) => log::warn!("{m}"),
-        }
-    }
+    config.notices.iter().for_each(Notice::log);
     if args.flag("self-test") {
         log::info!("Self-test passed");
         return ExitCode::SUCCESS;

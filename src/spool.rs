@@ -60,14 +60,14 @@ pub struct Spool {
 }
 
 /// The ID in a spool file name: exactly 20 digits and `.json`, as
-/// [`Spool::push`] writes them. Anything else (a sign, fewer digits, a
-/// number past `u64::MAX`) is not a spool file.
+/// [`Spool::push`] writes them, from 1. Anything else (a sign, fewer digits,
+/// 0, a number past `u64::MAX`) is not a spool file.
 pub fn parse_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".json")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|&id| id > 0)
 }
 
 impl Spool {
@@ -496,6 +496,29 @@ mod tests {
         assert_eq!(s.front().unwrap().unwrap().1, report(2));
         assert_eq!(s.clear(), 1);
         fs::remove_file(&blocker).unwrap();
+    }
+
+    /// Review of issue 12: a file with ID 0 broke renumbering's rule (the
+    /// k-th report's ID is at least k): 0 renamed onto 1 replaced report 1.
+    #[test]
+    fn renumbering_with_a_file_numbered_zero_loses_no_report() {
+        let d = dir("zero");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("{:020}.json", 0)), report(0)).unwrap();
+        fs::write(d.join(format!("{:020}.json", 1)), report(1)).unwrap();
+        fs::write(d.join(format!("{}.json", u64::MAX)), report(2)).unwrap();
+        let mut s = Spool::open(Some(&d), 60, DEFAULT_MAX_BYTES);
+        let mut got = Vec::new();
+        while let Some((id, body)) = s.front().unwrap() {
+            got.push(body);
+            s.remove(id);
+        }
+        assert_eq!(got, vec![report(1), report(2)]);
+        assert!(
+            d.join(format!("{:020}.json", 0)).exists(),
+            "not ours: untouched"
+        );
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -149,9 +149,13 @@ impl Lock {
             let holder = file.metadata().ok().and_then(|m| {
                 // The agent's own kernel, like /proc/self: not the host
                 // telemetry that --root redirects.
-                let locks = fs::read("/proc/locks").ok()?;
-                let locks = String::from_utf8_lossy(&locks[..locks.len().min(1 << 20)]);
-                flock_holder(&locks, m.dev(), m.ino())
+                let mut locks = Vec::new();
+                File::open("/proc/locks")
+                    .and_then(|f| {
+                        io::Read::read_to_end(&mut io::Read::take(f, 1 << 20), &mut locks)
+                    })
+                    .ok()?;
+                flock_holder(&String::from_utf8_lossy(&locks), m.dev(), m.ino())
             });
             return Err(LockError::Held(holder));
         }

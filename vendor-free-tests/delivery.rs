@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::proc::{Agent, Dir, args};
+use common::proc::{Agent, Dir, args, free_port, with_listener};
 use common::standin::{Mode, REPORT_TOKEN, StandIn, split_seq};
 use serde_json::json;
 
@@ -524,46 +524,12 @@ fn sigterm_stops_within_two_seconds_even_when_the_server_hangs() {
 }
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    let _ = c.read_to_string(&mut s);
-    let status = s
-        .split(' ')
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        s.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
-}
-
-/// The agent with its health listener on a free port, after two reports.
-fn with_listener(s: &StandIn, dir: &Dir) -> (Agent, u16) {
-    let port = free_port();
-    let mut a = args(s, dir, &[]);
-    a.retain(|x| x != "--health-addr=");
-    a.push(format!("--health-addr=127.0.0.1:{port}"));
-    let agent = Agent::start(dir, &a);
-    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
-    (agent, port)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let (status, _, body) = common::proc::ask(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        Duration::from_secs(5),
+    );
+    (status, body)
 }
 
 fn proc_status(pid: u32, key: &str) -> u64 {
@@ -917,18 +883,23 @@ fn two_agents_on_one_state_dir_the_second_exits_naming_the_first() {
     let mut a = args(&s, &dir, &[]);
     a.push("--once".into());
     let mut waiting = Agent::start(&dir, &a);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stop the service only once the --once run has met its lock.
+    let asked = Instant::now();
+    while !waiting.log().contains("waiting up to 10 s") && asked.elapsed() < Duration::from_secs(8)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        waiting.log().contains("waiting up to 10 s"),
+        "{}",
+        waiting.log()
+    );
     assert!(waiting.child.try_wait().unwrap().is_none(), "still waiting");
     first.signal("TERM");
     let status = waiting
         .wait_exit(Duration::from_secs(15))
         .expect("--once finished");
     assert!(status.success(), "{}", waiting.log());
-    assert!(
-        waiting.log().contains("waiting up to 10 s"),
-        "{}",
-        waiting.log()
-    );
     assert!(dir.spooled().is_empty(), "{:?}", dir.spooled());
     let got = s.accepted_sequence();
     assert_eq!(

@@ -138,3 +138,44 @@ pub fn args(s: &StandIn, dir: &Dir, extra: &[&str]) -> Vec<String> {
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
+
+/// A free loopback port (bound and released: nothing listens on it now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The agent with its health listener on a free port, after two reports (the
+/// first has been published).
+pub fn with_listener(s: &StandIn, dir: &Dir) -> (Agent, u16) {
+    let port = free_port();
+    let mut a = args(s, dir, &[]);
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let agent = Agent::start(dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+    (agent, port)
+}
+
+/// Sends `request` on a new connection to the listener and reads the answer
+/// to its end: the status, the head and the body (status 0: no answer in
+/// `wait`).
+pub fn ask(port: u16, request: &str, wait: Duration) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
