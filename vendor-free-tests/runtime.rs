@@ -213,3 +213,79 @@ fn systemd_analyze_verify_accepts_the_units() {
         stderr(&o)
     );
 }
+
+/// Issue 12: the README's test command was `sudo .ci/run`, which fails on a
+/// root machine without sudo. The command is `sh .ci/run`, and the script
+/// itself runs as root or, for a user, through sudo.
+#[test]
+fn the_readme_test_command_works_as_root_and_as_a_user() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the README starts with a sh block");
+    let commands: Vec<&str> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert_eq!(commands[1], "sh .ci/run", "{commands:?}");
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(ci.contains("\"$(id -u)\" -eq 0") && ci.contains("as_root() { sudo \"$@\"; }"));
+    for line in ci.lines().map(str::trim) {
+        for needs_root in ["apt-get ", "dockerd ", "mkdir -p \"$ci\""] {
+            if line.starts_with(needs_root) {
+                panic!(".ci/run runs `{line}` without as_root");
+            }
+        }
+    }
+    // As a user without sudo it says what it needs, in one line, exit 1: a
+    // PATH with only what the script needs before that point (no sudo), and,
+    // when the tests run as root, the user nobody.
+    let bin =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("no-sudo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["id", "dirname", "sh"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let as_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    // Absolute paths: the child's PATH is the one without sudo.
+    let sh = std::fs::read_link(bin.join("sh")).unwrap();
+    let mut cmd = if as_root {
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("setpriv (util-linux)");
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(sh);
+        c
+    } else {
+        Command::new(sh)
+    };
+    let o = cmd
+        .arg(root.join(".ci/run"))
+        .env("PATH", &bin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run .ci/run");
+    let _ = std::fs::remove_dir_all(&bin);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("run it as root, or as a user who has sudo"),
+        "{}",
+        stderr(&o)
+    );
+}
