@@ -25,7 +25,10 @@ fn chosen() -> &'static Target {
         let name = std::env::var("PULSE_FUZZ_TARGET").unwrap_or_default();
         target(&name).unwrap_or_else(|| {
             let names: Vec<_> = pulse_agent::fuzz::TARGETS.iter().map(|t| t.name).collect();
-            eprintln!("pulse-fuzz: set PULSE_FUZZ_TARGET to one of: {}", names.join(" "));
+            eprintln!(
+                "pulse-fuzz: set PULSE_FUZZ_TARGET to one of: {}",
+                names.join(" ")
+            );
             std::process::exit(2)
         })
     })
