@@ -1061,6 +1061,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A running container's inspect, read just now, started an hour before `now`.
+    fn inspected_running_for_an_hour(now: SystemTime) -> Inspected {
+        Inspected {
+            key: "running".into(),
+            at: Some(Instant::now()),
+            started: Some(now - Duration::from_secs(3600)),
+            ..Inspected::default()
+        }
+    }
+
     #[test]
     fn cpu_percent_follows_the_spec() {
         let a = CpuSample {
@@ -1148,12 +1158,7 @@ mod tests {
         );
         assert_eq!(m("Up 18446744073709551614 seconds"), Some(u64::MAX));
         let now = SystemTime::now();
-        let i = Inspected {
-            key: "running".into(),
-            at: Some(Instant::now()),
-            started: Some(now - Duration::from_secs(3600)),
-            ..Inspected::default()
-        };
+        let i = inspected_running_for_an_hour(now);
         for status in [
             "Up 18446744073709551614 seconds",
             "Up 18446744073709551613 seconds",
@@ -1333,12 +1338,7 @@ mod tests {
         );
         // A restart hidden behind the same state is caught by the Up time.
         let now = SystemTime::now();
-        let i = Inspected {
-            key: "running".into(),
-            at: Some(Instant::now()),
-            started: Some(now - Duration::from_secs(3600)),
-            ..Inspected::default()
-        };
+        let i = inspected_running_for_an_hour(now);
         assert!(needs_inspect(&c("running", "Up 5 seconds"), &i, now));
         assert!(!needs_inspect(&c("running", "Up About an hour"), &i, now));
     }
