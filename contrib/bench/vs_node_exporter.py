@@ -157,9 +157,13 @@ def start_standin(tmp):
 
 def start_agent(tmp, url, cert, port, interval, exe):
     token = os.path.join(tmp, "token")
-    with open(token, "w") as f:
-        f.write("0123456789abcdef" * 4)
-    os.chmod(token, 0o600)
+    # Written once: rewriting it while another agent starts would hand that
+    # agent an empty file, and a URL without a token is refused.
+    if not os.path.exists(token):
+        with open(token + ".new", "w") as f:
+            f.write("0123456789abcdef" * 4)
+        os.chmod(token + ".new", 0o600)
+        os.rename(token + ".new", token)
     # One state directory and log per run: two agents must not share a spool.
     name = f"{interval}-{os.path.basename(os.path.dirname(os.path.dirname(exe)))}-{port}"
     state = os.path.join(tmp, f"state-{name}")
