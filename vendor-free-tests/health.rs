@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 use common::proc::{Dir, ask, with_listener};
 use common::standin::StandIn;
 
+/// `n` connections to the listener, each having sent `first` (maybe nothing).
+fn connections(port: u16, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(first).unwrap();
+            c
+        })
+        .collect()
+}
+
 fn healthz(port: u16) -> u16 {
     ask(
         port,
@@ -44,9 +55,7 @@ fn healthz_keeps_answering(port: u16, for_: Duration, what: &str) {
 fn healthz_answers_while_300_idle_connections_are_held() {
     let (s, dir) = (StandIn::start(), Dir::new("idle300"));
     let (_agent, port) = with_listener(&s, &dir);
-    let idle: Vec<TcpStream> = (0..300)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
+    let idle = connections(port, 300, b"");
     // Past the listener's idle timeout, so the held connections reach the
     // gate (TCP_DEFER_ACCEPT hands them over once it gives up waiting).
     healthz_keeps_answering(port, Duration::from_secs(12), "300 idle connections");
@@ -59,14 +68,7 @@ fn healthz_answers_while_300_idle_connections_are_held() {
 fn healthz_answers_while_300_connections_sit_on_their_first_bytes() {
     let (s, dir) = (StandIn::start(), Dir::new("bytes300"));
     let (_agent, port) = with_listener(&s, &dir);
-    let waiting: Vec<TcpStream> = (0..300)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-                .unwrap();
-            c
-        })
-        .collect();
+    let waiting = connections(port, 300, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
     healthz_keeps_answering(port, Duration::from_secs(6), "300 waiting connections");
     drop(waiting);
 }
@@ -79,14 +81,7 @@ fn healthz_answers_while_slow_clients_hold_partial_requests() {
     // finishes and one more byte every second (before issue 12 each one held
     // a relay). The gate closes them 5 s after accept, so the test asks
     // within those 5 s.
-    let mut slow: Vec<TcpStream> = (0..16)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
-            c
-        })
-        .collect();
+    let mut slow = connections(port, 16, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
     let started = Instant::now();
     let mut last_trickle = Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
