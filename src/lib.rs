@@ -23,4 +23,5 @@ pub mod smart;
 pub mod spool;
 pub mod state;
 pub mod sys;
+pub mod update;
 pub mod worker;

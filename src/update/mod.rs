@@ -1,0 +1,3 @@
+//! The updater (work in progress): see `exe.rs`.
+
+pub mod exe;
