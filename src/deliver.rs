@@ -672,6 +672,33 @@ fn no_proxy_matches(entry: &str, host: &str) -> bool {
     !entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}")))
 }
 
+/// A ureq agent for requests to `url`'s host: rustls with `tls`, the
+/// environment's proxy, no redirects followed (a 3xx is an answer for the
+/// caller to judge), HTTP errors as answers, `timeout` for a whole request.
+pub fn http_agent(
+    url: &ServerUrl,
+    tls: Arc<ClientConfig>,
+    user_agent: &str,
+    timeout: Duration,
+) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .user_agent(user_agent)
+        .proxy(proxy_for(url, &|k| std::env::var(k).ok()))
+        .timeout_global(Some(timeout))
+        .max_idle_connections(2)
+        .max_idle_connections_per_host(1)
+        .max_idle_age(Duration::from_secs(120))
+        .build();
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(TcpConnector::default())
+            .chain(TlsConnector { config: tls });
+    ureq::Agent::with_parts(config, connector, DefaultResolver::default())
+}
+
 /// A request's outcome at the HTTP level.
 #[derive(Debug)]
 pub enum Reply {
@@ -706,23 +733,8 @@ impl Client {
         user_agent: &str,
     ) -> Result<Client, Error> {
         let tls = tls_config(tls, &SystemStore::from_env(&|k| std::env::var_os(k)))?;
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .user_agent(user_agent)
-            .proxy(proxy_for(url, &|k| std::env::var(k).ok()))
-            .timeout_global(Some(REPORT_TIMEOUT))
-            .max_idle_connections(2)
-            .max_idle_connections_per_host(1)
-            .max_idle_age(Duration::from_secs(120))
-            .build();
-        let connector =
-            ().chain(ConnectProxyConnector::default())
-                .chain(TcpConnector::default())
-                .chain(TlsConnector { config: tls });
         Ok(Client {
-            agent: ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
+            agent: http_agent(url, tls, user_agent, REPORT_TIMEOUT),
             base: url.to_string(),
             token,
         })
@@ -814,7 +826,7 @@ fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Repl
 }
 
 /// A transport error in one line, with the TLS reason when there is one.
-fn describe(e: &ureq::Error) -> String {
+pub fn describe(e: &ureq::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

@@ -98,6 +98,20 @@ impl Error {
 /// Runs `program args..` until `deadline`, keeping at most `cap` bytes of
 /// standard output.
 pub fn run(program: &Path, args: &[&str], deadline: Instant, cap: usize) -> Result<Output, Error> {
+    let env = [("PATH", CHILD_PATH), ("LC_ALL", "C")].map(|(k, v)| (k.into(), v.into()));
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    run_with_env(program, &args, &env, deadline, cap)
+}
+
+/// [`run`] with exactly the environment `env` (the updater hands a
+/// candidate binary the agent's configuration, without the token).
+pub fn run_with_env(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    deadline: Instant,
+    cap: usize,
+) -> Result<Output, Error> {
     let p = || program.to_path_buf();
     if Instant::now() >= deadline {
         return Err(Error::Timeout(p(), Duration::ZERO, Stuck::default()));
@@ -105,8 +119,7 @@ pub fn run(program: &Path, args: &[&str], deadline: Instant, cap: usize) -> Resu
     let mut child = Command::new(program)
         .args(args)
         .env_clear()
-        .env("PATH", CHILD_PATH)
-        .env("LC_ALL", "C")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

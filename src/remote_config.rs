@@ -405,6 +405,28 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Standard base64 with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Compact JSON as Go's `json.Marshal` writes it: object keys sorted, `<`,
 /// `>`, `&`, U+2028 and U+2029 escaped, floats in Go's shortest form.
 pub fn go_json(v: &Value) -> String {
@@ -711,6 +733,11 @@ mod tests {
         assert_eq!(escape("a b", false), "a%20b");
         assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
         assert_eq!(base64_decode("!"), None);
+        for n in 0..8 {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 200) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)), Some(bytes));
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
     }
 
     #[test]

@@ -131,7 +131,13 @@ impl fmt::Display for LockError {
 impl Lock {
     /// Takes the lock on `dir` without waiting.
     pub fn try_take(dir: &Path) -> Result<Lock, LockError> {
-        let path = dir.join(LOCK_FILE);
+        Lock::try_take_file(&dir.join(LOCK_FILE))
+    }
+
+    /// Takes the lock on the file `path` (created empty if needed) without
+    /// waiting.
+    pub fn try_take_file(path: &Path) -> Result<Lock, LockError> {
+        let path = path.to_path_buf();
         let io_err = |e| LockError::Io(path.clone(), e);
         // O_CLOEXEC (std sets it anyway; said here because it matters): a
         // child program (smartctl, a re-exec) must not inherit the
