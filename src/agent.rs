@@ -41,9 +41,14 @@ use crate::remote_config::{self, Trust};
 use crate::report::{self, Module, ModuleState, Privilege, Sequence};
 use crate::root::Root;
 use crate::spool::{self, Spool};
-use crate::{enroll, logging, smart, state, sys};
+use crate::{enroll, logging, smart, state, sys, update};
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = match option_env!("PULSE_AGENT_VERSION") {
+    // A release build may carry its own version (the release process and
+    // the updater's end-to-end test set it); otherwise the crate's.
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 /// How long a stop may wait for the cycle in progress.
 pub const STOP_GRACE: Duration = Duration::from_millis(1800);
 /// The docker report's limit at the server (spec §4.7; sent uncompressed,
@@ -125,6 +130,17 @@ pub fn run(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
 /// spools hold) and succeed only if the server took them.
 fn run_once(config: &Config) -> Result<(), Error> {
     let mut agent = Agent::new(config, SystemTime::now)?;
+    if config.url.is_some() {
+        agent.start_trial();
+        let result = deliver_once(&mut agent, config);
+        agent.stop_trial();
+        return result;
+    }
+    deliver_once(&mut agent, config)
+}
+
+/// The rest of `--once`, after the trial bookkeeping.
+fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     if config.url.is_some() {
         agent.enroll_if_asked(true, &mut |_| false)?;
     }
@@ -220,6 +236,9 @@ enum Event {
     /// SIGHUP: reopen the log file, re-read the token file.
     Hangup,
     Config(Result<Option<remote_config::Remote>, String>),
+    /// The updater installed a version (`None`: someone else replaced the
+    /// binary): restart into it between cycles.
+    Updated(Option<String>),
 }
 
 /// The reporting service.
@@ -305,6 +324,10 @@ fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
     if hangup_pending {
         agent.hangup();
     }
+    if config.url.is_some() {
+        agent.start_trial();
+    }
+    let binary = agent.start_updater(config, events_tx.clone());
     match &config.url {
         Some(url) => log::info!("reporting to {url} every {}s", agent.interval.as_secs()),
         None => log::info!(
@@ -349,6 +372,21 @@ fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
                 agent.hangup();
                 continue;
             }
+            Ok(Event::Updated(version)) => {
+                let Some(binary) = &binary else { continue };
+                match version {
+                    Some(v) => log::info!("restarting into pulse-agent {v}"),
+                    None => log::info!("restarting into the new {}", binary.display()),
+                }
+                agent.stop_trial();
+                let e = reexec(binary);
+                log::error!(
+                    "cannot run {}: {e}; exiting so the service manager starts it",
+                    binary.display()
+                );
+                let _ = done_tx.send(());
+                std::process::exit(1);
+            }
             Ok(Event::Config(fetched)) => {
                 let before = agent.interval;
                 agent.apply_fetched(fetched);
@@ -366,6 +404,7 @@ fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
         }
     }
     let _ = done_tx.send(());
+    agent.stop_trial();
     // If the watchdog is already saving the report in flight, let it finish
     // (it exits the process); returning now could cut its write short.
     let _wait: Vec<_> = agent.outboxes().map(|o| lock(&o.inflight)).collect();
@@ -424,6 +463,10 @@ struct Agent {
     fetch_token: Arc<Mutex<Option<Secret>>>,
     /// Held while the agent lives (with a URL): one agent per state directory.
     _state_lock: Option<state::Lock>,
+    /// The updater's state, shared with its thread.
+    update: Arc<Mutex<update::Status>>,
+    /// While this version is on trial: the version it replaced.
+    updated_from: Option<String>,
 }
 
 impl Agent {
@@ -487,6 +530,10 @@ impl Agent {
             )
         });
         let agent_id = agent_id(config, &identity);
+        let mut update_status = update::Status::disabled(None);
+        if config.url.is_some() {
+            update_status.restore(&update::record::Record::load(&config.state_dir));
+        }
         if config.url.is_some() && !config.once {
             // Remember the ID (the installer's uninstall path reads it); no
             // write when it has not changed.
@@ -531,6 +578,8 @@ impl Agent {
             log_file: logging::LogFile::default(),
             fetch_token: Arc::new(Mutex::new(None)),
             _state_lock: state_lock,
+            update: Arc::new(Mutex::new(update_status)),
+            updated_from: None,
             agent_id,
             identity,
             host,
@@ -599,6 +648,7 @@ impl Agent {
             .as_ref()
             .map(|(v, h)| (v.as_str(), h.as_str()));
         let timestamp = (self.clock)();
+        let update_status = lock(&self.update).clone();
         let doc = report::host(&report::HostReport {
             agent: report::Agent {
                 id: &self.agent_id,
@@ -609,6 +659,8 @@ impl Agent {
                 modules: &self.modules,
                 privilege: &self.privilege,
                 applied_config: applied,
+                update: &update_status,
+                updated_from: self.updated_from.as_deref(),
             },
             identity: &self.identity,
             report_ip: report_ip.as_deref(),
@@ -724,7 +776,129 @@ impl Agent {
         if let Some(ack) = self.out.ack.take() {
             self.host_ack(ack);
         }
+        let statuses = std::mem::take(&mut self.out.statuses);
+        if self.updated_from.is_some() {
+            match update::trial_answers(&self.config.state_dir, &version(), &statuses) {
+                update::Verdict::Passed { from } => {
+                    log::info!(
+                        "pulse-agent {} passed its trial (updated from {from})",
+                        version()
+                    );
+                    self.updated_from = None;
+                }
+                update::Verdict::RollBack(why) => self.roll_back(&why),
+                _ => {}
+            }
+        }
         delivered
+    }
+
+    /// At start, with a URL: a version on trial counts this start (and
+    /// rolls back after two abnormal exits).
+    fn start_trial(&mut self) {
+        match update::trial_start(&self.config.state_dir, &version()) {
+            update::Verdict::Pending { from } => {
+                log::info!(
+                    "pulse-agent {} is on trial (updated from {from}) until a report is delivered",
+                    version()
+                );
+                self.updated_from = Some(from);
+            }
+            update::Verdict::RollBack(why) => self.roll_back(&why),
+            _ => {}
+        }
+    }
+
+    /// Starts the updater thread when this agent can update itself (a URL,
+    /// a channel, a trusted key, not switched off); otherwise the reason is
+    /// in `agent.update`. Returns the binary it would replace.
+    fn start_updater(&mut self, config: &Config, events: mpsc::Sender<Event>) -> Option<PathBuf> {
+        let why = if config.url.is_none() {
+            Err("no --url: updates are checked only by an agent that reports".to_string())
+        } else if config.disable_auto_update {
+            Err(String::new())
+        } else {
+            let args = crate::cli::parse(std::env::args_os().skip(1), &|k| std::env::var(k).ok())
+                .map_err(|e| e.to_string());
+            args.and_then(|a| update::Settings::from_config(config, &a))
+        };
+        let settings = match why {
+            Ok(s) => s,
+            Err(why) => {
+                let mut st = lock(&self.update);
+                if st.state != update::State::Error {
+                    *st = update::Status {
+                        last_success: st.last_success,
+                        ..update::Status::disabled((!why.is_empty()).then(|| why.clone()))
+                    };
+                }
+                if !why.is_empty() && config.url.is_some() {
+                    log::info!("self-update is off: {why}");
+                }
+                return None;
+            }
+        };
+        let binary = settings.binary.clone();
+        lock(&self.update).auto_update = true;
+        if lock(&self.update).state == update::State::Disabled {
+            lock(&self.update).state = update::State::Idle;
+        }
+        log::info!(
+            "self-update from {} (checked {} s after start, then hourly)",
+            settings.channel,
+            update::FIRST_CHECK.as_secs()
+        );
+        let started = update::start(
+            settings,
+            self.update.clone(),
+            update::FIRST_CHECK,
+            Box::new(move |v| {
+                let _ = events.send(Event::Updated(v));
+            }),
+        );
+        if let Err(e) = started {
+            log::warn!("cannot start the updater thread: {e}");
+            return None;
+        }
+        Some(binary)
+    }
+
+    /// A clean stop during a trial is not a crash.
+    fn stop_trial(&self) {
+        if self.updated_from.is_some() {
+            update::trial_stop(&self.config.state_dir, &version());
+        }
+    }
+
+    /// Puts the previous binary back and runs it. Returns only when that
+    /// cannot be done (the error is then in the report).
+    fn roll_back(&mut self, why: &str) {
+        log::error!("rolling back from pulse-agent {}: {why}", version());
+        self.updated_from = None;
+        let binary = match std::env::current_exe().and_then(std::fs::canonicalize) {
+            Ok(b) => b,
+            Err(e) => {
+                self.rollback_failed(format!("cannot find this program's own file: {e}"));
+                return;
+            }
+        };
+        match update::roll_back(&self.config.state_dir, &binary, &version(), why) {
+            Ok(()) => {
+                let e = reexec(&binary);
+                self.rollback_failed(format!(
+                    "restored {}, but cannot run it: {e}",
+                    binary.display()
+                ));
+            }
+            Err(e) => self.rollback_failed(e),
+        }
+    }
+
+    fn rollback_failed(&mut self, why: String) {
+        log::error!("rollback failed: {why}");
+        let mut st = lock(&self.update);
+        st.state = update::State::Error;
+        st.last_error = Some(format!("rollback from {} failed: {why}", version()));
     }
 
     fn deliver_docker(&mut self, body: Vec<u8>) -> bool {
@@ -732,8 +906,10 @@ impl Agent {
             return false;
         };
         let delivered = d.outbox.deliver(client, body);
-        // The docker ack's agentId is the docker agent's; nothing to keep.
+        // The docker ack's agentId is the docker agent's; nothing to keep,
+        // and a trial goes by the host reports.
         d.outbox.ack = None;
+        d.outbox.statuses.clear();
         delivered
     }
 
@@ -1012,6 +1188,7 @@ impl Agent {
             .filter(|m| m.enabled)
             .all(|m| m.state == ModuleState::Running);
         let sources = &self.last_sources;
+        let update_status = lock(&self.update).clone();
         let status = json!({
             "ready": ready,
             "modules": self.modules.iter().map(module_json).collect::<Vec<_>>(),
@@ -1020,6 +1197,7 @@ impl Agent {
             "collectors": sources.iter().map(source_json).collect::<Vec<_>>(),
             "delivery": delivery_json(&self.out.delivery, self.client.as_ref().map(|c| c.base())),
             "docker": self.docker.as_ref().map(|d| docker_json(d, self.client.as_ref().map(|c| c.base()))),
+            "update": report::update(&update_status),
         });
         let metrics = metrics::render(&metrics::State {
             version: &version(),
@@ -1035,6 +1213,7 @@ impl Agent {
                 .map(|s| s.containers.len()),
             reports_built: self.reports_built,
             last_report: self.last_report,
+            update: &update_status,
         });
         let previous = published.get();
         published.set(Snapshot {
@@ -1158,6 +1337,30 @@ fn lock_state_dir(config: &Config) -> Result<Option<state::Lock>, Error> {
             }
         }
     }
+}
+
+/// `--self-test` (what the updater runs on a candidate binary with the
+/// agent's flags): the configuration loads, the root opens, and the TLS
+/// client for `--url` can be built. Nothing is collected or sent.
+pub fn self_test(config: &Config) -> Result<(), Error> {
+    Root::new(&config.root).map_err(|e| Error::Root(config.root.clone(), e))?;
+    if let Some(url) = &config.url {
+        make_client(config, url, config.token.clone())?;
+    }
+    Ok(())
+}
+
+/// Replaces this process with `binary`, same PID, arguments and
+/// environment. Returns only on failure.
+pub fn reexec(binary: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| binary.as_os_str().to_owned());
+    log::logger().flush();
+    std::process::Command::new(binary)
+        .arg0(arg0)
+        .args(args)
+        .exec()
 }
 
 fn make_client(config: &Config, url: &ServerUrl, token: Option<Secret>) -> Result<Client, Error> {

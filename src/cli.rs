@@ -157,7 +157,13 @@ pub static FLAGS: &[Flag] = &[
     flag("disable-ceph", Bool, &["PULSE_DISABLE_CEPH"], "", Modules,
         "Do not poll Ceph status."),
     flag("disable-auto-update", Bool, &["PULSE_DISABLE_AUTO_UPDATE"], "", Modules,
-        "Never update this binary."),
+        "Never update this binary (pulse-agent update still works)."),
+    flag("update-url", Str, &["PULSE_UPDATE_URL"], "URL", Modules,
+        "This agent's signed release channel (https; http only where --url could be). Without it the agent never updates itself."),
+    flag("update-key-file", Str, &["PULSE_UPDATE_KEY_FILE"], "FILE", Modules,
+        "Trusted release keys besides the built-in ones, one base64 Ed25519 public key per line; used only when owned by root and writable by nobody else (default /etc/pulse-agent/update-keys)."),
+    flag("check", Bool, &[], "", Modules,
+        "With pulse-agent update: only say whether a newer version is available; change nothing."),
     flag("health-addr", Str, &["PULSE_HEALTH_ADDR"], "ADDR", Local,
         "Address of the local health and metrics listener: HOST:PORT (default 127.0.0.1:9191), :PORT for every IPv4 address (0.0.0.0:PORT; [::]:PORT for IPv6), or off, none, disabled or empty (--health-addr=) for no listener."),
     flag("log-level", Str, &["LOG_LEVEL"], "LEVEL", Local,
@@ -337,6 +343,29 @@ impl Args {
 
     pub fn origin(&self, name: &str) -> Option<&Origin> {
         self.get(name).map(|s| &s.origin)
+    }
+
+    /// The flags given on the command line (not the environment's, which a
+    /// child inherits), as `--name=value` words that parse back to the same
+    /// values; secrets and the flags named in `skip` are left out.
+    pub fn to_flags(&self, skip: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, setting) in &self.values {
+            if setting.origin != Origin::Flag || skip.contains(name) {
+                continue;
+            }
+            match &setting.value {
+                Value::Secret(_) => {}
+                Value::Bool(b) => out.push(format!("--{name}={b}")),
+                Value::Str(s) => out.push(format!("--{name}={s}")),
+                Value::Int(i) => out.push(format!("--{name}={i}")),
+                Value::Duration(d) => out.push(format!("--{name}={}ns", d.as_nanos())),
+                Value::List(items) => {
+                    out.extend(items.iter().map(|i| format!("--{name}={i}")));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -875,6 +904,44 @@ mod tests {
         assert_eq!(redact_userinfo("https://h/a@b"), "https://h/a@b");
         assert_eq!(redact_userinfo("not a url @ all"), "not a url @ all");
         assert_eq!(redact_userinfo("unix://@x"), "unix://[redacted]@x");
+    }
+
+    #[test]
+    fn flags_render_back_to_the_same_values_without_secrets() {
+        let env = |k: &str| (k == "PULSE_INTERVAL").then(|| "2m".to_string());
+        let a = parse(
+            [
+                "--url=https://p.example",
+                "--token=s3cret",
+                "-insecure",
+                "--tag=a,b",
+                "--tag",
+                "c",
+                "--smart-interval=90s",
+                "--spool-reports=7",
+                "--once",
+            ],
+            &env,
+        )
+        .unwrap();
+        let words = a.to_flags(&["once"]);
+        assert!(
+            !words
+                .iter()
+                .any(|w| w.contains("s3cret") || w.contains("once"))
+        );
+        assert!(
+            !words.iter().any(|w| w.starts_with("--interval=")),
+            "{words:?}"
+        );
+        let back = parse(words, &no_env).unwrap();
+        for f in ["url", "insecure", "tag", "smart-interval", "spool-reports"] {
+            assert_eq!(
+                back.values.get(f).map(|s| &s.value),
+                a.values.get(f).map(|s| &s.value),
+                "{f}"
+            );
+        }
     }
 
     #[test]

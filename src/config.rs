@@ -139,6 +139,10 @@ pub struct Config {
     pub docker_socket: Option<PathBuf>,
     pub disable_ceph: bool,
     pub disable_auto_update: bool,
+    /// `--update-url`: the release channel; `None`: no self-update.
+    pub update_url: Option<ServerUrl>,
+    /// `--update-key-file`: trusted release keys besides the built-in ones.
+    pub update_key_file: PathBuf,
     /// `None`: listener disabled.
     pub health_addr: Option<String>,
     pub log_level: log::LevelFilter,
@@ -191,6 +195,16 @@ impl Config {
         let allow_plaintext_http = args.flag("allow-plaintext-http");
         let url = match non_empty(args.str("url")) {
             Some(raw) => Some(parse_url(raw, allow_plaintext_http, resolve)?),
+            None => None,
+        };
+
+        let update_url = match non_empty(args.str("update-url")) {
+            Some(raw) => Some(parse_url_of(
+                "update-url",
+                raw,
+                allow_plaintext_http,
+                resolve,
+            )?),
             None => None,
         };
 
@@ -421,6 +435,10 @@ impl Config {
             docker_socket,
             disable_ceph: args.flag("disable-ceph"),
             disable_auto_update: args.flag("disable-auto-update"),
+            update_url,
+            update_key_file: PathBuf::from(
+                non_empty(args.str("update-key-file")).unwrap_or(crate::update::DEFAULT_KEY_FILE),
+            ),
             health_addr,
             log_level,
             log_file: non_empty(args.str("log-file")).map(PathBuf::from),
@@ -609,9 +627,19 @@ pub fn parse_url(
     allow_plaintext_http: bool,
     resolve: &Resolver,
 ) -> Result<ServerUrl, ConfigError> {
+    parse_url_of("url", raw, allow_plaintext_http, resolve)
+}
+
+/// [`parse_url`] for the flag `--{flag}` (named in the messages).
+pub fn parse_url_of(
+    flag: &str,
+    raw: &str,
+    allow_plaintext_http: bool,
+    resolve: &Resolver,
+) -> Result<ServerUrl, ConfigError> {
     // A refused URL is echoed without its user info (it may hold a password).
     let shown = cli::redact_userinfo(raw);
-    let bad = |why: &str| err(format!("--url {shown}: {why}"));
+    let bad = |why: &str| err(format!("--{flag} {shown}: {why}"));
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| bad("missing scheme (http:// or https://)"))?;
@@ -666,8 +694,13 @@ pub fn parse_url(
         path,
     };
     if scheme == Scheme::Http && !allow_plaintext_http && !is_local_host(&url.host, resolve) {
+        let what = if flag == "url" {
+            "send the token"
+        } else {
+            "download updates"
+        };
         return Err(err(format!(
-            "--url {url}: refusing to send the token over plain http to a host that is not local; use https, or --allow-plaintext-http"
+            "--{flag} {url}: refusing to {what} over plain http to a host that is not local; use https, or --allow-plaintext-http"
         )));
     }
     Ok(url)

@@ -432,6 +432,8 @@ fn host_report(snapshot: &crate::collect::HostSnapshot) {
             modules: &[],
             privilege: &privilege,
             applied_config: None,
+            update: &crate::update::Status::default(),
+            updated_from: None,
         },
         identity: &identity,
         report_ip: None,

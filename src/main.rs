@@ -9,10 +9,22 @@ use pulse_agent::{agent, cli, logging};
 
 fn main() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok();
-    let args = match cli::parse(std::env::args_os().skip(1), &env) {
+    let mut argv: Vec<_> = std::env::args_os().skip(1).collect();
+    // `pulse-agent update [--check] [flags]`: one check-and-install.
+    let update = argv.first().is_some_and(|a| a == "update");
+    if update {
+        argv.remove(0);
+    }
+    let args = match cli::parse(argv, &env) {
         Ok(a) => a,
         Err(e) => return fail(2, &format!("{e} (see 'pulse-agent --help')")),
     };
+    if args.flag("check") && !update {
+        return fail(
+            2,
+            "--check goes with the update command: pulse-agent update --check",
+        );
+    }
     if args.flag("help") {
         return print("the help", &cli::help());
     }
@@ -35,13 +47,61 @@ fn main() -> ExitCode {
     };
     config.notices.iter().for_each(Notice::log);
     if args.flag("self-test") {
-        log::info!("Self-test passed");
-        return ExitCode::SUCCESS;
+        return match agent::self_test(&config) {
+            Ok(()) => {
+                log::info!("Self-test passed");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, &format!("self-test: {e}")),
+        };
+    }
+    if update {
+        return run_update(&config, &args);
     }
     match agent::run(&config, log_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e.to_string()),
     }
+}
+
+/// `pulse-agent update [--check]`: 0 installed or up to date, 1 failed; one
+/// line on standard output says which.
+fn run_update(config: &Config, args: &cli::Args) -> ExitCode {
+    use pulse_agent::update::{self, Outcome};
+    let settings = match update::Settings::from_config(config, args) {
+        Ok(s) => s,
+        Err(why) => return fail(1, &format!("cannot update: {why}")),
+    };
+    let status = std::sync::Mutex::new(update::Status::default());
+    let install = !args.flag("check");
+    let running = &settings.running;
+    let line = match update::run(&settings, &status, install) {
+        Ok(Outcome::UpToDate { latest }) => {
+            format!("pulse-agent {running} is up to date (the channel has {latest})\n")
+        }
+        Ok(Outcome::Available { version }) => format!(
+            "pulse-agent {version} is available (running {running}); 'pulse-agent update' installs it\n"
+        ),
+        Ok(Outcome::Installed { version }) => format!(
+            "installed pulse-agent {version} at {} (was {running}); a running service restarts into it at its next check\n",
+            settings.binary.display()
+        ),
+        Ok(Outcome::OnTrial { version }) => {
+            format!("pulse-agent {version} is installed and on trial until it delivers a report\n")
+        }
+        Ok(Outcome::Replaced) => format!(
+            "{} was replaced while this ran; run it again\n",
+            settings.binary.display()
+        ),
+        Ok(Outcome::Refused { version }) => {
+            return fail(
+                1,
+                &format!("update: {version} was rolled back before; not installing it again"),
+            );
+        }
+        Err(e) => return fail(1, &format!("update failed: {e}")),
+    };
+    print("the result", &line)
 }
 
 /// Writes `text` to standard output. `print!` would panic on a write error;

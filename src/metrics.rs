@@ -41,6 +41,7 @@ pub struct State<'a> {
     pub docker_containers: Option<usize>,
     pub reports_built: u64,
     pub last_report: Option<SystemTime>,
+    pub update: &'a crate::update::Status,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -257,7 +258,76 @@ pub fn render(s: &State) -> String {
             );
         }
     }
+    render_update(&mut o, s.update);
     o
+}
+
+/// The `pulse_agent_update_*` families.
+fn render_update(o: &mut String, u: &crate::update::Status) {
+    family(
+        o,
+        "pulse_agent_update_state",
+        "gauge",
+        "The self-updater's state (1 for the current one).",
+    );
+    for st in crate::update::State::ALL {
+        let _ = writeln!(
+            o,
+            "pulse_agent_update_state{{state=\"{}\"}} {}",
+            st.as_str(),
+            b(st == u.state)
+        );
+    }
+    if let Some(v) = &u.available {
+        family(
+            o,
+            "pulse_agent_update_available",
+            "gauge",
+            "A newer version the release channel offers.",
+        );
+        let _ = writeln!(
+            o,
+            "pulse_agent_update_available{{version=\"{}\"}} 1",
+            escape_label(v)
+        );
+    }
+    for (name, help, v) in [
+        ("checks", "Update checks since start.", u.checks),
+        (
+            "failures",
+            "Update checks or installs that failed since start.",
+            u.failures,
+        ),
+        ("installs", "Versions installed since start.", u.installs),
+        (
+            "rollbacks",
+            "Versions rolled back (in this run's start-up).",
+            u.rollbacks,
+        ),
+    ] {
+        let name = format!("pulse_agent_update_{name}_total");
+        family(o, &name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    for (name, help, t) in [
+        (
+            "last_check",
+            "When the release channel was last checked.",
+            u.last_checked,
+        ),
+        (
+            "last_success",
+            "When a version was last installed.",
+            u.last_success,
+        ),
+    ] {
+        if let Some(t) = t {
+            let name = format!("pulse_agent_update_{name}_timestamp_seconds");
+            family(o, &name, "gauge", help);
+            let at = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let _ = writeln!(o, "{name} {}", at.as_secs());
+        }
+    }
 }
 
 /// The `process_*` families, read at scrape time (syscalls and /proc/self).
@@ -352,6 +422,7 @@ mod tests {
             docker_containers: None,
             reports_built: 3,
             last_report: None,
+            update: &crate::update::Status::default(),
         };
         let page = render(&s);
         assert!(page.contains("pulse_agent_info{docker_enabled=\"false\",host_enabled=\"true\",kubernetes_enabled=\"false\",version=\"v0.1.0\"} 1\n"));

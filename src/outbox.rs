@@ -53,6 +53,9 @@ pub struct Outbox {
     pub delivery: DeliveryState,
     /// The last acknowledgement, for the caller to act on.
     pub ack: Option<Ack>,
+    /// The HTTP statuses of the posts since the caller last took them (a
+    /// post with no HTTP answer adds none): the updater's trial reads them.
+    pub statuses: Vec<u16>,
     auth_logged: Option<Instant>,
     user_agent: String,
 }
@@ -76,6 +79,7 @@ impl Outbox {
             spool: Arc::new(Mutex::new(spool)),
             inflight: Arc::new(Mutex::new(None)),
             ack: None,
+            statuses: Vec::new(),
             auth_logged: None,
             user_agent,
         }
@@ -85,13 +89,17 @@ impl Outbox {
         lock(&self.spool)
     }
 
-    fn post(&self, client: &Client, body: &[u8]) -> Delivery {
-        deliver::classify(client.post_json(
+    fn post(&mut self, client: &Client, body: &[u8]) -> Delivery {
+        let reply = client.post_json(
             self.stream.path(),
             body,
             REPORT_TIMEOUT,
             Some(&self.user_agent),
-        ))
+        );
+        if let deliver::Reply::Status(status, _) = &reply {
+            self.statuses.push(*status);
+        }
+        deliver::classify(reply)
     }
 
     /// Delivers a fresh report, oldest spooled reports first. Returns whether

@@ -82,6 +82,9 @@ pub struct Agent<'a> {
     pub privilege: &'a Privilege,
     /// `(version, hash)` of the remote config this agent applied.
     pub applied_config: Option<(&'a str, &'a str)>,
+    pub update: &'a crate::update::Status,
+    /// The version this one replaced, while it is on trial.
+    pub updated_from: Option<&'a str>,
 }
 
 /// Everything one host report is made of.
@@ -503,6 +506,29 @@ fn device_token(device: &str) -> String {
     d.split_whitespace().next().unwrap_or("").to_lowercase()
 }
 
+/// `agent.update` (spec §9): the updater's state and times.
+pub fn update(u: &crate::update::Status) -> Value {
+    let mut o = Obj::default();
+    o.str("state", u.state.as_str());
+    o.put("autoUpdate", Value::Bool(u.auto_update));
+    if let Some(v) = &u.available {
+        o.str("availableVersion", v);
+    }
+    for (k, t) in [
+        ("lastCheckedAt", u.last_checked),
+        ("lastAttemptAt", u.last_attempt),
+        ("lastSuccessAt", u.last_success),
+    ] {
+        if let Some(t) = t {
+            o.put(k, Value::String(rfc3339(t)));
+        }
+    }
+    if let Some(e) = &u.last_error {
+        o.str("lastError", e);
+    }
+    o.done()
+}
+
 fn agent(a: &Agent) -> Value {
     let mut o = Obj::default();
     o.put("id", Value::String(a.id.to_string()));
@@ -517,11 +543,10 @@ fn agent(a: &Agent) -> Value {
         ac.str("hash", hash);
         o.put("appliedConfig", ac.done());
     }
-    // This agent never replaces itself with the stock agent's downloads.
-    let mut update = Obj::default();
-    update.str("state", "disabled");
-    update.put("autoUpdate", Value::Bool(false));
-    o.put("update", update.done());
+    if let Some(from) = a.updated_from {
+        o.str("updatedFrom", from);
+    }
+    o.put("update", update(a.update));
     let mut modules: Vec<&Module> = a.modules.iter().collect();
     modules.sort_by_key(|m| m.name);
     o.list(

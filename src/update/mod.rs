@@ -104,6 +104,75 @@ pub struct Settings {
     pub limits: Limits,
     /// `/`: where the Unraid and QNAP markers are looked for.
     pub platform_root: PathBuf,
+    /// [`file_identity`] of `binary` when this process started.
+    pub identity: Option<(u64, u64)>,
+}
+
+impl Settings {
+    /// The settings of this agent, or why it cannot update itself (no
+    /// channel, no trusted key, a CPU the channel has no name for, no path
+    /// to its own binary). Key-file problems are logged.
+    pub fn from_config(
+        config: &crate::config::Config,
+        args: &crate::cli::Args,
+    ) -> Result<Settings, String> {
+        let channel = config
+            .update_url
+            .clone()
+            .ok_or("no release channel: set --update-url")?;
+        let (keys, warnings) = trusted_keys(BUILT_IN_KEYS, &config.update_key_file);
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "no trusted release key: this build has none (PULSE_UPDATE_KEYS) and {} lists none; a signature is never optional",
+                config.update_key_file.display()
+            ));
+        }
+        let target =
+            exe::running_target().ok_or("the release channel has no builds for this CPU")?;
+        // The agent's own executable (like /proc/self), symlinks resolved:
+        // the file that is replaced.
+        let binary = std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map_err(|e| format!("cannot find this program's own file: {e}"))?;
+        let skip = [
+            "token",
+            "token-file",
+            "check",
+            "once",
+            "self-test",
+            "help",
+            "version",
+            "enroll",
+        ];
+        Ok(Settings {
+            channel,
+            cacert: config.cacert.clone(),
+            keys,
+            running: crate::agent::version(),
+            target,
+            elf: exe::running(),
+            state_dir: config.state_dir.clone(),
+            self_test_args: args.to_flags(&skip).into_iter().map(Into::into).collect(),
+            env: std::env::vars_os()
+                .filter(|(k, _)| k != "PULSE_TOKEN")
+                .collect(),
+            token: config.token.clone(),
+            limits: Limits::default(),
+            platform_root: PathBuf::from("/"),
+            identity: file_identity(&binary),
+            binary,
+        })
+    }
+}
+
+/// Device and inode of a file: whether the installed binary is still the
+/// one this process started from.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A failed check: which one, and why.
@@ -152,6 +221,9 @@ pub enum Outcome {
     Installed {
         version: String,
     },
+    /// Another run (`pulse-agent update`, a package) replaced the binary
+    /// this process runs: restart into it.
+    Replaced,
 }
 
 /// `agent.update` (spec §9).
@@ -311,7 +383,7 @@ pub fn run(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Outcom
             st.available = Some(version.clone());
             st.last_error = None;
         }
-        Ok(Outcome::UpToDate { .. } | Outcome::OnTrial { .. }) => {
+        Ok(Outcome::UpToDate { .. } | Outcome::OnTrial { .. } | Outcome::Replaced) => {
             st.state = State::Idle;
             st.available = None;
             st.last_error = None;
@@ -336,6 +408,9 @@ fn run_locked(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Out
     for p in install::remove_leftovers(&s.binary) {
         log::info!("removed {}, left by an interrupted update", p.display());
     }
+    if s.identity.is_some() && file_identity(&s.binary) != s.identity {
+        return Ok(Outcome::Replaced);
+    }
     let mut record = Record::load(&s.state_dir);
     if let Some(t) = &record.trial {
         if index::same_version(&t.to, &s.running) {
@@ -343,7 +418,8 @@ fn run_locked(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Out
                 version: t.to.clone(),
             });
         }
-        // Recorded, but the rename never happened (or was undone): stale.
+        // Recorded, but the binary this process runs is still in place:
+        // the rename never happened (or was undone). Stale.
         record.trial = None;
         save(&record, s)?;
     }
@@ -711,13 +787,13 @@ pub fn roll_back(state_dir: &Path, binary: &Path, running: &str, why: &str) -> R
 
 /// The background updater: first check after [`FIRST_CHECK`], then every
 /// [`CHECK_INTERVAL`] plus jitter. `installed` is called with the new
-/// version after an install; the thread then waits for the process to
-/// re-execute itself.
+/// version after an install (`None`: the binary was replaced by someone
+/// else); the thread then waits for the process to re-execute itself.
 pub fn start(
     settings: Settings,
     status: Arc<Mutex<Status>>,
     first: Duration,
-    installed: Box<dyn Fn(String) + Send>,
+    installed: Box<dyn Fn(Option<String>) + Send>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("updater".into())
@@ -730,7 +806,17 @@ pub fn start(
                 let before = lock(&status).last_error.clone();
                 match run(&settings, &status, true) {
                     Ok(Outcome::Installed { version }) => {
-                        installed(version);
+                        installed(Some(version));
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Ok(Outcome::Replaced) => {
+                        log::info!(
+                            "{} was replaced; restarting into it",
+                            settings.binary.display()
+                        );
+                        installed(None);
                         loop {
                             std::thread::park();
                         }

@@ -184,6 +184,7 @@ fn line_diff(want: &str, got: &str) -> String {
     }
     out
 }
+pub mod channel;
 pub mod hostile;
 pub mod standin;
 

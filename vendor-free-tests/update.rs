@@ -1,0 +1,701 @@
+//! The updater against a loopback HTTPS release channel with a CA and keys
+//! made here. The "installed" binary is always a copy in a temp directory,
+//! never the test runner or the built agent.
+//!
+//! * `adversarial_*`: one refused release each; the installed file is
+//!   byte-identical afterwards, nothing of the download is left, and the
+//!   error names the check.
+//! * `crash_*`: the updater killed (strace fault injection) at each rename,
+//!   link, unlink and fsync: the path holds the whole old or the whole new
+//!   binary, and the next run succeeds.
+//! * `daemon_*`: a running agent updates to a real build of version 99.0.0
+//!   (built here with `PULSE_AGENT_VERSION=99.0.0`), keeps its PID and says
+//!   `updatedFrom`; a version the server refuses is rolled back, for good.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use common::channel::{Channel, Serve};
+use common::standin::Pki;
+use ed25519_compact::{KeyPair, Seed};
+use pulse_agent::remote_config::base64_encode;
+use pulse_agent::report::rfc3339;
+use pulse_agent::update::{self, Error, Limits, Outcome, Settings, Status, exe};
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("update-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn keypair(seed: u8) -> KeyPair {
+    KeyPair::from_seed(Seed::new([seed; 32]))
+}
+
+fn sig_line(kp: &KeyPair, bytes: &[u8]) -> String {
+    format!("{}\n", base64_encode(kp.sk.sign(bytes, None).as_ref()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fake release build (see `update/fake-release.rs`), compiled once per
+/// (version, self-test behaviour).
+fn fake_release(version: &str, self_test: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let key = format!("{version}-{self_test}");
+    let mut built = BUILT.lock().unwrap();
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("update-fakes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("fake-{key}-{}", std::process::id()));
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor-free-tests/update/fake-release.rs");
+    let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--edition", "2021", "-C", "opt-level=1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("FAKE_VERSION", version)
+        .env("FAKE_SELF_TEST", self_test)
+        .env("FAKE_RECORD", out.with_extension("record"))
+        .status()
+        .expect("rustc runs");
+    assert!(status.success(), "compiling {}", src.display());
+    built.push((key, out.clone()));
+    out
+}
+
+/// What a self-test run of a fake recorded.
+fn fake_record(fake: &Path) -> String {
+    std::fs::read_to_string(fake.with_extension("record")).unwrap_or_default()
+}
+
+/// The built agent, as released at version 99.0.0 (`PULSE_AGENT_VERSION`),
+/// built once into its own target directory.
+#[allow(dead_code)]
+fn release_99() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("update-99-target");
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--offline", "--bin", "pulse-agent", "--target-dir"])
+                .arg(&target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("PULSE_AGENT_VERSION", "99.0.0")
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building pulse-agent 99.0.0");
+            target.join("debug/pulse-agent")
+        })
+        .clone()
+}
+
+/// A channel directory, its server, the keys, and an installed copy of the
+/// agent to update.
+struct Lab {
+    dir: PathBuf,
+    channel: Channel,
+    key: KeyPair,
+    binary: PathBuf,
+    original: Vec<u8>,
+    state: PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str) -> Lab {
+        Lab::with_pki(name, Pki::new("channel"))
+    }
+
+    fn with_pki(name: &str, pki: Pki) -> Lab {
+        let dir = tmp(name);
+        let chan_dir = dir.join("channel");
+        std::fs::create_dir_all(&chan_dir).unwrap();
+        let bin_dir = dir.join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let binary = bin_dir.join("pulse-agent");
+        std::fs::copy(env!("CARGO_BIN_EXE_pulse-agent"), &binary).unwrap();
+        let original = std::fs::read(&binary).unwrap();
+        Lab {
+            channel: Channel::start(chan_dir, pki),
+            key: keypair(1),
+            binary,
+            original,
+            state: dir.join("state"),
+            dir,
+        }
+    }
+
+    fn chan(&self, file: &str) -> PathBuf {
+        self.channel.dir.join(file)
+    }
+
+    /// Publishes `bytes` as the asset for `target` and a signed index for
+    /// `version`; `edit` may change the index before it is signed.
+    fn publish(&self, version: &str, bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) {
+        let file = "pulse-agent-linux-amd64";
+        std::fs::write(self.chan(file), bytes).unwrap();
+        std::fs::write(
+            self.chan(&format!("{file}.sig")),
+            sig_line(&self.key, bytes),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let mut index = serde_json::json!({
+            "name": "pulse-agent", "version": version,
+            "released": rfc3339(now - DAY), "expires": rfc3339(now + 30 * DAY),
+            "assets": {exe::running_target().unwrap(): {"file": file, "size": bytes.len(), "sha256": sha256_hex(bytes)}}
+        });
+        edit(&mut index);
+        let text = serde_json::to_vec_pretty(&index).unwrap();
+        std::fs::write(self.chan("release.json"), &text).unwrap();
+        std::fs::write(self.chan("release.json.sig"), sig_line(&self.key, &text)).unwrap();
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            channel: pulse_agent::config::parse_url(&self.channel.url(), false, &|_| None).unwrap(),
+            cacert: Some(self.channel.ca_file()),
+            keys: vec![self.key.pk],
+            binary: self.binary.clone(),
+            running: pulse_agent::agent::version(),
+            target: exe::running_target().unwrap(),
+            elf: exe::running(),
+            state_dir: self.state.clone(),
+            self_test_args: vec!["--interval=5s".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            token: Some(pulse_agent::config::Secret::new(
+                "t0ken-not-for-argv".into(),
+            )),
+            limits: Limits {
+                index: Duration::from_secs(5),
+                download: Duration::from_secs(5),
+                run: Duration::from_secs(5),
+                max_binary: update::MAX_BINARY,
+            },
+            platform_root: self.dir.join("no-platform"),
+            identity: None,
+        }
+    }
+
+    fn run(&self, s: &Settings) -> Result<Outcome, Error> {
+        update::run(s, &Mutex::new(Status::default()), true)
+    }
+
+    /// The installed file is untouched and nothing of a download is left.
+    fn assert_untouched(&self) {
+        assert!(
+            std::fs::read(&self.binary).unwrap() == self.original,
+            "the installed binary changed"
+        );
+        let left: Vec<_> = std::fs::read_dir(self.binary.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "pulse-agent")
+            .collect();
+        assert!(left.is_empty(), "left beside the binary: {left:?}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs one refused release and checks the verdict.
+fn refused(lab: &Lab, s: &Settings, check: &str, detail: &str) {
+    let e = lab.run(s).expect_err("the update must be refused");
+    assert_eq!(e.check, check, "{e}");
+    assert!(e.detail.contains(detail), "{e} lacks {detail:?}");
+    lab.assert_untouched();
+}
+
+fn passing() -> Vec<u8> {
+    std::fs::read(fake_release("99.0.0", "pass")).unwrap()
+}
+
+#[test]
+fn adversarial_index_unsigned() {
+    let lab = Lab::new("unsigned");
+    lab.publish("99.0.0", &passing(), |_| {});
+    std::fs::remove_file(lab.chan("release.json.sig")).unwrap();
+    refused(&lab, &lab.settings(), "index signature", "answered 404");
+}
+
+#[test]
+fn adversarial_index_badly_signed() {
+    let lab = Lab::new("badly-signed");
+    lab.publish("99.0.0", &passing(), |_| {});
+    // A valid signature by the trusted key, over other bytes.
+    std::fs::write(lab.chan("release.json.sig"), sig_line(&lab.key, b"{}")).unwrap();
+    refused(
+        &lab,
+        &lab.settings(),
+        "index signature",
+        "not signed by a trusted key",
+    );
+    std::fs::write(lab.chan("release.json.sig"), "not base64 at all\n").unwrap();
+    refused(&lab, &lab.settings(), "index signature", "release.json.sig");
+}
+
+#[test]
+fn adversarial_index_wrongly_keyed() {
+    let lab = Lab::new("wrong-key");
+    lab.publish("99.0.0", &passing(), |_| {});
+    let mut s = lab.settings();
+    s.keys = vec![keypair(2).pk];
+    refused(&lab, &s, "index signature", "not signed by a trusted key");
+}
+
+#[test]
+fn adversarial_index_expired() {
+    let lab = Lab::new("expired");
+    let old = rfc3339(SystemTime::now() - DAY);
+    lab.publish("99.0.0", &passing(), |i| i["expires"] = old.clone().into());
+    refused(&lab, &lab.settings(), "expiry", "stale or replayed");
+}
+
+#[test]
+fn adversarial_same_and_older_versions_are_up_to_date() {
+    let lab = Lab::new("same-older");
+    let running = pulse_agent::agent::version();
+    for v in [
+        running.trim_start_matches('v').to_string(),
+        "0.0.1".to_string(),
+    ] {
+        lab.publish(&v, &passing(), |_| {});
+        assert_eq!(
+            lab.run(&lab.settings()).unwrap(),
+            Outcome::UpToDate { latest: v }
+        );
+        lab.assert_untouched();
+    }
+    // Nothing but the index and its signature was fetched.
+    let asked: Vec<_> = lab
+        .channel
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .all(|p| p.ends_with("release.json") || p.ends_with("release.json.sig")),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn adversarial_wrong_name() {
+    let lab = Lab::new("name");
+    lab.publish("99.0.0", &passing(), |i| {
+        i["name"] = "pulse-agent-go".into()
+    });
+    refused(&lab, &lab.settings(), "name", "pulse-agent-go");
+}
+
+#[test]
+fn adversarial_no_asset_for_this_architecture() {
+    let lab = Lab::new("arch");
+    lab.publish("99.0.0", &passing(), |i| {
+        let a = i["assets"].as_object_mut().unwrap();
+        let v = a.remove(exe::running_target().unwrap()).unwrap();
+        a.insert("linux-riscv64".into(), v);
+    });
+    refused(&lab, &lab.settings(), "architecture", "linux-riscv64");
+}
+
+#[test]
+fn adversarial_binary_signature_missing_bad_or_untrusted() {
+    let lab = Lab::new("binary-sig");
+    let bytes = passing();
+    lab.publish("99.0.0", &bytes, |_| {});
+    let sig = lab.chan("pulse-agent-linux-amd64.sig");
+    std::fs::remove_file(&sig).unwrap();
+    refused(&lab, &lab.settings(), "binary signature", "answered 404");
+    std::fs::write(&sig, format!("{}\n", base64_encode(&[9u8; 64]))).unwrap();
+    refused(
+        &lab,
+        &lab.settings(),
+        "binary signature",
+        "not signed by a trusted key",
+    );
+    std::fs::write(&sig, sig_line(&keypair(3), &bytes)).unwrap();
+    refused(
+        &lab,
+        &lab.settings(),
+        "binary signature",
+        "not signed by a trusted key",
+    );
+}
+
+#[test]
+fn adversarial_sha256_mismatch() {
+    let lab = Lab::new("sha");
+    let bytes = passing();
+    lab.publish("99.0.0", &bytes, |i| {
+        let a = &mut i["assets"][exe::running_target().unwrap()];
+        a["sha256"] = sha256_hex(b"something else").into();
+    });
+    refused(&lab, &lab.settings(), "sha256", "SHA-256");
+}
+
+#[test]
+fn adversarial_size_mismatch() {
+    let lab = Lab::new("size");
+    let bytes = passing();
+    lab.publish("99.0.0", &bytes, |i| {
+        let a = &mut i["assets"][exe::running_target().unwrap()];
+        a["size"] = (bytes.len() + 10).into();
+    });
+    refused(&lab, &lab.settings(), "size", "the index says");
+}
+
+#[test]
+fn adversarial_body_longer_than_declared() {
+    let lab = Lab::new("longer");
+    let bytes = passing();
+    // The index declares 1000 bytes less than the file; the server sends
+    // no Content-Length, so only the stream limit can stop it.
+    lab.publish("99.0.0", &bytes, |i| {
+        let a = &mut i["assets"][exe::running_target().unwrap()];
+        a["size"] = (bytes.len() - 1000).into();
+    });
+    lab.channel.rule("pulse-agent-linux-amd64", Serve::NoLength);
+    refused(&lab, &lab.settings(), "download", "longer than");
+}
+
+#[test]
+fn adversarial_endless_body_without_content_length() {
+    let lab = Lab::new("endless");
+    lab.publish("99.0.0", &passing(), |_| {});
+    lab.channel.rule("pulse-agent-linux-amd64", Serve::Endless);
+    refused(&lab, &lab.settings(), "download", "longer than");
+}
+
+#[test]
+fn adversarial_content_length_over_the_cap() {
+    let lab = Lab::new("over-cap");
+    let bytes = passing();
+    lab.publish("99.0.0", &bytes, |_| {});
+    // Declared over the cap: refused before a byte of the body is read.
+    lab.channel.rule(
+        "pulse-agent-linux-amd64",
+        Serve::Declare(update::MAX_BINARY + 1),
+    );
+    refused(&lab, &lab.settings(), "download", "over the limit");
+    // An index that declares more than the cap is refused before the download.
+    let mut s = lab.settings();
+    s.limits.max_binary = bytes.len() as u64 - 1;
+    lab.channel.clear_rules();
+    refused(&lab, &s, "size", "over the limit");
+    let asked = lab.channel.requests.lock().unwrap().len();
+    refused(&lab, &s, "size", "over the limit");
+    assert_eq!(
+        lab.channel.requests.lock().unwrap().len(),
+        asked + 2,
+        "only the index and its signature"
+    );
+}
+
+#[test]
+fn adversarial_not_an_executable() {
+    let lab = Lab::new("not-exe");
+    lab.publish("99.0.0", b"#!/bin/sh\necho pwned\n", |_| {});
+    refused(
+        &lab,
+        &lab.settings(),
+        "executable",
+        "no ELF, Mach-O or PE magic",
+    );
+    lab.publish(
+        "99.0.0",
+        b"\xcf\xfa\xed\xfe\x07\x00\x00\x01 a Mach-O header",
+        |_| {},
+    );
+    refused(&lab, &lab.settings(), "machine", "Mach-O");
+}
+
+#[test]
+fn adversarial_elf_for_another_machine() {
+    let lab = Lab::new("foreign-elf");
+    let mut bytes = passing();
+    // The same program, its header saying AArch64: refused before it runs.
+    bytes[18..20].copy_from_slice(&exe::EM_AARCH64.to_le_bytes());
+    let fake = fake_release("99.0.0", "pass");
+    let _ = std::fs::remove_file(fake.with_extension("record"));
+    lab.publish("99.0.0", &bytes, |_| {});
+    refused(&lab, &lab.settings(), "machine", "linux-arm64");
+}
+
+#[test]
+fn adversarial_version_that_disagrees() {
+    let lab = Lab::new("version");
+    lab.publish("98.0.0", &passing(), |_| {});
+    refused(&lab, &lab.settings(), "--version", "v99.0.0");
+}
+
+#[test]
+fn adversarial_self_test_fails() {
+    let lab = Lab::new("self-test-fails");
+    lab.publish(
+        "99.0.0",
+        &std::fs::read(fake_release("99.0.0", "fail")).unwrap(),
+        |_| {},
+    );
+    refused(
+        &lab,
+        &lab.settings(),
+        "self-test",
+        "cannot load the configuration",
+    );
+}
+
+#[test]
+fn adversarial_self_test_hangs() {
+    let lab = Lab::new("self-test-hangs");
+    lab.publish(
+        "99.0.0",
+        &std::fs::read(fake_release("99.0.0", "hang")).unwrap(),
+        |_| {},
+    );
+    let mut s = lab.settings();
+    s.limits.run = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    refused(&lab, &s, "self-test", "did not finish within");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn adversarial_redirect_to_http() {
+    let lab = Lab::new("redirect");
+    lab.publish("99.0.0", &passing(), |_| {});
+    lab.channel.rule(
+        "release.json",
+        Serve::Redirect("http://127.0.0.1:9/release.json".into()),
+    );
+    refused(
+        &lab,
+        &lab.settings(),
+        "index",
+        "only https redirects are followed",
+    );
+    lab.channel.clear_rules();
+    lab.channel.rule(
+        "pulse-agent-linux-amd64",
+        Serve::Redirect(format!(
+            "http://127.0.0.1:{}/channel/x",
+            lab.channel.addr.port()
+        )),
+    );
+    refused(
+        &lab,
+        &lab.settings(),
+        "download",
+        "only https redirects are followed",
+    );
+}
+
+#[test]
+fn adversarial_wrong_tls_certificate() {
+    let lab = Lab::new("wrong-cert");
+    lab.publish("99.0.0", &passing(), |_| {});
+    let mut s = lab.settings();
+    // Trust another CA than the one that signed the channel's certificate.
+    let other = lab.dir.join("other-ca.pem");
+    std::fs::write(&other, Pki::new("other").ca_pem).unwrap();
+    s.cacert = Some(other);
+    refused(&lab, &s, "index", "certificate");
+}
+
+#[test]
+fn adversarial_server_stalls_mid_body() {
+    let lab = Lab::new("stall");
+    lab.publish("99.0.0", &passing(), |_| {});
+    lab.channel
+        .rule("pulse-agent-linux-amd64", Serve::StallAfter(10_000));
+    let mut s = lab.settings();
+    s.limits.download = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    refused(&lab, &s, "download", "");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn adversarial_full_disk_beside_the_binary() {
+    let lab = Lab::new("full-disk");
+    lab.publish("99.0.0", &passing(), |_| {});
+    // The binary's directory on a filesystem too small for the download.
+    let small = lab.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "this test mounts a 64 KiB tmpfs (it needs root)"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let mut s = lab.settings();
+    s.binary = small.join("pulse-agent");
+    std::fs::write(&s.binary, b"old binary").unwrap();
+    let e = lab.run(&s).expect_err("refused");
+    assert_eq!(e.check, "download", "{e}");
+    assert!(e.detail.contains("No space left on device"), "{e}");
+    assert_eq!(std::fs::read(&s.binary).unwrap(), b"old binary");
+    let names: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("pulse-agent")]);
+}
+
+#[test]
+fn adversarial_world_writable_key_file() {
+    let dir = tmp("key-file");
+    let file = dir.join("update-keys");
+    std::fs::write(
+        &file,
+        format!("# ours\n{}\n", base64_encode(keypair(1).pk.as_ref())),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let (keys, warnings) = update::trusted_keys(None, &file);
+    assert!(keys.is_empty());
+    assert!(
+        warnings[0].contains("writable by nobody else"),
+        "{warnings:?}"
+    );
+    // The agent says so and installs nothing.
+    let lab = Lab::new("key-file-agent");
+    lab.publish("99.0.0", &passing(), |_| {});
+    let out = Command::new(&lab.binary)
+        .args(["update", &format!("--update-url={}", lab.channel.url())])
+        .arg(format!("--update-key-file={}", file.display()))
+        .arg(format!("--state-dir={}", lab.state.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writable by nobody else") && err.contains("no trusted release key"),
+        "{err}"
+    );
+    lab.assert_untouched();
+    // Root's and 0644, the same file is used.
+    if unsafe_free_is_root() {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(update::trusted_keys(None, &file).0, vec![keypair(1).pk]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn unsafe_free_is_root() -> bool {
+    pulse_agent::sys::geteuid() == 0
+}
+
+#[test]
+fn an_update_installs_keeps_previous_and_hands_the_token_over_in_a_file() {
+    let lab = Lab::new("happy");
+    let new = passing();
+    lab.publish("99.0.0", &new, |_| {});
+    let status = Mutex::new(Status::default());
+    let s = lab.settings();
+    assert_eq!(
+        update::run(&s, &status, false).unwrap(),
+        Outcome::Available {
+            version: "99.0.0".into()
+        }
+    );
+    lab.assert_untouched();
+    assert_eq!(
+        update::run(&s, &status, true).unwrap(),
+        Outcome::Installed {
+            version: "99.0.0".into()
+        }
+    );
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), new);
+    assert_eq!(
+        std::fs::read(update::install::previous_path(&lab.binary)).unwrap(),
+        lab.original
+    );
+    let mode = std::fs::metadata(&lab.binary).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+    // The self-test got the agent's flags and the token in a 0600 file,
+    // never in argv or the environment; the file is gone.
+    let record = fake_record(&fake_release("99.0.0", "pass"));
+    let args_line = record.lines().next().unwrap();
+    assert!(
+        args_line.contains("--interval=5s") && args_line.contains("--token-file="),
+        "{record}"
+    );
+    assert!(!args_line.contains("t0ken-not-for-argv"));
+    assert!(
+        !record
+            .lines()
+            .any(|l| l.starts_with("env ") && l.contains("t0ken")),
+        "{record}"
+    );
+    assert!(
+        record.contains("token-file-mode=600\ntoken=t0ken-not-for-argv"),
+        "{record}"
+    );
+    assert!(
+        !std::fs::read_dir(&lab.state)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("token"))
+    );
+    let st = status.lock().unwrap().clone();
+    assert_eq!(st.state, update::State::Idle);
+    assert!(st.last_success.is_some() && st.installs == 1);
+    // No token ever went to the channel.
+    for (path, headers) in lab.channel.requests.lock().unwrap().iter() {
+        assert!(
+            !headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with("authorization")
+                    || h.to_ascii_lowercase().starts_with("x-api-token")),
+            "{path}: {headers:?}"
+        );
+    }
+    // The new version is on trial: no second install meanwhile.
+    let mut s2 = s.clone();
+    s2.running = "v99.0.0".into();
+    assert_eq!(
+        update::run(&s2, &status, true).unwrap(),
+        Outcome::OnTrial {
+            version: "99.0.0".into()
+        }
+    );
+}
