@@ -85,6 +85,11 @@ pub const TARGETS: &[Target] = &[
         run: spool,
     },
     Target {
+        name: "update",
+        about: "the release channel: release.json, .sig lines, key lists, versions, and the updater's own record",
+        run: update,
+    },
+    Target {
         name: "cli",
         about: "argv and the environment: flags, values, durations, URLs, then the validated Config",
         run: cli,
@@ -443,4 +448,22 @@ fn host_report(snapshot: &crate::collect::HostSnapshot) {
         sequence_id: "fuzz-1",
     });
     let _ = serde_json::to_vec(&doc);
+}
+
+fn update(data: &[u8]) {
+    use crate::update::{exe, index, record};
+    if let Ok(r) = index::parse(data) {
+        let _ = r.asset("linux-amd64");
+        let _ = index::is_newer(&r.version, "v0.1.0");
+    }
+    let _ = index::parse_signature(data);
+    let _ = exe::identify(data);
+    let t = text(data);
+    let _ = index::parse_keys(&t);
+    let _ = record::parse(&t);
+    if let Some((a, b)) = t.split_once('\n') {
+        let _ = index::is_newer(a, b);
+        let _ = index::same_version(a, b);
+    }
+    let _ = crate::update::fetch::redirect_target("https://dl.example/ch/release.json", &t);
 }
