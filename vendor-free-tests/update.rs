@@ -21,7 +21,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use common::channel::{Channel, Serve};
-use common::standin::Pki;
+use common::proc::Dir;
+use common::standin::{Mode, Pki, Received, StandIn};
 use ed25519_compact::{KeyPair, Seed};
 use pulse_agent::remote_config::base64_encode;
 use pulse_agent::report::rfc3339;
@@ -88,7 +89,6 @@ fn fake_record(fake: &Path) -> String {
 
 /// The built agent, as released at version 99.0.0 (`PULSE_AGENT_VERSION`),
 /// built once into its own target directory.
-#[allow(dead_code)]
 fn release_99() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -99,6 +99,9 @@ fn release_99() -> PathBuf {
                 .arg(&target)
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .env("PULSE_AGENT_VERSION", "99.0.0")
+                // Small enough to download quickly in a debug test.
+                .env("CARGO_PROFILE_DEV_DEBUG", "false")
+                .env("CARGO_PROFILE_DEV_STRIP", "true")
                 .env_remove("RUSTFLAGS")
                 .status()
                 .expect("cargo runs");
@@ -697,5 +700,335 @@ fn an_update_installs_keeps_previous_and_hands_the_token_over_in_a_file() {
         Outcome::OnTrial {
             version: "99.0.0".into()
         }
+    );
+}
+
+/// A key file the agent accepts: root's, mode 0644.
+fn key_file(lab: &Lab) -> PathBuf {
+    assert!(
+        unsafe_free_is_root(),
+        "the binary-level update tests need root: the agent trusts only a key file owned by root"
+    );
+    let p = lab.dir.join("update-keys");
+    std::fs::write(
+        &p,
+        format!(
+            "# test release key\n{}\n",
+            base64_encode(lab.key.pk.as_ref())
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+/// A lab whose channel presents the stand-in's certificate, so one
+/// `--cacert` serves both (as one organisation's CA would).
+fn lab_beside(name: &str, standin: &StandIn) -> Lab {
+    Lab::with_pki(
+        name,
+        Pki {
+            ca_pem: standin.pki.ca_pem.clone(),
+            leaf_der: standin.pki.leaf_der.clone(),
+            leaf_key_der: standin.pki.leaf_key_der.clone(),
+        },
+    )
+}
+
+/// Starts the installed copy as a daemon reporting to `standin` every second.
+fn start_daemon(lab: &Lab, standin: &StandIn, dir: &Dir) -> (std::process::Child, PathBuf) {
+    let mut args = common::proc::args(standin, dir, &[]);
+    args.push(format!("--update-url={}", lab.channel.url()));
+    args.push(format!("--update-key-file={}", key_file(lab).display()));
+    args.retain(|a| !a.starts_with("--state-dir="));
+    args.push(format!("--state-dir={}", lab.state.display()));
+    let log = lab.dir.join("agent.log");
+    let child = Command::new(&lab.binary)
+        .args(&args)
+        .env_clear()
+        .env("LOG_LEVEL", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+fn version_of(r: &Received) -> String {
+    r.doc
+        .as_ref()
+        .and_then(|d| d["agent"]["version"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn daemon_updates_to_99_keeps_its_pid_and_says_updated_from() {
+    let standin = StandIn::start();
+    let lab = lab_beside("daemon", &standin);
+    let new = std::fs::read(release_99()).unwrap();
+    lab.publish("99.0.0", &new, |_| {});
+    let dir = Dir::new("update-daemon");
+    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let mut child = Killed(child);
+    let pid = child.0.id();
+    let ok = standin.wait_for(Duration::from_secs(90), |r| {
+        r.iter().filter(|x| version_of(x) == "v99.0.0").count() >= 2
+    });
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "no two reports of v99.0.0; log:\n{log_text}");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the process ended:\n{log_text}"
+    );
+    // The same process (PID) now runs the new binary.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, lab.binary, "{log_text}");
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), new);
+    assert_eq!(
+        std::fs::read(update::install::previous_path(&lab.binary)).unwrap(),
+        lab.original
+    );
+    let reports = standin.reports();
+    let old: Vec<_> = reports
+        .iter()
+        .filter(|r| version_of(r) == pulse_agent::agent::version())
+        .collect();
+    assert!(!old.is_empty(), "the old version reported first");
+    let first_new = reports.iter().find(|r| version_of(r) == "v99.0.0").unwrap();
+    let doc = first_new.doc.as_ref().unwrap();
+    assert_eq!(
+        doc["agent"]["updatedFrom"],
+        pulse_agent::agent::version().as_str(),
+        "{doc}"
+    );
+    assert_eq!(doc["agent"]["update"]["state"], "idle", "{doc}");
+    assert_eq!(doc["agent"]["update"]["autoUpdate"], true);
+    assert!(doc["agent"]["update"]["lastSuccessAt"].is_string(), "{doc}");
+    // The trial passed with that delivery: later reports no longer say it.
+    let later: Vec<_> = reports
+        .iter()
+        .filter(|r| version_of(r) == "v99.0.0")
+        .skip(1)
+        .collect();
+    assert!(later.iter().all(|r| {
+        r.doc.as_ref().unwrap()["agent"]
+            .get("updatedFrom")
+            .is_none()
+    }));
+    let record = std::fs::read_to_string(lab.state.join("update.json")).unwrap();
+    assert!(!record.contains("\"trial\""), "{record}");
+    assert!(
+        standin.schema_notes().is_empty(),
+        "{:?}",
+        standin.schema_notes()
+    );
+    assert!(
+        log_text.contains("installed pulse-agent 99.0.0") && log_text.contains("passed its trial"),
+        "{log_text}"
+    );
+}
+
+#[test]
+fn daemon_rolls_back_a_version_the_server_refuses_and_never_installs_it_again() {
+    let standin = StandIn::start();
+    let lab = lab_beside("rollback", &standin);
+    let new = std::fs::read(release_99()).unwrap();
+    lab.publish("99.0.0", &new, |_| {});
+    standin.set_mode(Mode::Status(400));
+    let dir = Dir::new("update-rollback");
+    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let mut child = Killed(child);
+    let pid = child.0.id();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(90);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < until,
+                "waited for {what}; log:\n{}",
+                read_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the install", &|| {
+        read_log().contains("installed pulse-agent 99.0.0")
+    });
+    wait("the rollback", &|| {
+        read_log().contains("rolling back from pulse-agent v99.0.0")
+    });
+    wait("the old binary back", &|| {
+        std::fs::read(&lab.binary).unwrap() == lab.original
+    });
+    standin.set_mode(Mode::Normal);
+    assert!(
+        standin.wait_for(Duration::from_secs(30), |r| r
+            .iter()
+            .any(|x| x.status == 200)),
+        "no report after the rollback:\n{}",
+        read_log()
+    );
+    // Past the restored binary's first check (5 s): it does not install 99 again.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the process ended:\n{}",
+        read_log()
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        lab.binary
+    );
+    assert_eq!(
+        std::fs::read(&lab.binary).unwrap(),
+        lab.original,
+        "99.0.0 was installed again"
+    );
+    let last = standin
+        .reports()
+        .into_iter()
+        .rev()
+        .find(|r| r.status == 200)
+        .unwrap();
+    let doc = last.doc.unwrap();
+    assert_eq!(
+        doc["agent"]["version"],
+        pulse_agent::agent::version().as_str()
+    );
+    let update = &doc["agent"]["update"];
+    assert_eq!(update["state"], "error", "{doc}");
+    let why = update["lastError"].as_str().unwrap();
+    assert!(
+        why.starts_with("rolled back from v99.0.0: the server refused its first 3 reports"),
+        "{why}"
+    );
+    assert!(why.contains("not installing it again"), "{why}");
+    assert_eq!(update["availableVersion"], "99.0.0");
+    assert_eq!(
+        read_log().matches("installed pulse-agent 99.0.0").count(),
+        1,
+        "{}",
+        read_log()
+    );
+}
+
+/// The syscalls an update makes that change the binary's directory or make
+/// it durable, and how often each is made (an strace run without faults).
+fn counted_syscalls(lab: &Lab, args: &[String]) -> Vec<(String, usize)> {
+    let trace = lab.dir.join("strace.out");
+    let names = "rename,renameat,renameat2,link,linkat,unlink,unlinkat,fsync,fdatasync";
+    let st = Command::new("strace")
+        .args(["-f", "-qq", "-e", &format!("trace={names}"), "-o"])
+        .arg(&trace)
+        .arg(&lab.binary)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("strace runs (apt-get install strace)");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in text.lines() {
+        let call = line.split_whitespace().nth(1).unwrap_or("");
+        let name = call.split('(').next().unwrap_or("");
+        if names.split(',').any(|n| n == name) {
+            match counts.iter_mut().find(|(n, _)| n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name.to_string(), 1)),
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn crash_at_every_rename_link_unlink_and_fsync_leaves_a_whole_binary() {
+    let lab = Lab::new("crash");
+    let new = std::fs::read(release_99()).unwrap();
+    lab.publish("99.0.0", &new, |_| {});
+    let args = vec![
+        "update".to_string(),
+        format!("--update-url={}", lab.channel.url()),
+        format!("--update-key-file={}", key_file(&lab).display()),
+        format!("--state-dir={}", lab.state.display()),
+        format!("--cacert={}", lab.channel.ca_file().display()),
+    ];
+    let reset = || {
+        let _ = std::fs::remove_dir_all(&lab.state);
+        let _ = std::fs::remove_file(update::install::previous_path(&lab.binary));
+        std::fs::write(&lab.binary, &lab.original).unwrap();
+        std::fs::set_permissions(&lab.binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    reset();
+    let counts = counted_syscalls(&lab, &args);
+    assert_eq!(
+        std::fs::read(&lab.binary).unwrap(),
+        new,
+        "the traced run installs"
+    );
+    for call in ["rename", "link", "unlink", "fsync"] {
+        assert!(
+            counts.iter().any(|(n, _)| n.starts_with(call)),
+            "no {call} in {counts:?}"
+        );
+    }
+    eprintln!("faults injected at: {counts:?}");
+    let mut killed = 0;
+    for (name, count) in &counts {
+        for n in 1..=*count {
+            reset();
+            let out = Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("inject={name}:signal=KILL:when={n}"))
+                .arg(&lab.binary)
+                .args(&args)
+                .output()
+                .unwrap();
+            let after = std::fs::read(&lab.binary).unwrap();
+            let whole = after == lab.original || after == new;
+            assert!(
+                whole,
+                "killed at {name} #{n}: the path holds neither binary whole"
+            );
+            killed += usize::from(!out.status.success());
+            // The next run (of whatever is installed now) succeeds and ends
+            // with the new version installed.
+            let next = Command::new(&lab.binary).args(&args).output().unwrap();
+            assert!(
+                next.status.success(),
+                "after a kill at {name} #{n}: {}{}",
+                String::from_utf8_lossy(&next.stdout),
+                String::from_utf8_lossy(&next.stderr)
+            );
+            assert_eq!(
+                std::fs::read(&lab.binary).unwrap(),
+                new,
+                "after a kill at {name} #{n}"
+            );
+            let left: Vec<_> = std::fs::read_dir(lab.binary.parent().unwrap())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| f.contains(".update-"))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "after a kill at {name} #{n}, left: {left:?}"
+            );
+        }
+    }
+    assert!(
+        killed >= counts.len(),
+        "the faults killed only {killed} runs"
     );
 }
