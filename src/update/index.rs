@@ -145,6 +145,31 @@ pub fn parse_signature(text: &[u8]) -> Result<Signature, String> {
     Signature::from_slice(&raw).map_err(|_| format!("{} bytes, not 64", raw.len()))
 }
 
+/// Whether any of `keys` signed the contents of `file`, read in chunks:
+/// memory does not grow with the file (a 90 MiB binary is never in memory).
+pub fn verify_file(keys: &[PublicKey], file: &std::path::Path, sig: &Signature) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    for key in keys {
+        let Ok(mut state) = key.verify_incremental(sig) else {
+            continue;
+        };
+        let mut f = std::fs::File::open(file)?;
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => state.absorb(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if state.verify().is_ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether any of `keys` signed `message`.
 pub fn verify(keys: &[PublicKey], message: &[u8], sig: &Signature) -> bool {
     keys.iter().any(|k| k.verify(message, sig).is_ok())
@@ -356,6 +381,16 @@ mod tests {
         assert!(parse_signature(b"").is_err());
         assert!(parse_signature(b"AAAA").is_err());
         assert!(parse_signature(format!("{} {}", &line[..40], &line[40..]).as_bytes()).is_err());
+        // The same verdicts, streamed from a file.
+        let f = std::env::temp_dir().join(format!("pulse-verify-{}", std::process::id()));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&f, &big).unwrap();
+        let sig = kp.sk.sign(&big, None);
+        let other = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([8; 32])).pk;
+        assert!(verify_file(&[other, kp.pk], &f, &sig).unwrap());
+        assert!(!verify_file(&[other], &f, &sig).unwrap());
+        assert!(!verify_file(&[kp.pk], &f, &parsed).unwrap());
+        std::fs::remove_file(&f).unwrap();
     }
 
     #[test]

@@ -587,11 +587,10 @@ fn download_and_install(
         .map_err(|e| Error::new("binary signature", e))?;
     let sig = index::parse_signature(&sig)
         .map_err(|e| Error::new("binary signature", format!("{sig_file}: {e}")))?;
-    // Read back from disk: what is verified is what would be installed.
-    let bytes = std::fs::read(&temp)
+    // Read back from disk (in chunks): what is verified is what would be
+    // installed.
+    let signed = index::verify_file(&s.keys, &temp, &sig)
         .map_err(|e| Error::new("binary signature", format!("{}: {e}", temp.display())))?;
-    let signed = index::verify(&s.keys, &bytes, &sig);
-    drop(bytes);
     if !signed {
         return Err(Error::new(
             "binary signature",
