@@ -405,7 +405,8 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Standard base64 with padding.
+/// Standard base64 with padding (RFC 4648 §4), the form `base64_decode` reads
+/// and the release channel's keys and signatures are written in.
 pub fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -415,10 +416,10 @@ pub fn base64_encode(bytes: &[u8]) -> String {
             *chunk.get(1).unwrap_or(&0),
             *chunk.get(2).unwrap_or(&0),
         ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
             } else {
                 out.push('=');
             }
@@ -738,6 +739,30 @@ mod tests {
             assert_eq!(base64_decode(&base64_encode(&bytes)), Some(bytes));
         }
         assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn base64_encode_round_trips_through_base64_decode() {
+        // RFC 4648 §10 test vectors, then every byte value at every length
+        // modulo 3 (padding 0, 1 and 2).
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        for len in [253, 254, 255, 256] {
+            let e = base64_encode(&all[..len]);
+            assert_eq!(e.len() % 4, 0);
+            assert_eq!(base64_decode(&e).as_deref(), Some(&all[..len]));
+        }
+        assert_eq!(base64_encode(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]

@@ -147,7 +147,11 @@ pub fn parse_signature(text: &[u8]) -> Result<Signature, String> {
 
 /// Whether any of `keys` signed the contents of `file`, read in chunks:
 /// memory does not grow with the file (a 90 MiB binary is never in memory).
-pub fn verify_file(keys: &[PublicKey], file: &std::path::Path, sig: &Signature) -> std::io::Result<bool> {
+pub fn verify_file(
+    keys: &[PublicKey],
+    file: &std::path::Path,
+    sig: &Signature,
+) -> std::io::Result<bool> {
     use std::io::Read;
     let mut buf = vec![0u8; 64 * 1024];
     for key in keys {
