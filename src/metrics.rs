@@ -464,4 +464,30 @@ mod tests {
         }
         assert!(process(UNIX_EPOCH).contains("process_cpu_seconds_total "));
     }
+
+    #[test]
+    fn update_families_show_the_state_an_available_version_and_times() {
+        let u = crate::update::Status {
+            state: crate::update::State::Error,
+            auto_update: true,
+            available: Some("1.2.3".into()),
+            last_checked: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            checks: 4,
+            failures: 1,
+            ..crate::update::Status::default()
+        };
+        let mut o = String::new();
+        render_update(&mut o, &u);
+        for line in [
+            "pulse_agent_update_state{state=\"error\"} 1",
+            "pulse_agent_update_state{state=\"idle\"} 0",
+            "pulse_agent_update_available{version=\"1.2.3\"} 1",
+            "pulse_agent_update_checks_total 4",
+            "pulse_agent_update_failures_total 1",
+            "pulse_agent_update_last_check_timestamp_seconds 1800000000",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line} not in\n{o}");
+        }
+        assert!(!o.contains("last_success"), "no install, no time: {o}");
+    }
 }

@@ -122,6 +122,8 @@ fn raid_json(arrays: Vec<raid::Array>) -> Value {
             modules: &[],
             privilege: &common::pinned_privilege(),
             applied_config: None,
+            update: &pulse_agent::update::Status::default(),
+            updated_from: None,
         },
         identity: &identity,
         report_ip: None,

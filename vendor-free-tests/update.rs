@@ -737,7 +737,16 @@ fn lab_beside(name: &str, standin: &StandIn) -> Lab {
 
 /// Starts the installed copy as a daemon reporting to `standin` every second.
 fn start_daemon(lab: &Lab, standin: &StandIn, dir: &Dir) -> (std::process::Child, PathBuf) {
-    let mut args = common::proc::args(standin, dir, &[]);
+    start_daemon_with(lab, standin, dir, &[])
+}
+
+fn start_daemon_with(
+    lab: &Lab,
+    standin: &StandIn,
+    dir: &Dir,
+    extra: &[&str],
+) -> (std::process::Child, PathBuf) {
+    let mut args = common::proc::args(standin, dir, extra);
     args.push(format!("--update-url={}", lab.channel.url()));
     args.push(format!("--update-key-file={}", key_file(lab).display()));
     args.retain(|a| !a.starts_with("--state-dir="));
@@ -777,7 +786,9 @@ fn daemon_updates_to_99_keeps_its_pid_and_says_updated_from() {
     let new = std::fs::read(release_99()).unwrap();
     lab.publish("99.0.0", &new, |_| {});
     let dir = Dir::new("update-daemon");
-    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let port = common::proc::free_port();
+    let health = format!("--health-addr=127.0.0.1:{port}");
+    let (child, log) = start_daemon_with(&lab, &standin, &dir, &[&health]);
     let mut child = Killed(child);
     let pid = child.0.id();
     let ok = standin.wait_for(Duration::from_secs(90), |r| {
@@ -835,6 +846,31 @@ fn daemon_updates_to_99_keeps_its_pid_and_says_updated_from() {
         log_text.contains("installed pulse-agent 99.0.0") && log_text.contains("passed its trial"),
         "{log_text}"
     );
+    // /status and /metrics of the new process show the updater too.
+    let (code, _, body) =
+        common::proc::ask(port, "GET /status HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["agent"]["version"], "v99.0.0");
+    assert_eq!(status["update"]["autoUpdate"], true, "{status}");
+    assert!(status["update"]["lastSuccessAt"].is_string(), "{status}");
+    let (code, _, metrics) = common::proc::ask(
+        port,
+        "GET /metrics HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 200);
+    for line in [
+        "pulse_agent_update_state{state=\"idle\"} 1",
+        "pulse_agent_update_state{state=\"error\"} 0",
+        "pulse_agent_update_installs_total 0",
+        "pulse_agent_update_last_success_timestamp_seconds ",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
 }
 
 #[test]

@@ -58,6 +58,8 @@ fn main() {
                 modules: &modules,
                 privilege: &privilege,
                 applied_config: None,
+                update: &pulse_agent::update::Status::default(),
+                updated_from: None,
             },
             identity: &identity,
             report_ip: None,

@@ -24,9 +24,12 @@ FAKE_VERSION=99.0.0 FAKE_SELF_TEST=pass FAKE_RECORD="$work/record" \
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 python3 -m http.server --bind 127.0.0.1 --directory "$work/channel" "$port" >/dev/null 2>&1 &
 server=$!
+until python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null; do
+	sleep 0.1
+done
 "$release" keygen --out "$work/key" >"$work/update-keys"
 chmod 0644 "$work/update-keys"
-printf '%-8s %12s %14s %s\n' asset bytes "peak RSS KiB" result
+printf '%-9s %12s %14s %s\n' asset bytes "peak RSS KiB" result
 for size in 3000000 94371840; do
 	rm -rf "$work/channel"/* "$work/state" "$work/bin"
 	cp "$work/fake" "$work/channel/pulse-agent-linux-amd64"
@@ -42,5 +45,10 @@ for size in 3000000 94371840; do
 	else
 		result="NOT installed: $(cat "$work/out" "$work/err" | tail -1)"
 	fi
-	printf '%-8s %12s %14s %s\n' "$((size / 1000000))MB" "$size" "$(tail -1 "$work/rss")" "$result"
+	if [ "$size" -ge 1048576 ] && [ $((size % 1048576)) -eq 0 ]; then
+		name="$((size / 1048576)) MiB"
+	else
+		name="$((size / 1000000)) MB"
+	fi
+	printf '%-9s %12s %14s %s\n' "$name" "$size" "$(tail -1 "$work/rss")" "$result"
 done

@@ -28,13 +28,16 @@ pub enum Serve {
     Status(u16),
 }
 
+/// A request's path and its header lines.
+pub type Request = (String, Vec<String>);
+
 pub struct Channel {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub pki: Pki,
     rules: Arc<Mutex<HashMap<String, Serve>>>,
     /// Every request line's path, and its headers, in order.
-    pub requests: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    pub requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Channel {
@@ -86,7 +89,7 @@ fn handle(
     config: Arc<rustls::ServerConfig>,
     dir: &std::path::Path,
     rules: &Mutex<HashMap<String, Serve>>,
-    requests: &Mutex<Vec<(String, Vec<String>)>>,
+    requests: &Mutex<Vec<Request>>,
 ) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
