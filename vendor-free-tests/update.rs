@@ -1068,3 +1068,191 @@ fn crash_at_every_rename_link_unlink_and_fsync_leaves_a_whole_binary() {
         "the faults killed only {killed} runs"
     );
 }
+
+#[test]
+fn a_trial_counts_starts_without_a_clean_stop_and_rolls_back_at_the_second() {
+    let dir = tmp("trial");
+    let record = update::record::Record {
+        trial: Some(update::record::Trial {
+            from: "v0.1.0".into(),
+            to: "99.0.0".into(),
+            installed_at: SystemTime::now(),
+            running: false,
+            crashes: 0,
+            refusals: 0,
+        }),
+        ..Default::default()
+    };
+    record.save(&dir).unwrap();
+    let pending = update::Verdict::Pending {
+        from: "v0.1.0".into(),
+    };
+    // Another version's start is not this trial's business.
+    assert_eq!(update::trial_start(&dir, "v0.1.0"), update::Verdict::None);
+    // Start, clean stop, start: no crash.
+    assert_eq!(update::trial_start(&dir, "v99.0.0"), pending);
+    update::trial_stop(&dir, "v99.0.0");
+    assert_eq!(update::trial_start(&dir, "v99.0.0"), pending);
+    // No stop: one crash; again: the second, and the verdict.
+    assert_eq!(update::trial_start(&dir, "v99.0.0"), pending);
+    assert_eq!(
+        update::trial_start(&dir, "v99.0.0"),
+        update::Verdict::RollBack("it exited abnormally 2 times".into())
+    );
+    // A server that cannot be reached gives no statuses: nothing counted.
+    record.save(&dir).unwrap();
+    assert_eq!(
+        update::trial_answers(&dir, "v99.0.0", &[]),
+        update::Verdict::None
+    );
+    assert_eq!(update::trial_answers(&dir, "v99.0.0", &[500, 400]), pending);
+    assert_eq!(
+        update::trial_answers(&dir, "v99.0.0", &[403]),
+        update::Verdict::RollBack(
+            "the server refused its first 3 reports (last status 403)".into()
+        )
+    );
+    // A 2xx ends the trial.
+    record.save(&dir).unwrap();
+    assert_eq!(
+        update::trial_answers(&dir, "v99.0.0", &[502, 200]),
+        update::Verdict::Passed {
+            from: "v0.1.0".into()
+        }
+    );
+    assert_eq!(update::trial_start(&dir, "v99.0.0"), update::Verdict::None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn daemon_rolls_back_a_version_that_crashes_twice() {
+    let standin = StandIn::start();
+    let lab = lab_beside("crash-rollback", &standin);
+    let new = std::fs::read(release_99()).unwrap();
+    lab.publish("99.0.0", &new, |_| {});
+    // Installed by hand: `pulse-agent update`.
+    let out = Command::new(&lab.binary)
+        .arg("update")
+        .arg(format!("--update-url={}", lab.channel.url()))
+        .arg(format!("--update-key-file={}", key_file(&lab).display()))
+        .arg(format!("--state-dir={}", lab.state.display()))
+        .arg(format!("--cacert={}", lab.channel.ca_file().display()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.starts_with("installed pulse-agent 99.0.0"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), new);
+    // The new version starts and is killed twice before it delivers: the
+    // server is down meanwhile (which is not the version's fault).
+    standin.set_mode(Mode::Status(503));
+    let dir = Dir::new("update-crash-rollback");
+    for _ in 0..2 {
+        let (child, log) = start_daemon(&lab, &standin, &dir);
+        let mut child = Killed(child);
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("is on trial")
+        {
+            assert!(
+                std::time::Instant::now() < until,
+                "{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.0.kill().unwrap();
+        let _ = child.0.wait();
+    }
+    assert_eq!(
+        std::fs::read(&lab.binary).unwrap(),
+        new,
+        "not yet rolled back"
+    );
+    // The third start rolls back and runs the old binary.
+    standin.set_mode(Mode::Normal);
+    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let _child = Killed(child);
+    let ok = standin.wait_for(Duration::from_secs(30), |r| {
+        r.iter()
+            .any(|x| x.status == 200 && version_of(x) == pulse_agent::agent::version())
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), lab.original);
+    let doc = standin
+        .reports()
+        .into_iter()
+        .rev()
+        .find(|r| r.status == 200)
+        .unwrap()
+        .doc
+        .unwrap();
+    let why = doc["agent"]["update"]["lastError"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        why, "rolled back from v99.0.0: it exited abnormally 2 times",
+        "{doc}"
+    );
+    assert!(
+        text.contains("rolling back from pulse-agent v99.0.0: it exited abnormally 2 times"),
+        "{text}"
+    );
+}
+
+#[test]
+fn daemon_without_a_key_or_switched_off_says_so_and_never_asks_the_channel() {
+    let standin = StandIn::start();
+    let lab = lab_beside("off", &standin);
+    lab.publish("99.0.0", &passing(), |_| {});
+    let dir = Dir::new("update-off");
+    let no_keys = lab.dir.join("no-such-key-file");
+    for (extra, state, why) in [
+        (
+            format!("--update-key-file={}", no_keys.display()),
+            "disabled",
+            Some("no trusted release key"),
+        ),
+        ("--disable-auto-update".to_string(), "disabled", None),
+    ] {
+        let mut args = common::proc::args(&standin, &dir, &[]);
+        args.push(format!("--update-url={}", lab.channel.url()));
+        args.push(extra.clone());
+        let seen = standin.reports().len();
+        let mut child = Killed(
+            Command::new(&lab.binary)
+                .args(&args)
+                .env_clear()
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // Past the first check's time (5 s after start).
+        assert!(standin.wait_for(Duration::from_secs(30), |r| r.len() >= seen + 7));
+        child.0.kill().unwrap();
+        let _ = child.0.wait();
+        let doc = standin.reports().last().unwrap().doc.clone().unwrap();
+        let update = &doc["agent"]["update"];
+        assert_eq!(update["state"], state, "{extra}: {doc}");
+        assert_eq!(update["autoUpdate"], false, "{extra}");
+        match why {
+            Some(w) => assert!(
+                update["lastError"].as_str().unwrap_or("").contains(w),
+                "{extra}: {update}"
+            ),
+            None => assert!(update.get("lastError").is_none(), "{extra}: {update}"),
+        }
+    }
+    assert!(
+        lab.channel.requests.lock().unwrap().is_empty(),
+        "the channel was asked"
+    );
+    lab.assert_untouched();
+}

@@ -405,8 +405,11 @@ fn run_locked(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Out
     }
     let _lock = crate::state::Lock::try_take_file(&s.state_dir.join(LOCK_FILE))
         .map_err(|e| Error::new("lock", format!("another update is running ({e})")))?;
-    for p in install::remove_leftovers(&s.binary) {
-        log::info!("removed {}, left by an interrupted update", p.display());
+    // `--check` changes nothing, not even what an interrupted run left.
+    if install {
+        for p in install::remove_leftovers(&s.binary) {
+            log::info!("removed {}, left by an interrupted update", p.display());
+        }
     }
     if s.identity.is_some() && file_identity(&s.binary) != s.identity {
         return Ok(Outcome::Replaced);
@@ -421,7 +424,9 @@ fn run_locked(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Out
         // Recorded, but the binary this process runs is still in place:
         // the rename never happened (or was undone). Stale.
         record.trial = None;
-        save(&record, s)?;
+        if install {
+            save(&record, s)?;
+        }
     }
     let tls = deliver::tls_config(
         &TlsOptions {
