@@ -119,24 +119,68 @@ pub fn version() -> String {
 /// (`--log-file`), reopened on SIGHUP.
 pub fn run(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
     sys::limit_malloc_arenas();
+    // First of all, before anything that could fail: a version on trial
+    // counts this start (a start that ends in an error or a panic before
+    // its clean stop is an abnormal exit).
+    let trial = begin_trial(config);
     if config.once {
-        return run_once(config);
+        return run_once(config, trial);
     }
-    serve(config, log_file)
+    serve(config, log_file, trial)
+}
+
+/// What the start of a run found about a trial.
+enum TrialStart {
+    None,
+    /// On trial; the version it replaced.
+    Pending(String),
+    /// It failed its trial and could not be rolled back: why.
+    RollbackFailed(String),
+}
+
+fn begin_trial(config: &Config) -> TrialStart {
+    if config.url.is_none() {
+        return TrialStart::None;
+    }
+    match update::trial_start(&config.state_dir, &version()) {
+        update::Verdict::Pending { from } => {
+            log::info!(
+                "pulse-agent {} is on trial (updated from {from}) until a report is delivered",
+                version()
+            );
+            TrialStart::Pending(from)
+        }
+        update::Verdict::RollBack(why) => TrialStart::RollbackFailed(roll_back(config, &why)),
+        _ => TrialStart::None,
+    }
+}
+
+/// Puts the previous binary back and runs it in this process. Returns only
+/// when that cannot be done, with why.
+fn roll_back(config: &Config, why: &str) -> String {
+    log::error!("rolling back from pulse-agent {}: {why}", version());
+    let binary = match std::env::current_exe().and_then(std::fs::canonicalize) {
+        Ok(b) => b,
+        Err(e) => return format!("cannot find this program's own file: {e}"),
+    };
+    match update::roll_back(&config.state_dir, &binary, &version(), why) {
+        Ok(()) => {
+            let e = reexec(&binary);
+            format!("restored {}, but cannot run it: {e}", binary.display())
+        }
+        Err(e) => e,
+    }
 }
 
 /// `--once`: without a URL, print the report (then the docker report, when
 /// the docker module is on); with one, deliver them (after whatever the
 /// spools hold) and succeed only if the server took them.
-fn run_once(config: &Config) -> Result<(), Error> {
+fn run_once(config: &Config, trial: TrialStart) -> Result<(), Error> {
     let mut agent = Agent::new(config, SystemTime::now)?;
-    if config.url.is_some() {
-        agent.start_trial();
-        let result = deliver_once(&mut agent, config);
-        agent.stop_trial();
-        return result;
-    }
-    deliver_once(&mut agent, config)
+    agent.take_trial(trial);
+    let result = deliver_once(&mut agent, config);
+    agent.stop_trial();
+    result
 }
 
 /// The rest of `--once`, after the trial bookkeeping.
@@ -242,12 +286,18 @@ enum Event {
 }
 
 /// The reporting service.
-fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
+fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Result<(), Error> {
     sys::block_signals().map_err(Error::Signals)?;
     let (events_tx, events) = mpsc::channel::<Event>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut agent = Agent::new(config, SystemTime::now)?;
     agent.log_file = log_file;
+    agent.take_trial(trial);
+    // The stop watchdog's exit is a clean stop too.
+    let on_trial = agent
+        .updated_from
+        .is_some()
+        .then(|| config.state_dir.clone());
 
     let held: Vec<_> = agent
         .outboxes()
@@ -282,6 +332,9 @@ fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
                         log::info!("saved the report in flight to the spool");
                     }
                     guards.push((inflight, spool));
+                }
+                if let Some(dir) = &on_trial {
+                    update::trial_stop(dir, &version());
                 }
                 log::info!("stopped");
                 std::process::exit(0);
@@ -323,9 +376,6 @@ fn serve(config: &Config, log_file: logging::LogFile) -> Result<(), Error> {
     }
     if hangup_pending {
         agent.hangup();
-    }
-    if config.url.is_some() {
-        agent.start_trial();
     }
     let binary = agent.start_updater(config, events_tx.clone());
     match &config.url {
@@ -776,36 +826,35 @@ impl Agent {
         if let Some(ack) = self.out.ack.take() {
             self.host_ack(ack);
         }
-        let statuses = std::mem::take(&mut self.out.statuses);
-        if self.updated_from.is_some() {
-            match update::trial_answers(&self.config.state_dir, &version(), &statuses) {
-                update::Verdict::Passed { from } => {
-                    log::info!(
-                        "pulse-agent {} passed its trial (updated from {from})",
-                        version()
-                    );
-                    self.updated_from = None;
-                }
-                update::Verdict::RollBack(why) => self.roll_back(&why),
-                _ => {}
-            }
-        }
+        let answer = self.out.fresh_status.take();
+        self.trial_answer(answer);
         delivered
     }
 
-    /// At start, with a URL: a version on trial counts this start (and
-    /// rolls back after two abnormal exits).
-    fn start_trial(&mut self) {
-        match update::trial_start(&self.config.state_dir, &version()) {
-            update::Verdict::Pending { from } => {
+    /// The server's answer to a report this version built, for its trial.
+    fn trial_answer(&mut self, status: Option<u16>) {
+        let Some(status) = status.filter(|_| self.updated_from.is_some()) else {
+            return;
+        };
+        match update::trial_answers(&self.config.state_dir, &version(), &[status]) {
+            update::Verdict::Passed { from } => {
                 log::info!(
-                    "pulse-agent {} is on trial (updated from {from}) until a report is delivered",
+                    "pulse-agent {} passed its trial (updated from {from})",
                     version()
                 );
-                self.updated_from = Some(from);
+                self.updated_from = None;
             }
             update::Verdict::RollBack(why) => self.roll_back(&why),
             _ => {}
+        }
+    }
+
+    /// What [`begin_trial`] found.
+    fn take_trial(&mut self, trial: TrialStart) {
+        match trial {
+            TrialStart::Pending(from) => self.updated_from = Some(from),
+            TrialStart::RollbackFailed(why) => self.rollback_failed(why),
+            TrialStart::None => {}
         }
     }
 
@@ -873,25 +922,9 @@ impl Agent {
     /// Puts the previous binary back and runs it. Returns only when that
     /// cannot be done (the error is then in the report).
     fn roll_back(&mut self, why: &str) {
-        log::error!("rolling back from pulse-agent {}: {why}", version());
         self.updated_from = None;
-        let binary = match std::env::current_exe().and_then(std::fs::canonicalize) {
-            Ok(b) => b,
-            Err(e) => {
-                self.rollback_failed(format!("cannot find this program's own file: {e}"));
-                return;
-            }
-        };
-        match update::roll_back(&self.config.state_dir, &binary, &version(), why) {
-            Ok(()) => {
-                let e = reexec(&binary);
-                self.rollback_failed(format!(
-                    "restored {}, but cannot run it: {e}",
-                    binary.display()
-                ));
-            }
-            Err(e) => self.rollback_failed(e),
-        }
+        let failed = roll_back(&self.config, why);
+        self.rollback_failed(failed);
     }
 
     fn rollback_failed(&mut self, why: String) {
@@ -909,7 +942,12 @@ impl Agent {
         // The docker ack's agentId is the docker agent's; nothing to keep,
         // and a trial goes by the host reports.
         d.outbox.ack = None;
-        d.outbox.statuses.clear();
+        let answer = d.outbox.fresh_status.take();
+        // A trial goes by the host reports, or by the docker ones where the
+        // agent sends no host report.
+        if !self.config.enable_host {
+            self.trial_answer(answer);
+        }
         delivered
     }
 

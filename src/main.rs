@@ -83,16 +83,21 @@ fn run_update(config: &Config, args: &cli::Args) -> ExitCode {
             "pulse-agent {version} is available (running {running}); 'pulse-agent update' installs it\n"
         ),
         Ok(Outcome::Installed { version }) => format!(
-            "installed pulse-agent {version} at {} (was {running}); a running service restarts into it at its next check\n",
+            "installed pulse-agent {version} at {} (was {running}); a running service switches to it at its next update check (restart one that runs with --disable-auto-update)\n",
             settings.binary.display()
         ),
         Ok(Outcome::OnTrial { version }) => {
             format!("pulse-agent {version} is installed and on trial until it delivers a report\n")
         }
-        Ok(Outcome::Replaced) => format!(
-            "{} was replaced while this ran; run it again\n",
-            settings.binary.display()
-        ),
+        Ok(Outcome::Replaced) => {
+            return fail(
+                1,
+                &format!(
+                    "update: {} was replaced by someone else while this ran; nothing installed",
+                    settings.binary.display()
+                ),
+            );
+        }
         Ok(Outcome::Refused { version }) => {
             return fail(
                 1,

@@ -53,9 +53,10 @@ pub struct Outbox {
     pub delivery: DeliveryState,
     /// The last acknowledgement, for the caller to act on.
     pub ack: Option<Ack>,
-    /// The HTTP statuses of the posts since the caller last took them (a
-    /// post with no HTTP answer adds none): the updater's trial reads them.
-    pub statuses: Vec<u16>,
+    /// The HTTP status the server gave the last fresh report (not a spooled
+    /// one: it may have been built by the version before), `None` when it
+    /// gave none (not reached): a new version's trial goes by it.
+    pub fresh_status: Option<u16>,
     auth_logged: Option<Instant>,
     user_agent: String,
 }
@@ -79,7 +80,7 @@ impl Outbox {
             spool: Arc::new(Mutex::new(spool)),
             inflight: Arc::new(Mutex::new(None)),
             ack: None,
-            statuses: Vec::new(),
+            fresh_status: None,
             auth_logged: None,
             user_agent,
         }
@@ -89,15 +90,16 @@ impl Outbox {
         lock(&self.spool)
     }
 
-    fn post(&mut self, client: &Client, body: &[u8]) -> Delivery {
+    /// Posts a report; `fresh` when it is the one just built.
+    fn post(&mut self, client: &Client, body: &[u8], fresh: bool) -> Delivery {
         let reply = client.post_json(
             self.stream.path(),
             body,
             REPORT_TIMEOUT,
             Some(&self.user_agent),
         );
-        if let deliver::Reply::Status(status, _) = &reply {
-            self.statuses.push(*status);
+        if let (true, deliver::Reply::Status(status, _)) = (fresh, &reply) {
+            self.fresh_status = Some(*status);
         }
         deliver::classify(reply)
     }
@@ -112,7 +114,7 @@ impl Outbox {
             self.flush(client, fresh)
         } else {
             *lock(&self.inflight) = Some(body.clone());
-            let outcome = self.post(client, &body);
+            let outcome = self.post(client, &body, true);
             // Held while the report is spooled: the stop watchdog takes this
             // lock first, so it never exits in the middle of the write.
             let inflight = self.inflight.clone();
@@ -169,7 +171,7 @@ impl Outbox {
                     return false;
                 }
             };
-            match self.post(client, &body) {
+            match self.post(client, &body, Some(id) == fresh) {
                 Delivery::Delivered(ack) => {
                     self.spool().remove(id);
                     self.delivered(client, ack);

@@ -992,8 +992,13 @@ fn crash_at_every_rename_link_unlink_and_fsync_leaves_a_whole_binary() {
     let lab = Lab::new("crash");
     let new = std::fs::read(release_99()).unwrap();
     lab.publish("99.0.0", &new, |_| {});
+    let token = lab.dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
     let args = vec![
         "update".to_string(),
+        // Never contacted by an update; a new version's trial needs a server.
+        "--url=https://127.0.0.1:9".to_string(),
+        format!("--token-file={}", token.display()),
         format!("--update-url={}", lab.channel.url()),
         format!("--update-key-file={}", key_file(&lab).display()),
         format!("--state-dir={}", lab.state.display()),
@@ -1105,7 +1110,13 @@ fn a_trial_counts_starts_without_a_clean_stop_and_rolls_back_at_the_second() {
         update::trial_answers(&dir, "v99.0.0", &[]),
         update::Verdict::None
     );
+    // A busy server or a failing proxy is a server not reached either.
+    assert_eq!(
+        update::trial_answers(&dir, "v99.0.0", &[500, 502, 503, 429, 408]),
+        pending
+    );
     assert_eq!(update::trial_answers(&dir, "v99.0.0", &[500, 400]), pending);
+    assert_eq!(update::trial_answers(&dir, "v99.0.0", &[401]), pending);
     assert_eq!(
         update::trial_answers(&dir, "v99.0.0", &[403]),
         update::Verdict::RollBack(
@@ -1124,15 +1135,21 @@ fn a_trial_counts_starts_without_a_clean_stop_and_rolls_back_at_the_second() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn daemon_rolls_back_a_version_that_crashes_twice() {
-    let standin = StandIn::start();
-    let lab = lab_beside("crash-rollback", &standin);
+fn dir_token(lab: &Lab) -> PathBuf {
+    let p = lab.dir.join("token");
+    std::fs::write(&p, format!("{}\n", common::standin::REPORT_TOKEN)).unwrap();
+    p
+}
+
+/// Installs the 99.0.0 build on `lab` with `pulse-agent update`, as a user
+/// would by hand; it is then on trial.
+fn install_99_by_hand(lab: &Lab, standin: &StandIn) -> Vec<u8> {
     let new = std::fs::read(release_99()).unwrap();
     lab.publish("99.0.0", &new, |_| {});
-    // Installed by hand: `pulse-agent update`.
     let out = Command::new(&lab.binary)
         .arg("update")
+        .arg(format!("--url={}", standin.url()))
+        .arg(format!("--token-file={}", dir_token(&lab).display()))
         .arg(format!("--update-url={}", lab.channel.url()))
         .arg(format!("--update-key-file={}", key_file(&lab).display()))
         .arg(format!("--state-dir={}", lab.state.display()))
@@ -1146,6 +1163,35 @@ fn daemon_rolls_back_a_version_that_crashes_twice() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&lab.binary).unwrap(), new);
+    new
+}
+
+fn trial_of(lab: &Lab) -> serde_json::Value {
+    let text = std::fs::read_to_string(lab.state.join("update.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["trial"].clone()
+}
+
+/// Waits until the agent's log says it is on trial.
+fn wait_on_trial(log: &Path) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("is on trial")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemon_rolls_back_a_version_that_crashes_twice() {
+    let standin = StandIn::start();
+    let lab = lab_beside("crash-rollback", &standin);
+    let new = install_99_by_hand(&lab, &standin);
     // The new version starts and is killed twice before it delivers: the
     // server is down meanwhile (which is not the version's fault).
     standin.set_mode(Mode::Status(503));
@@ -1153,18 +1199,7 @@ fn daemon_rolls_back_a_version_that_crashes_twice() {
     for _ in 0..2 {
         let (child, log) = start_daemon(&lab, &standin, &dir);
         let mut child = Killed(child);
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("is on trial")
-        {
-            assert!(
-                std::time::Instant::now() < until,
-                "{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_on_trial(&log);
         child.0.kill().unwrap();
         let _ = child.0.wait();
     }
@@ -1255,4 +1290,112 @@ fn daemon_without_a_key_or_switched_off_says_so_and_never_asks_the_channel() {
         "the channel was asked"
     );
     lab.assert_untouched();
+}
+
+#[test]
+fn the_update_command_needs_a_server_and_check_changes_nothing() {
+    let lab = Lab::new("command");
+    lab.publish("99.0.0", &passing(), |_| {});
+    let base = |extra: &[&str]| {
+        let mut c = Command::new(&lab.binary);
+        c.arg("update")
+            .arg(format!("--update-url={}", lab.channel.url()))
+            .arg(format!("--update-key-file={}", key_file(&lab).display()))
+            .arg(format!("--state-dir={}", lab.state.display()))
+            .arg(format!("--cacert={}", lab.channel.ca_file().display()))
+            .args(extra);
+        c.output().unwrap()
+    };
+    // No server: a new version could never prove itself.
+    let out = base(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no --url"),
+        "{out:?}"
+    );
+    // --check says what is there and writes nothing, not even the state dir.
+    let token = dir_token(&lab);
+    let out = base(&[
+        "--check",
+        "--url=https://127.0.0.1:9",
+        &format!("--token-file={}", token.display()),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.starts_with("pulse-agent 99.0.0 is available (running v"),
+        "{said}"
+    );
+    assert!(!lab.state.exists(), "--check created the state directory");
+    lab.assert_untouched();
+    // --check belongs to the update command.
+    let out = Command::new(&lab.binary).arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_stop_during_a_trial_with_a_hung_server_is_not_counted_as_a_crash() {
+    let standin = StandIn::start();
+    let lab = lab_beside("slow-stop", &standin);
+    install_99_by_hand(&lab, &standin);
+    // The server hangs: the cycle is still delivering when SIGTERM comes,
+    // so the stop watchdog ends the process (exit 0) after its grace time.
+    standin.set_mode(Mode::Slow(Duration::from_secs(30)));
+    let dir = Dir::new("update-slow-stop");
+    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let mut child = Killed(child);
+    wait_on_trial(&log);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(trial_of(&lab)["running"], true);
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let trial = trial_of(&lab);
+    assert_eq!(trial["running"], false, "{trial}");
+    assert_eq!(trial["crashes"], 0, "{trial}");
+}
+
+#[test]
+fn starts_that_fail_before_the_first_cycle_count_as_abnormal_exits() {
+    let standin = StandIn::start();
+    let lab = lab_beside("early-fail", &standin);
+    let new = install_99_by_hand(&lab, &standin);
+    // Another process holds the state directory's lock: the new version
+    // exits 1 at start, before any cycle, twice.
+    std::fs::create_dir_all(&lab.state).unwrap();
+    let mut holder = Killed(
+        // -o: flock holds the lock itself, so killing it releases it.
+        Command::new("flock")
+            .arg("-o")
+            .arg(lab.state.join("lock"))
+            .args(["sleep", "60"])
+            .spawn()
+            .expect("flock (util-linux) runs"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = Dir::new("update-early-fail");
+    for _ in 0..2 {
+        let (child, log) = start_daemon(&lab, &standin, &dir);
+        let mut child = Killed(child);
+        let status = child.0.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(status.code(), Some(1), "{text}");
+        assert!(text.contains("is on trial"), "{text}");
+    }
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), new);
+    assert_eq!(trial_of(&lab)["crashes"], 1);
+    holder.0.kill().unwrap();
+    let _ = holder.0.wait();
+    // The third start rolls back.
+    let (child, log) = start_daemon(&lab, &standin, &dir);
+    let _child = Killed(child);
+    let ok = standin.wait_for(Duration::from_secs(30), |r| {
+        r.iter()
+            .any(|x| version_of(x) == pulse_agent::agent::version())
+    });
+    assert!(ok, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(std::fs::read(&lab.binary).unwrap(), lab.original);
 }

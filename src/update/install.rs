@@ -62,14 +62,19 @@ pub fn create_temp(binary: &Path) -> io::Result<(PathBuf, File)> {
 pub fn remove_leftovers(binary: &Path) -> Vec<PathBuf> {
     let prefix = temp_prefix(binary);
     let prefix = prefix.as_encoded_bytes();
+    // A half-made copy of the old binary (copy_durably) too.
+    let mut copy = previous_path(binary).into_os_string();
+    copy.push(".tmp");
+    let copy = PathBuf::from(copy);
+    let copy_name = copy.file_name().unwrap_or_default();
     let Ok(entries) = fs::read_dir(dir_of(binary)) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        let is_ours =
-            name.as_encoded_bytes().starts_with(prefix) && e.file_type().is_ok_and(|t| t.is_file());
+        let is_ours = (name.as_encoded_bytes().starts_with(prefix) || name == copy_name)
+            && e.file_type().is_ok_and(|t| t.is_file());
         if is_ours && fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
@@ -133,7 +138,21 @@ pub fn trial_run(
     env: &[(OsString, OsString)],
     deadline: Instant,
 ) -> Result<String, String> {
-    match crate::exec::run_with_env(candidate, args, env, deadline, 64 * 1024) {
+    let mut tries = 0;
+    let result = loop {
+        match crate::exec::run_with_env(candidate, args, env, deadline, 64 * 1024) {
+            // A child another thread forked while the file was open for
+            // writing holds it for a moment (until its own exec).
+            Err(crate::exec::Error::Spawn(_, e))
+                if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match result {
         Ok(out) if out.code == Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(out) => {
             let how = match out.code {
@@ -175,7 +194,11 @@ pub fn swap(temp: &Path, binary: &Path) -> io::Result<()> {
     sync_dir(dir)?;
     fs::rename(temp, binary)
         .map_err(|e| io::Error::new(e.kind(), format!("rename over {}: {e}", binary.display())))?;
-    sync_dir(dir)
+    // Installed: a failing fsync now cannot undo that, only delay it.
+    if let Err(e) = sync_dir(dir) {
+        log::warn!("fsync of {} after the install: {e}", dir.display());
+    }
+    Ok(())
 }
 
 /// Copies `from` to `to` through `to.tmp`: fsync'd, renamed, directory fsync'd.
@@ -278,6 +301,7 @@ mod tests {
             ".pulse-agent.update-x",
             ".other.update-1",
             "pulse-agent.previous",
+            "pulse-agent.previous.tmp",
         ] {
             fs::write(d.join(f), b"x").unwrap();
         }
@@ -287,7 +311,8 @@ mod tests {
             removed,
             vec![
                 d.join(".pulse-agent.update-12"),
-                d.join(".pulse-agent.update-x")
+                d.join(".pulse-agent.update-x"),
+                d.join("pulse-agent.previous.tmp"),
             ]
         );
         assert!(d.join(".other.update-1").exists() && previous_path(&bin).exists());

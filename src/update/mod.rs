@@ -130,6 +130,11 @@ impl Settings {
                 config.update_key_file.display()
             ));
         }
+        if config.url.is_none() {
+            return Err(
+                "no --url: a new version is on trial until it delivers a report, so updates need a server".into(),
+            );
+        }
         let target =
             exe::running_target().ok_or("the release channel has no builds for this CPU")?;
         // The agent's own executable (like /proc/self), symlinks resolved:
@@ -398,19 +403,25 @@ pub fn run(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Outcom
 }
 
 fn run_locked(s: &Settings, status: &Mutex<Status>, install: bool) -> Result<Outcome, Error> {
-    if let Some(why) = crate::state::ensure_dir(&s.state_dir)
-        .map_err(|e| Error::new("state", format!("{}: {e}", s.state_dir.display())))?
-    {
-        log::warn!("{why}");
-    }
-    let _lock = crate::state::Lock::try_take_file(&s.state_dir.join(LOCK_FILE))
-        .map_err(|e| Error::new("lock", format!("another update is running ({e})")))?;
-    // `--check` changes nothing, not even what an interrupted run left.
-    if install {
-        for p in install::remove_leftovers(&s.binary) {
+    // `--check` changes nothing on disk: no lock file, no cleaning up.
+    let _lock = if install {
+        if let Some(why) = crate::state::ensure_dir(&s.state_dir)
+            .map_err(|e| Error::new("state", format!("{}: {e}", s.state_dir.display())))?
+        {
+            log::warn!("{why}");
+        }
+        let lock = crate::state::Lock::try_take_file(&s.state_dir.join(LOCK_FILE))
+            .map_err(|e| Error::new("lock", format!("another update is running ({e})")))?;
+        let left = install::remove_leftovers(&s.binary)
+            .into_iter()
+            .chain(remove_token_copies(&s.state_dir));
+        for p in left {
             log::info!("removed {}, left by an interrupted update", p.display());
         }
-    }
+        Some(lock)
+    } else {
+        None
+    };
     if s.identity.is_some() && file_identity(&s.binary) != s.identity {
         return Ok(Outcome::Replaced);
     }
@@ -629,10 +640,18 @@ fn download_and_install(
         crashes: 0,
         refusals: 0,
     });
+    let before = record.clone();
     record.rollback = None;
     record.last_install = record.trial.as_ref().map(|t| t.installed_at);
     save(record, s)?;
-    install::swap(&temp, &s.binary).map_err(|e| Error::new("install", e.to_string()))?;
+    if let Err(e) = install::swap(&temp, &s.binary) {
+        // Nothing was installed: the record says what it said before.
+        *record = before;
+        if let Err(e) = save(record, s) {
+            log::warn!("{e}");
+        }
+        return Err(Error::new("install", e.to_string()));
+    }
     cleanup.0 = None;
     for why in install::persist(&s.platform_root, &s.binary, &s.state_dir) {
         log::warn!("{why}");
@@ -647,6 +666,25 @@ fn download_and_install(
     Ok(())
 }
 
+const TOKEN_COPY: &str = ".self-test-token-";
+
+/// Token copies a self-test run left when the agent was stopped during it.
+fn remove_token_copies(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(TOKEN_COPY.as_bytes())
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .map(|e| e.path())
+        .collect()
+}
+
 /// `<candidate> <flags> --self-test`, the token in a 0600 file.
 fn self_test(s: &Settings, candidate: &Path, deadline: Instant) -> Result<(), Error> {
     let fail = |why: String| Error::new("self-test", why);
@@ -655,7 +693,7 @@ fn self_test(s: &Settings, candidate: &Path, deadline: Instant) -> Result<(), Er
     if let Some(token) = &s.token {
         let path = s
             .state_dir
-            .join(format!(".self-test-token-{}", std::process::id()));
+            .join(format!("{TOKEN_COPY}{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let mut f = OpenOptions::new()
             .write(true)
@@ -713,8 +751,9 @@ pub fn trial_start(state_dir: &Path, running: &str) -> Verdict {
     Verdict::Pending { from }
 }
 
-/// Called with the HTTP statuses the server gave this run's host reports
-/// (a server that could not be reached gave none).
+/// Called with the HTTP statuses the server gave reports this version
+/// built (a server that could not be reached gave none). A 2xx ends the
+/// trial; three refusals (4xx but 408 and 429) fail it.
 pub fn trial_answers(state_dir: &Path, running: &str, statuses: &[u16]) -> Verdict {
     if statuses.is_empty() {
         return Verdict::None;
@@ -734,6 +773,11 @@ pub fn trial_answers(state_dir: &Path, running: &str, statuses: &[u16]) -> Verdi
                 log::warn!("cannot record the end of the update trial: {e}");
             }
             return Verdict::Passed { from };
+        }
+        // A busy server or a failing proxy in front of it (5xx, 408, 429)
+        // is one that cannot be reached: not this version's doing.
+        if !(400..500).contains(&status) || status == 408 || status == 429 {
+            continue;
         }
         t.refusals += 1;
         if t.refusals >= 3 {
@@ -774,6 +818,13 @@ pub fn roll_back(state_dir: &Path, binary: &Path, running: &str, why: &str) -> R
     record.trial = None;
     record.refuse(running);
     let restored = install::restore_previous(binary);
+    if restored.is_ok() {
+        // The appliance's persistent copy too, or the next boot brings the
+        // refused version back.
+        for why in install::persist(Path::new("/"), binary, state_dir) {
+            log::warn!("{why}");
+        }
+    }
     record.rollback = Some(record::Rollback {
         from: running.to_string(),
         to: from,
