@@ -29,6 +29,9 @@ until python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))"
 done
 "$release" keygen --out "$work/key" >"$work/update-keys"
 chmod 0644 "$work/update-keys"
+# `update` needs the server's URL and token as the service has them (the
+# Pulse server is not contacted by an update).
+(umask 077 && echo bench-token >"$work/token")
 printf '%-9s %12s %14s %s\n' asset bytes "peak RSS KiB" result
 for size in 3000000 94371840; do
 	rm -rf "$work/channel"/* "$work/state" "$work/bin"
@@ -38,6 +41,7 @@ for size in 3000000 94371840; do
 	mkdir -p "$work/bin"
 	cp "$agent" "$work/bin/pulse-agent"
 	/usr/bin/time -f '%M' -o "$work/rss" "$work/bin/pulse-agent" update \
+		--url "http://127.0.0.1:$port" --token-file "$work/token" \
 		--update-url "http://127.0.0.1:$port" --update-key-file "$work/update-keys" \
 		--state-dir "$work/state" >"$work/out" 2>"$work/err" || true
 	if cmp -s "$work/bin/pulse-agent" "$work/channel/pulse-agent-linux-amd64"; then
