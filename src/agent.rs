@@ -867,9 +867,7 @@ impl Agent {
         } else if config.disable_auto_update {
             Err(String::new())
         } else {
-            let args = crate::cli::parse(std::env::args_os().skip(1), &|k| std::env::var(k).ok())
-                .map_err(|e| e.to_string());
-            args.and_then(|a| update::Settings::from_config(config, &a))
+            update::Settings::from_config(config)
         };
         let settings = match why {
             Ok(s) => s,

@@ -143,6 +143,10 @@ pub struct Config {
     pub update_url: Option<ServerUrl>,
     /// `--update-key-file`: trusted release keys besides the built-in ones.
     pub update_key_file: PathBuf,
+    /// The command line's flags as `--name=value` words, without the token
+    /// and the one-shot flags: what a candidate binary's `--self-test` is
+    /// given, to check it accepts this configuration.
+    pub flag_words: Vec<String>,
     /// `None`: listener disabled.
     pub health_addr: Option<String>,
     pub log_level: log::LevelFilter,
@@ -436,6 +440,16 @@ impl Config {
             disable_ceph: args.flag("disable-ceph"),
             disable_auto_update: args.flag("disable-auto-update"),
             update_url,
+            flag_words: args.to_flags(&[
+                "token",
+                "token-file",
+                "check",
+                "once",
+                "self-test",
+                "help",
+                "version",
+                "enroll",
+            ]),
             update_key_file: PathBuf::from(
                 non_empty(args.str("update-key-file")).unwrap_or(crate::update::DEFAULT_KEY_FILE),
             ),

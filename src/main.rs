@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 /// line on standard output says which.
 fn run_update(config: &Config, args: &cli::Args) -> ExitCode {
     use pulse_agent::update::{self, Outcome};
-    let settings = match update::Settings::from_config(config, args) {
+    let settings = match update::Settings::from_config(config) {
         Ok(s) => s,
         Err(why) => return fail(1, &format!("cannot update: {why}")),
     };

@@ -112,10 +112,7 @@ impl Settings {
     /// The settings of this agent, or why it cannot update itself (no
     /// channel, no trusted key, a CPU the channel has no name for, no path
     /// to its own binary). Key-file problems are logged.
-    pub fn from_config(
-        config: &crate::config::Config,
-        args: &crate::cli::Args,
-    ) -> Result<Settings, String> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Settings, String> {
         let channel = config
             .update_url
             .clone()
@@ -142,16 +139,6 @@ impl Settings {
         let binary = std::env::current_exe()
             .and_then(std::fs::canonicalize)
             .map_err(|e| format!("cannot find this program's own file: {e}"))?;
-        let skip = [
-            "token",
-            "token-file",
-            "check",
-            "once",
-            "self-test",
-            "help",
-            "version",
-            "enroll",
-        ];
         Ok(Settings {
             channel,
             cacert: config.cacert.clone(),
@@ -160,7 +147,7 @@ impl Settings {
             target,
             elf: exe::running(),
             state_dir: config.state_dir.clone(),
-            self_test_args: args.to_flags(&skip).into_iter().map(Into::into).collect(),
+            self_test_args: config.flag_words.iter().map(Into::into).collect(),
             env: std::env::vars_os()
                 .filter(|(k, _)| k != "PULSE_TOKEN")
                 .collect(),
