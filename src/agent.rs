@@ -163,7 +163,9 @@ fn roll_back(config: &Config, why: &str) -> String {
         Ok(b) => b,
         Err(e) => return format!("cannot find this program's own file: {e}"),
     };
-    match update::roll_back(&config.state_dir, &binary, &version(), why) {
+    // The file this process runs (the kernel's link, even once replaced).
+    let running = update::file_identity(Path::new("/proc/self/exe"));
+    match update::roll_back(&config.state_dir, &binary, &version(), running, why) {
         Ok(()) => {
             let e = reexec(&binary);
             format!("restored {}, but cannot run it: {e}", binary.display())

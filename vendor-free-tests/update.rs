@@ -1399,3 +1399,35 @@ fn starts_that_fail_before_the_first_cycle_count_as_abnormal_exits() {
     assert!(ok, "{}", std::fs::read_to_string(&log).unwrap_or_default());
     assert_eq!(std::fs::read(&lab.binary).unwrap(), lab.original);
 }
+
+#[test]
+fn a_rollback_never_goes_over_a_binary_replaced_since_the_version_started() {
+    let dir = tmp("replaced");
+    let state = dir.join("state");
+    let binary = dir.join("pulse-agent");
+    std::fs::write(&binary, b"v99, the version on trial").unwrap();
+    let running = update::file_identity(&binary);
+    std::fs::write(update::install::previous_path(&binary), b"v0.1.0").unwrap();
+    // A package puts v3 in place (a new file, renamed over the path).
+    let pkg = dir.join("pkg-new");
+    std::fs::write(&pkg, b"v3 from the package").unwrap();
+    std::fs::rename(&pkg, &binary).unwrap();
+    let e = update::roll_back(
+        &state,
+        &binary,
+        "v99.0.0",
+        running,
+        "it exited abnormally 2 times",
+    )
+    .unwrap_err();
+    assert!(e.contains("was replaced since this version started"), "{e}");
+    assert_eq!(std::fs::read(&binary).unwrap(), b"v3 from the package");
+    // The same file still in place: rolled back.
+    std::fs::write(&binary, b"v99 again").unwrap();
+    let running = update::file_identity(&binary);
+    update::roll_back(&state, &binary, "v99.0.0", running, "why").unwrap();
+    assert_eq!(std::fs::read(&binary).unwrap(), b"v0.1.0");
+    let record = update::record::Record::load(&state);
+    assert!(record.is_refused("99.0.0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -796,15 +796,32 @@ pub fn trial_stop(state_dir: &Path, running: &str) {
 
 /// Puts the previous binary back after a failed trial and records why, so
 /// the restored binary reports it and never installs this version again.
-pub fn roll_back(state_dir: &Path, binary: &Path, running: &str, why: &str) -> Result<(), String> {
+///
+/// `running` is the [`file_identity`] of the program running: when the
+/// file at `binary` is no longer it (a package replaced it meanwhile),
+/// nothing is put back over it.
+pub fn roll_back(
+    state_dir: &Path,
+    binary: &Path,
+    version: &str,
+    running: Option<(u64, u64)>,
+    why: &str,
+) -> Result<(), String> {
     let mut record = Record::load(state_dir);
     let from = record
         .trial
         .as_ref()
         .map_or_else(String::new, |t| t.from.clone());
     record.trial = None;
-    record.refuse(running);
-    let restored = install::restore_previous(binary);
+    record.refuse(version);
+    let restored = if running.is_some() && file_identity(binary) != running {
+        Err(std::io::Error::other(format!(
+            "{} was replaced since this version started; left as it is",
+            binary.display()
+        )))
+    } else {
+        install::restore_previous(binary)
+    };
     if restored.is_ok() {
         // The appliance's persistent copy too, or the next boot brings the
         // refused version back.
@@ -813,7 +830,7 @@ pub fn roll_back(state_dir: &Path, binary: &Path, running: &str, why: &str) -> R
         }
     }
     record.rollback = Some(record::Rollback {
-        from: running.to_string(),
+        from: version.to_string(),
         to: from,
         why: match &restored {
             Ok(()) => why.to_string(),
