@@ -894,6 +894,19 @@ pub fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The strings of a JSON array (other items skipped); empty when it is
+/// missing or not an array.
+pub fn json_strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(|x| x.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The start of an error body, on one line, for a log message.
 pub fn snippet(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(300)]);

@@ -746,16 +746,7 @@ fn parse_inspect(v: &Value) -> Inspected {
         }
     };
     let started_at = time("StartedAt");
-    let test: Vec<String> = v
-        .pointer("/Config/Healthcheck/Test")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let test = crate::deliver::json_strings(v.pointer("/Config/Healthcheck/Test"));
     let env = v
         .pointer("/Config/Env")
         .and_then(Value::as_array)

@@ -155,16 +155,7 @@ pub fn parse(text: &str) -> Result<Record, String> {
         }),
         None => None,
     };
-    let refused = v
-        .get("refused")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let refused = crate::deliver::json_strings(v.get("refused"));
     Ok(Record {
         trial,
         refused,
