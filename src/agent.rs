@@ -416,10 +416,22 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     }
     drop(events_tx);
 
+    // systemd (Type=notify): ready after the first cycle, the watchdog fed
+    // at least every half of WatchdogSec=, a stop announced.
+    let notifier = crate::notify::Notifier::from_env(&|k| std::env::var(k).ok());
+    let ping_every = notifier.as_ref().and_then(|n| n.watchdog_every());
+    let mut next_ping = ping_every.map(|d| Instant::now() + d);
+    let mut ready = false;
     let mut next_report = Instant::now();
     loop {
-        match events.recv_timeout(next_report.saturating_duration_since(Instant::now())) {
-            Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        let wake = next_ping.map_or(next_report, |p| p.min(next_report));
+        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(n) = &notifier {
+                    n.send("STOPPING=1");
+                }
+                break;
+            }
             Ok(Event::Hangup) => {
                 agent.hangup();
                 continue;
@@ -453,6 +465,24 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
         if Instant::now() >= next_report {
             agent.cycle();
             next_report = next_tick(next_report, agent.interval, Instant::now());
+            if let Some(n) = &notifier {
+                let status = crate::notify::status_line(&agent.status_text());
+                let first = if ready { "" } else { "READY=1\n" };
+                let ping = if ping_every.is_some() {
+                    "WATCHDOG=1\n"
+                } else {
+                    ""
+                };
+                n.send(&format!("{first}{ping}{status}"));
+                ready = true;
+                next_ping = ping_every.map(|d| Instant::now() + d);
+            }
+        }
+        if let (Some(n), Some(at), Some(every)) = (&notifier, next_ping, ping_every) {
+            if Instant::now() >= at {
+                n.send("WATCHDOG=1");
+                next_ping = Some(Instant::now() + every);
+            }
         }
     }
     let _ = done_tx.send(());
@@ -848,6 +878,30 @@ impl Agent {
             }
             update::Verdict::RollBack(why) => self.roll_back(&why),
             _ => {}
+        }
+    }
+
+    /// One line on what the agent is doing, for systemd's `STATUS=`.
+    fn status_text(&self) -> String {
+        let d = &self.out.delivery;
+        let Some(client) = &self.client else {
+            return format!(
+                "standalone (no --url): collecting every {}s",
+                self.interval.as_secs()
+            );
+        };
+        match (d.last_ok, &d.last_error) {
+            (Some(false), Some(why)) => format!(
+                "delivery to {} failing: {why}; {} report(s) spooled",
+                client.base(),
+                d.spooled
+            ),
+            _ => format!(
+                "{} report(s) delivered to {}, every {}s",
+                d.delivered,
+                client.base(),
+                self.interval.as_secs()
+            ),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod hardware;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod remote_config;
 pub mod report;

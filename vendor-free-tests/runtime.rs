@@ -291,3 +291,68 @@ fn the_readme_test_command_works_as_root_and_as_a_user() {
         stderr(&o)
     );
 }
+
+/// Under systemd (`Type=notify`): `READY=1` after the first cycle with a
+/// `STATUS=`, `WATCHDOG=1` at half of `WATCHDOG_USEC` even when the report
+/// interval is longer, and `STOPPING=1` on SIGTERM; sent to the socket in
+/// `NOTIFY_SOCKET`, as systemd would receive them.
+#[test]
+fn the_service_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut child = agent()
+        .args(
+            common::case_args("debian12-vm")
+                .into_iter()
+                .filter(|a| a != "--once"),
+        )
+        .args(["--interval=10s", "--health-addr="])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    let recv = |got: &mut Vec<(Instant, String)>, until: Instant| {
+        let mut buf = [0u8; 1024];
+        while Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+    };
+    let started = Instant::now();
+    recv(&mut got, started + Duration::from_millis(4500));
+    let first = got.first().map(|g| g.1.clone()).unwrap_or_default();
+    assert!(
+        first.starts_with("READY=1\nWATCHDOG=1\nSTATUS=standalone"),
+        "{got:?}"
+    );
+    // Within one 10 s interval, the watchdog is fed every second.
+    let pings = got.iter().filter(|g| g.1 == "WATCHDOG=1").count();
+    assert!(pings >= 2, "{got:?}");
+    assert_eq!(got.iter().filter(|g| g.1.contains("READY=1")).count(), 1);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    recv(&mut got, Instant::now() + Duration::from_secs(2));
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        got.last().map(|g| g.1.as_str()),
+        Some("STOPPING=1"),
+        "{got:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

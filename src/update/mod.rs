@@ -148,8 +148,12 @@ impl Settings {
             elf: exe::running(),
             state_dir: config.state_dir.clone(),
             self_test_args: config.flag_words.iter().map(Into::into).collect(),
+            // Without the token, and without systemd's notification
+            // variables: only the service's own process talks to systemd.
             env: std::env::vars_os()
-                .filter(|(k, _)| k != "PULSE_TOKEN")
+                .filter(|(k, _)| {
+                    k != "PULSE_TOKEN" && !crate::notify::VARIABLES.iter().any(|v| k == v)
+                })
                 .collect(),
             token: config.token.clone(),
             limits: Limits::default(),
