@@ -175,3 +175,19 @@ fn names_are_told_from_words() {
         assert!(!is_name(word), "{word}");
     }
 }
+
+/// `mandoc -Tlint` finds nothing: no error, warning or style note (lines
+/// longer than 80 bytes included). Needs mandoc (Debian: mandoc).
+#[test]
+fn mandoc_lint_is_clean() {
+    let out = Command::new("mandoc")
+        .args(["-Tlint", PAGE])
+        .output()
+        .unwrap_or_else(|e| panic!("mandoc is needed (Debian: apt-get install mandoc): {e}"));
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "mandoc -Tlint:\n{said}"
+    );
+}
