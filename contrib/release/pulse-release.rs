@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_compact::{KeyPair, PublicKey, Seed, Signature};
 use pulse_agent::remote_config::{base64_decode, base64_encode, parse_rfc3339};
 use pulse_agent::report::rfc3339;
-use pulse_agent::update::exe;
+use pulse_agent::update::{exe, index};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -689,7 +689,7 @@ fn parse_release(json: &[u8], now: SystemTime) -> Result<Release, String> {
         let file = a
             .get("file")
             .and_then(Value::as_str)
-            .filter(|f| plain_file_name(f))
+            .filter(|f| index::plain_file_name(f))
             .ok_or_else(|| format!("asset {target}: \"file\" is not a plain file name"))?;
         let size = a
             .get("size")
@@ -713,16 +713,6 @@ fn parse_release(json: &[u8], now: SystemTime) -> Result<Release, String> {
         expires,
         assets,
     })
-}
-
-/// A name in the channel's directory: no path, nothing a terminal or a URL
-/// would treat specially.
-fn plain_file_name(f: &str) -> bool {
-    !f.is_empty()
-        && f != "."
-        && f != ".."
-        && f.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+'))
 }
 
 /// Every problem with one asset (an empty list is never returned as `Err`).
@@ -813,7 +803,7 @@ fn scan(
     Ok(Scan {
         header,
         size,
-        sha256: hex(&hasher.finalize()),
+        sha256: pulse_agent::deliver::hex(&hasher.finalize()),
         signature_ok: verifying.is_some_and(|v| v.verify().is_ok()),
     })
 }
@@ -850,16 +840,6 @@ fn check_target(header: &[u8], target: &str) -> Result<(), String> {
         format!("an ELF for {}", fits.join(" or "))
     };
     Err(format!("named for {target} but is {is}"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// At most `cap` bytes of a file; a longer one is an error, not a truncation.

@@ -91,13 +91,7 @@ fn asset(target: &str, a: &Value) -> Result<Asset, String> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("no \"file\""))?;
     // A name, never a path: the URL is the channel's, and nothing else.
-    if file.is_empty()
-        || file == "."
-        || file == ".."
-        || !file
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
-    {
+    if !plain_file_name(file) {
         return Err(bad(&format!("\"file\" {file:?} is not a plain file name")));
     }
     let size = a
@@ -114,6 +108,16 @@ fn asset(target: &str, a: &Value) -> Result<Asset, String> {
         size,
         sha256,
     })
+}
+
+/// A name in the channel's directory: no path, nothing a terminal or a URL
+/// would treat specially (the release tool writes only such names).
+pub fn plain_file_name(f: &str) -> bool {
+    !f.is_empty()
+        && f != "."
+        && f != ".."
+        && f.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
