@@ -426,6 +426,7 @@ fn host_report(snapshot: &crate::collect::HostSnapshot) {
         service_user: "root".into(),
         smartctl_helper: false,
         pct_helper: false,
+        sandbox: Default::default(),
     };
     let doc = crate::report::host(&crate::report::HostReport {
         agent: crate::report::Agent {

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod privilege;
 pub mod remote_config;
 pub mod report;
 pub mod root;

@@ -54,6 +54,8 @@ pub struct Privilege {
     pub service_user: String,
     pub smartctl_helper: bool,
     pub pct_helper: bool,
+    /// The sandbox in effect (our addition; the server ignores it).
+    pub sandbox: crate::privilege::Sandbox,
 }
 
 impl Privilege {
@@ -66,6 +68,7 @@ impl Privilege {
             service_user: crate::sys::user_name(euid).unwrap_or_default(),
             smartctl_helper,
             pct_helper,
+            sandbox: crate::privilege::Sandbox::current(),
         }
     }
 }
@@ -566,6 +569,20 @@ fn agent(a: &Agent) -> Value {
     p.str("serviceUser", &a.privilege.service_user);
     p.flag("smartctlHelper", a.privilege.smartctl_helper);
     p.flag("pctHelper", a.privilege.pct_helper);
+    // Ours, ignored by the server: which documented profile and sandbox.
+    let sandbox = &a.privilege.sandbox;
+    p.str(
+        "profile",
+        crate::privilege::profile(a.privilege.running_as_root),
+    );
+    p.flag("noNewPrivileges", sandbox.no_new_privileges);
+    p.flag("seccomp", sandbox.seccomp);
+    if let Some(caps) = &sandbox.capabilities {
+        p.put(
+            "capabilities",
+            Value::Array(caps.iter().map(|c| Value::from(c.as_str())).collect()),
+        );
+    }
     o.put("privilege", p.done());
     o.done()
 }

@@ -120,3 +120,66 @@ fn network_addresses_equal_ip_addr() {
     );
     assert_eq!(got, want, "interfaces and their addresses");
 }
+
+/// `agent.privilege` says what the kernel enforces on the process, not
+/// what a unit meant to set: run under `setpriv` with no new privileges and
+/// a bounding set of the two SMART capabilities, the report shows exactly
+/// that (as root; as a user, no capability at all).
+#[test]
+fn privilege_reports_the_sandbox_the_kernel_enforces() {
+    let root = tests_run_as_root();
+    let mut c = Command::new("setpriv");
+    c.arg("--no-new-privs");
+    if root {
+        c.arg("--bounding-set=-all,+sys_rawio,+sys_admin");
+    }
+    let o = c
+        .arg(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(["--once", "--state-dir"])
+        .arg(common::no_state_dir())
+        .env_clear()
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &doc["agent"]["privilege"];
+    assert_eq!(p["noNewPrivileges"], true, "{p}");
+    assert_eq!(p["profile"], if root { "root" } else { "non-root" }, "{p}");
+    let want: &[&str] = if root {
+        &["CAP_SYS_RAWIO", "CAP_SYS_ADMIN"]
+    } else {
+        &[]
+    };
+    assert_eq!(p["capabilities"], serde_json::json!(want), "{p}");
+
+    // Without setpriv: the agent inherits this test's capabilities, listed
+    // unless they are every one the kernel has (plain root).
+    let doc = live_report();
+    let p = &doc["agent"]["privilege"];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let all = (1u64 << (last + 1)) - 1;
+    if eff == all {
+        assert_eq!(p["capabilities"], Value::Null, "{p}");
+    } else {
+        let listed = p["capabilities"].as_array().map(Vec::len);
+        assert_eq!(listed, Some(eff.count_ones() as usize), "{p}");
+    }
+    let nnp = status.lines().any(|l| l == "NoNewPrivs:\t1");
+    assert_eq!(p["noNewPrivileges"].as_bool().unwrap_or(false), nnp, "{p}");
+}
+
+/// Whether the tests run as root, from `id -u` (no unsafe in tests).
+fn tests_run_as_root() -> bool {
+    let o = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim() == "0"
+}

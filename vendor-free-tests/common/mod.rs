@@ -29,6 +29,7 @@ pub fn pinned_privilege() -> Privilege {
         service_user: "root".into(),
         smartctl_helper: false,
         pct_helper: false,
+        sandbox: Default::default(),
     }
 }
 

@@ -57,6 +57,12 @@ const PRIVILEGE: &[F] = &[
     F("serviceUser", Str, Opt),
     F("smartctlHelper", Bool, Opt),
     F("pctHelper", Bool, Opt),
+    // Ours: the server decodes without DisallowUnknownFields and ignores
+    // them; they show the profile and sandbox on /report and /status.
+    F("profile", Str, Always),
+    F("noNewPrivileges", Bool, Opt),
+    F("seccomp", Bool, Opt),
+    F("capabilities", Arr(&Str), Opt),
 ];
 const APPLIED: &[F] = &[F("version", Str, Opt), F("hash", Str, Opt)];
 const AGENT: &[F] = &[
