@@ -31,7 +31,7 @@ pub struct Target {
 pub const TARGETS: &[Target] = &[
     Target {
         name: "proc",
-        about: "/proc and /sys text: uptime, loadavg, stat, meminfo, arcstats, cpuinfo, diskstats, net/dev, os-release, ip addr",
+        about: "/proc and /sys text: uptime, loadavg, stat, meminfo, arcstats, cpuinfo, diskstats, net/dev, os-release, ip addr, /proc/self/status (privilege)",
         run: proc_files,
     },
     Target {
@@ -123,6 +123,8 @@ fn proc_files(data: &[u8]) {
     let _ = identity::format_uuid(t.trim());
     let _ = network::parse_net_dev(t);
     let _ = crate::root::parse_ip_addr(t);
+    let _ = crate::privilege::parse_status(t, Some(40));
+    let _ = crate::privilege::parse_status(t, None);
     let disk_io = diskio::parse(t).unwrap_or_default();
     let snapshot = crate::collect::HostSnapshot {
         uptime_seconds: uptime::parse(t).ok(),
