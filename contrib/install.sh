@@ -393,7 +393,7 @@ probe_hardened() {
 # ---- uninstall --------------------------------------------------------------
 
 tell_server() { # url token-file agent-id
-	_url=$1
+	_url=$1 _tokf=$2 _aid=$3
 	have curl || {
 		warn "no curl: the server was not told; remove the host in Pulse by hand"
 		return 0
@@ -401,9 +401,9 @@ tell_server() { # url token-file agent-id
 	_h=$tmp/headers
 	(
 		umask 077
-		printf 'X-API-Token: %s\n' "$(cat "$2")" >"$_h"
+		printf 'X-API-Token: %s\n' "$(cat "$_tokf")" >"$_h"
 	)
-	printf '{"agentId":"%s"}' "$3" >"$tmp/body"
+	printf '{"agentId":"%s"}' "$_aid" >"$tmp/body"
 	set --
 	if [ "$(manifest_get tls)" = insecure ]; then
 		set -- -k
@@ -416,9 +416,9 @@ tell_server() { # url token-file agent-id
 		"${_url%/}/api/agents/agent/uninstall" 2>"$tmp/curl.err") || _code=000
 	rm -f "$_h"
 	case $_code in
-	200) say "told $_url that agent $3 is uninstalled" ;;
+	200) say "told $_url that agent $_aid is uninstalled" ;;
 	000) warn "could not reach $_url ($(head -n 1 "$tmp/curl.err")): remove the host in Pulse by hand" ;;
-	403) warn "the server refused (403): this token does not own agent $3; remove the host in Pulse by hand" ;;
+	403) warn "the server refused (403): this token does not own agent $_aid; remove the host in Pulse by hand" ;;
 	*) warn "the server answered $_code ($(head -c 200 "$tmp/answer")): remove the host in Pulse by hand" ;;
 	esac
 }
