@@ -56,7 +56,8 @@ systemd; run it again to upgrade in place (token and state are kept).
   --mode MODE        service (resident, default) or timer (a report a minute
                      from pulse-agent.timer, updates from pulse-agent-update.timer)
   --compat           install the compat units (no NoNewPrivileges) without
-                     probing
+                     probing; kept by later upgrades
+  --allow-downgrade  install a release older than the installed one
   --no-start         install and enable, but do not start or restart
   --dest-root DIR    install under DIR; run no systemctl, start nothing
                      (packagers, tests); root is not required
@@ -65,7 +66,7 @@ systemd; run it again to upgrade in place (token and state are kept).
   -h, --help         this text
 
 Installs /usr/local/bin/pulse-agent (TrueNAS SCALE:
-/var/lib/pulse-agent/bin/pulse-agent), /etc/pulse-agent/{token,env,
+/var/lib/pulse-agent-bin/pulse-agent), /etc/pulse-agent/{token,env,
 update-keys,ca.pem,installed} and units in /etc/systemd/system/.
 EOF
 }
@@ -92,6 +93,7 @@ channel=
 key_file=
 mode=
 compat=false
+allow_downgrade=false
 no_start=false
 dest=
 uninstall=false
@@ -126,6 +128,7 @@ while [ $# -gt 0 ]; do
 	--token-stdin) token_stdin=true && shift ;;
 	--insecure) insecure=true && shift ;;
 	--compat) compat=true && shift ;;
+	--allow-downgrade) allow_downgrade=true && shift ;;
 	--no-start) no_start=true && shift ;;
 	--uninstall) uninstall=true && shift ;;
 	--purge) purge=true && shift ;;
@@ -179,15 +182,23 @@ fi
 if [ -z "$dest" ] && [ ! -d /run/systemd/system ]; then
 	die "systemd is not running here (no /run/systemd/system): this installer installs systemd units only. Run pulse-agent from your init system by hand (see pulse-agent(8))."
 fi
+# The Debian package owns /usr/bin/pulse-agent and its units: a second copy
+# here would run beside it, with units that shadow the package's.
+if [ -z "$dest" ] && command -v dpkg-query >/dev/null 2>&1 &&
+	dpkg-query -W -f '${Status}' pulse-agent 2>/dev/null | grep -q 'ok installed'; then
+	die "the Debian package pulse-agent is installed: upgrade or remove it with apt, not with this installer"
+fi
 
 etc=/etc/pulse-agent
 state=/var/lib/pulse-agent
 unit_dir=/etc/systemd/system
 # TrueNAS SCALE mounts /usr read-only and replaces it on upgrades: the binary
-# goes under the state directory, which persists and which the updater can
-# write. (A TrueNAS upgrade drops /etc/systemd/system: run this again.)
+# goes to /var/lib, which persists and which the updater can write; not into
+# the state directory, which systemd hands to the service's user (the
+# non-root profile could then replace a binary that root runs). (A TrueNAS
+# upgrade drops /etc/systemd/system: run this again.)
 if [ "$platform" = truenas ]; then
-	bin_dir=$state/bin
+	bin_dir=/var/lib/pulse-agent-bin
 else
 	bin_dir=/usr/local/bin
 fi
@@ -380,6 +391,25 @@ units_for() { # mode
 	fi
 }
 
+# Whether version $1 is older than $2 (X.Y.Z numerically; for the same
+# X.Y.Z a pre-release is older than the release, and two pre-releases
+# compare as text).
+older() {
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		na = split(a, x, "-"); nb = split(b, y, "-")
+		split(x[1], p, "."); split(y[1], q, ".")
+		for (i = 1; i <= 3; i++) {
+			if (p[i] + 0 < q[i] + 0) exit 0
+			if (p[i] + 0 > q[i] + 0) exit 1
+		}
+		pa = substr(a, length(x[1]) + 2); pb = substr(b, length(y[1]) + 2)
+		if (pa == pb) exit 1
+		if (pa == "") exit 1
+		if (pb == "") exit 0
+		exit !(pa < pb)
+	}'
+}
+
 # Whether systemd here runs a unit with NoNewPrivileges and a system-call
 # filter (DSM 7 and old systemd fail with status=227/NO_NEW_PRIVILEGES).
 probe_hardened() {
@@ -460,10 +490,14 @@ do_uninstall() {
 		/*/pulse-agent) rm -f "$dest$_b" "$dest$_b.previous" ;;
 		esac
 	done
-	rm -rf "${dest:?}$etc"
+	# Only the files this installer writes: anything an admin added stays.
+	for _f in token env update-keys ca.pem installed; do
+		rm -f "$dest$etc/$_f"
+	done
+	rmdir "$dest$etc" 2>/dev/null || warn "$etc stays: it holds files this installer did not write"
 	[ -n "$dest" ] || systemctl daemon-reload
 	if [ "$purge" = true ]; then
-		rm -rf "${dest:?}$state"
+		rm -rf "$dest$state"
 		say "removed pulse-agent and its state ($state)"
 	else
 		say "removed pulse-agent; its state stays in $state (--purge removes it)"
@@ -601,6 +635,13 @@ now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 exp_s=$(printf '%s\n' "$expires" | sed 's/\.[0-9]*Z$/Z/')
 awk -v e="$exp_s" -v n="$now" 'BEGIN { exit !(e "" > n "") }' ||
 	die "release.json expired at $expires (now $now): the channel has not been re-signed; nothing installed"
+# Never backwards on an upgrade: an old index, still within its expiry,
+# replayed by a mirror must not put back a version with known bugs.
+installed_version=$(manifest_get version)
+if [ -n "$installed_version" ] && [ "$allow_downgrade" = false ] &&
+	older "$version" "$installed_version"; then
+	die "the channel offers $version, older than the installed $installed_version: nothing installed (--allow-downgrade installs it anyway)"
+fi
 asset=$(awk -v t="    \"$target\": {" '
 	$0 == t { on = 1; next }
 	on && /^    }/ { exit }
@@ -643,13 +684,17 @@ variant=hardened
 if [ "$compat" = true ]; then
 	variant=compat
 	why="--compat"
+elif [ "$(manifest_get compat)" = forced ]; then
+	compat=true
+	variant=compat
+	why="--compat, kept from the last install"
 elif [ -n "$dest" ]; then
 	why="--dest-root: not probed"
 elif probe_hardened; then
 	why="this systemd runs units with NoNewPrivileges"
 else
 	variant=compat
-	why="this systemd cannot run units with NoNewPrivileges (status=227, e.g. DSM 7 or an old systemd)"
+	why="a transient unit with NoNewPrivileges and a system call filter did not run here (DSM 7 fails them with status=227; so may an old systemd)"
 fi
 units=$(units_for "$mode")
 for u in $units; do
@@ -691,7 +736,7 @@ fi
 	insecure) printf 'PULSE_INSECURE_SKIP_VERIFY=true\n' ;;
 	esac
 } >"$tmp/env"
-put "$tmp/env" "$dest$etc/env" 0644
+put "$tmp/env" "$dest$etc/env" 0600
 
 # Units of an earlier install that this mode does not use go first.
 old_units=
@@ -724,6 +769,7 @@ bin_tmp=
 	printf 'url %s\n' "$url"
 	printf 'channel %s\n' "$channel"
 	printf 'tls %s\n' "$tls"
+	[ "$compat" = false ] || printf 'compat forced\n'
 } >"$tmp/installed"
 put "$tmp/installed" "$dest$manifest" 0644
 
@@ -736,6 +782,13 @@ if [ -n "$dest" ]; then
 	say "--dest-root: systemctl not run, nothing started"
 	exit 0
 fi
+# A unit that did not start: its status and last log lines, then the error.
+failed_start() { # unit [what]
+	systemctl status --no-pager "$1" >&2 || true
+	journalctl -u "$1" -n 30 --no-pager >&2 || true
+	die "${2:-$1 did not start} (above: its status and last log lines)"
+}
+
 systemctl daemon-reload
 if [ "$mode" = timer ]; then
 	systemctl disable --now pulse-agent.service >/dev/null 2>&1 || true
@@ -744,14 +797,12 @@ if [ "$mode" = timer ]; then
 		say "--no-start: enabled pulse-agent.timer and pulse-agent-update.timer, not started"
 		exit 0
 	fi
-	systemctl restart pulse-agent.timer pulse-agent-update.timer
+	systemctl restart pulse-agent.timer pulse-agent-update.timer || failed_start pulse-agent.timer
 	if systemctl start pulse-agent-once.service; then
 		say "pulse-agent-once.service delivered a report; pulse-agent.timer runs it every minute"
 		exit 0
 	fi
-	systemctl status --no-pager pulse-agent-once.service >&2 || true
-	journalctl -u pulse-agent-once.service -n 30 --no-pager >&2 || true
-	die "the first report did not go through (above: its status and last log lines)"
+	failed_start pulse-agent-once.service "the first report did not go through"
 fi
 systemctl disable --now pulse-agent.timer pulse-agent-update.timer >/dev/null 2>&1 || true
 systemctl enable pulse-agent.service >/dev/null
@@ -759,7 +810,7 @@ if [ "$no_start" = true ]; then
 	say "--no-start: enabled pulse-agent.service, not started"
 	exit 0
 fi
-systemctl restart pulse-agent.service
+systemctl restart pulse-agent.service || failed_start pulse-agent.service
 i=0
 while [ "$i" -lt "$READY_WAIT" ]; do
 	if curl -fs -o /dev/null --max-time 2 "$READYZ"; then
@@ -769,6 +820,4 @@ while [ "$i" -lt "$READY_WAIT" ]; do
 	sleep 1
 	i=$((i + 1))
 done
-systemctl status --no-pager pulse-agent.service >&2 || true
-journalctl -u pulse-agent.service -n 30 --no-pager >&2 || true
-die "pulse-agent.service did not become ready within ${READY_WAIT}s ($READYZ; above: its status and last log lines)"
+failed_start pulse-agent.service "pulse-agent.service did not become ready within ${READY_WAIT}s ($READYZ)"

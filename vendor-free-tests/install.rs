@@ -354,7 +354,8 @@ fn installs_the_files_with_their_modes_and_the_token_never_in_argv() {
         )
     );
     assert!(!env.contains(TOKEN));
-    assert_eq!(mode(&lab.at("/etc/pulse-agent/env")), 0o644);
+    // 0600: PULSE_URL may carry credentials (user:pass@).
+    assert_eq!(mode(&lab.at("/etc/pulse-agent/env")), 0o600);
     assert_eq!(
         fs::read_to_string(lab.at("/etc/pulse-agent/ca.pem")).unwrap(),
         lab.channel.pki.ca_pem
@@ -422,6 +423,77 @@ fn the_installed_units_are_the_repositorys_byte_for_byte() {
         manifest.contains("variant compat\nmode timer\n"),
         "{manifest}"
     );
+}
+
+#[test]
+fn an_upgrade_keeps_the_compat_units_chosen_with_compat() {
+    let lab = Lab::new("compat-kept", |_, _| {});
+    let units = units_dir(&lab.dir);
+    let mut args = lab.install_args();
+    args.push("--compat".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&lab.run_with("dash", None, "", &args));
+    // Again without --compat: still the compat units.
+    let out = ok(&lab.run_with("dash", None, "", &[]));
+    assert!(out.contains("kept from the last install"), "{out}");
+    assert_eq!(
+        fs::read(lab.at("/etc/systemd/system/pulse-agent.service")).unwrap(),
+        fs::read(units.join("compat/pulse-agent.service")).unwrap()
+    );
+}
+
+#[test]
+fn an_upgrade_never_goes_back_to_an_older_release_unless_asked() {
+    let lab = Lab::new("downgrade", |_, _| {});
+    ok(&lab.install("dash", None));
+    // The installed version is now newer than what the channel offers, as
+    // when a mirror replays an old (still unexpired) index.
+    let manifest = lab.at("/etc/pulse-agent/installed");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let newer = text.replace(&format!("version {version}\n"), "version 999.0.0\n");
+    assert_ne!(newer, text);
+    fs::write(&manifest, newer).unwrap();
+    let before = fs::read(lab.at("/usr/local/bin/pulse-agent")).unwrap();
+    fs::write(lab.at("/usr/local/bin/pulse-agent"), b"the newer binary").unwrap();
+    let o = lab.run_with("dash", None, "", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("older than the installed 999.0.0"), "{err}");
+    assert_eq!(
+        fs::read(lab.at("/usr/local/bin/pulse-agent")).unwrap(),
+        b"the newer binary"
+    );
+    ok(&lab.run_with("dash", None, "", &["--allow-downgrade"]));
+    assert_eq!(
+        fs::read(lab.at("/usr/local/bin/pulse-agent")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn version_order_puts_prereleases_before_their_release() {
+    // `older A B` from the script itself, sourced up to its options.
+    let script = fs::read_to_string(repo().join("contrib/install.sh")).unwrap();
+    let start = script.find("older() {").unwrap();
+    let end = start + script[start..].find("\n}\n").unwrap() + 3;
+    let older = &script[start..end];
+    for (a, b, want) in [
+        ("1.2.3", "1.2.4", true),
+        ("1.2.10", "1.2.9", false),
+        ("1.10.0", "1.9.9", false),
+        ("2.0.0", "10.0.0", true),
+        ("1.0.0-rc.1", "1.0.0", true),
+        ("1.0.0", "1.0.0-rc.1", false),
+        ("1.0.0-alpha", "1.0.0-beta", true),
+        ("1.0.0", "1.0.0", false),
+    ] {
+        let o = Command::new("dash")
+            .args(["-c", &format!("{older}\nolder \"$1\" \"$2\""), "sh", a, b])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.success(), want, "older {a} {b}");
+    }
 }
 
 #[test]
@@ -743,6 +815,9 @@ fn uninstall_tells_the_server_with_the_token_removes_what_it_installed_and_keeps
 #[test]
 fn uninstall_goes_on_when_the_server_refuses_and_purge_removes_state() {
     let (lab, standin) = installed_beside_standin("purge");
+    // A file the admin put in /etc/pulse-agent is not the installer's to
+    // remove: it stays, with the directory, and a warning says so.
+    fs::write(lab.at("/etc/pulse-agent/notes"), "mine\n").unwrap();
     // The token does not own agent-one: 403, a warning, and the uninstall goes on.
     let o = lab.run_with("dash", None, "", &["--uninstall", "--purge"]);
     let out = ok(&o);
@@ -751,6 +826,14 @@ fn uninstall_goes_on_when_the_server_refuses_and_purge_removes_state() {
     assert!(out.contains("and its state"), "{out}");
     assert!(standin.uninstalled().is_empty());
     assert!(!lab.at("/var/lib/pulse-agent").exists());
-    assert!(!lab.at("/etc/pulse-agent").exists());
+    assert!(
+        err.contains("it holds files this installer did not write"),
+        "{err}"
+    );
+    let left: Vec<_> = fs::read_dir(lab.at("/etc/pulse-agent"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes"]);
     assert!(!lab.at("/usr/local/bin/pulse-agent").exists());
 }
