@@ -188,7 +188,7 @@ fn run_once(config: &Config, trial: TrialStart) -> Result<(), Error> {
 /// The rest of `--once`, after the trial bookkeeping.
 fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     if config.url.is_some() {
-        agent.enroll_if_asked(true, &mut |_| false)?;
+        agent.enroll_if_asked(true, &mut |_, _| false)?;
     }
     let pending = agent.ask_docker();
     let snapshot = agent.collect();
@@ -359,16 +359,36 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
         None => None,
     };
 
+    // systemd (Type=notify): ready once the first report is collected, the
+    // watchdog fed at every step (notify.rs), a stop announced.
+    let notifier = crate::notify::Notifier::from_env(&|k| std::env::var(k).ok()).map(Arc::new);
+    agent.set_notifier(notifier.clone());
+
     // Enrollment retries sleep on the event channel so a stop ends them; a
-    // SIGHUP meanwhile is handled once enrollment is over.
+    // SIGHUP meanwhile is handled once enrollment is over. A server that is
+    // not there yet must not fail the start (systemd would kill and restart
+    // the agent at TimeoutStartSec=, and hold `systemctl start` and the
+    // units after it meanwhile): the agent says READY=1 with the reason in
+    // STATUS= and keeps the watchdog fed while it waits.
     let mut hangup_pending = false;
-    let mut wait = |d: Duration| {
+    let mut wait = |d: Duration, why: &str| {
+        if let Some(n) = &notifier {
+            n.status(&format!("waiting to enroll with the server: {why}"), true);
+        }
         let until = Instant::now() + d;
         loop {
-            match events.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            let wake = notifier
+                .as_ref()
+                .and_then(|n| n.next_ping())
+                .map_or(until, |p| p.min(until));
+            match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= until => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Event::Hangup) => hangup_pending = true,
                 Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+            if let Some(n) = &notifier {
+                n.ping_if_due();
             }
         }
     };
@@ -392,6 +412,7 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     // delays a report.
     if let Some(mut fetch) = agent.config_fetcher() {
         agent.apply_fetched(fetch.fetch());
+        agent.keepalive();
         let tx = events_tx.clone();
         let new_token = agent.fetch_token.clone();
         let spawned = std::thread::Builder::new()
@@ -416,15 +437,12 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     }
     drop(events_tx);
 
-    // systemd (Type=notify): ready after the first cycle, the watchdog fed
-    // at least every half of WatchdogSec=, a stop announced.
-    let notifier = crate::notify::Notifier::from_env(&|k| std::env::var(k).ok());
-    let ping_every = notifier.as_ref().and_then(|n| n.watchdog_every());
-    let mut next_ping = ping_every.map(|d| Instant::now() + d);
-    let mut ready = false;
     let mut next_report = Instant::now();
     loop {
-        let wake = next_ping.map_or(next_report, |p| p.min(next_report));
+        let wake = notifier
+            .as_ref()
+            .and_then(|n| n.next_ping())
+            .map_or(next_report, |p| p.min(next_report));
         match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(n) = &notifier {
@@ -466,23 +484,11 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
             agent.cycle();
             next_report = next_tick(next_report, agent.interval, Instant::now());
             if let Some(n) = &notifier {
-                let status = crate::notify::status_line(&agent.status_text());
-                let first = if ready { "" } else { "READY=1\n" };
-                let ping = if ping_every.is_some() {
-                    "WATCHDOG=1\n"
-                } else {
-                    ""
-                };
-                n.send(&format!("{first}{ping}{status}"));
-                ready = true;
-                next_ping = ping_every.map(|d| Instant::now() + d);
+                n.status(&agent.status_text(), true);
             }
         }
-        if let (Some(n), Some(at), Some(every)) = (&notifier, next_ping, ping_every) {
-            if Instant::now() >= at {
-                n.send("WATCHDOG=1");
-                next_ping = Some(Instant::now() + every);
-            }
+        if let Some(n) = &notifier {
+            n.ping_if_due();
         }
     }
     let _ = done_tx.send(());
@@ -549,6 +555,8 @@ struct Agent {
     update: Arc<Mutex<update::Status>>,
     /// While this version is on trial: the version it replaced.
     updated_from: Option<String>,
+    /// systemd's notification socket (service only): READY=1 and the watchdog.
+    notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Agent {
@@ -662,6 +670,7 @@ impl Agent {
             _state_lock: state_lock,
             update: Arc::new(Mutex::new(update_status)),
             updated_from: None,
+            notifier: None,
             agent_id,
             identity,
             host,
@@ -674,7 +683,7 @@ impl Agent {
     fn enroll_if_asked(
         &mut self,
         once: bool,
-        wait: &mut dyn FnMut(Duration) -> bool,
+        wait: &mut dyn FnMut(Duration, &str) -> bool,
     ) -> Result<(), Error> {
         if !self.config.enroll || enroll::saved_token(&self.config.state_dir).is_some() {
             return Ok(());
@@ -708,10 +717,29 @@ impl Agent {
         // The hardware workers run while the host collectors do.
         let pending = self.hardware.begin();
         let mut snapshot = self.host.collect();
+        self.keepalive();
         self.add_smart(&mut snapshot);
+        self.keepalive();
         self.hardware.finish(pending, &mut snapshot);
         self.log_outcomes(&snapshot.sources);
         snapshot
+    }
+
+    /// Under systemd: every step of a cycle feeds the watchdog, and every
+    /// delivery's requests (the outboxes), so only a step that hangs, not a
+    /// long chain of slow ones, lets it fire.
+    fn set_notifier(&mut self, notifier: Option<Arc<crate::notify::Notifier>>) {
+        self.out.keepalive = notifier.clone();
+        if let Some(d) = &mut self.docker {
+            d.outbox.keepalive = notifier.clone();
+        }
+        self.notifier = notifier;
+    }
+
+    fn keepalive(&self) {
+        if let Some(n) = &self.notifier {
+            n.keepalive();
+        }
     }
 
     /// Collects and builds one host report: the document and its wire bytes.
@@ -824,11 +852,18 @@ impl Agent {
     fn cycle(&mut self) {
         let docker = self.ask_docker();
         let snapshot = self.collect();
+        // Ready: the first report is collected. Its delivery is the
+        // server's part (down, slow, a long spool to flush) and must not
+        // fail the start; STATUS= says how it went.
+        if let Some(n) = &self.notifier {
+            n.ready(&self.status_text());
+        }
         let mut host_doc = None;
         if self.config.enable_host {
             let (doc, body) = self.host_report(&snapshot);
             if self.client.is_some() {
                 self.deliver(body);
+                self.keepalive();
             }
             host_doc = Some(doc);
         }
@@ -836,8 +871,10 @@ impl Agent {
             // Never into the next cycle: a slow daemon's answer waits for it.
             let wait = docker::WAIT.min(self.interval / 2);
             if let Some((_, body)) = self.docker_report(pending, &snapshot, wait) {
+                self.keepalive();
                 self.deliver_docker(body);
             }
+            self.keepalive();
         }
         self.publish(host_doc.as_ref());
     }
@@ -891,6 +928,11 @@ impl Agent {
             );
         };
         match (d.last_ok, &d.last_error) {
+            (None, _) => format!(
+                "first report collected; delivering to {}, every {}s",
+                client.base(),
+                self.interval.as_secs()
+            ),
             (Some(false), Some(why)) => format!(
                 "delivery to {} failing: {why}; {} report(s) spooled",
                 client.base(),

@@ -86,14 +86,15 @@ fn attempt(client: &Client, host: &Host) -> Attempt {
     }
 }
 
-/// Enrolls, retrying with backoff while `wait(delay)` returns true (it sleeps
-/// and returns false when the agent should stop). With `once`, one attempt.
+/// Enrolls, retrying with backoff while `wait(delay, why)` returns true (it
+/// sleeps and returns false when the agent should stop; `why` is the last
+/// attempt's failure). With `once`, one attempt.
 pub fn enroll(
     client: &Client,
     host: &Host,
     state_dir: &Path,
     once: bool,
-    wait: &mut dyn FnMut(Duration) -> bool,
+    wait: &mut dyn FnMut(Duration, &str) -> bool,
 ) -> Result<Enrolled, String> {
     let mut delay = Duration::from_secs(5);
     loop {
@@ -134,7 +135,7 @@ pub fn enroll(
                     "enrollment failed: {why}; trying again in {}s",
                     delay.as_secs()
                 );
-                if !wait(delay) {
+                if !wait(delay, &why) {
                     return Err("stopped before enrollment completed".into());
                 }
                 delay = (delay * 2).min(Duration::from_secs(300));

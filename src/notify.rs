@@ -3,14 +3,22 @@
 //! (a path, or `@name` in the abstract namespace). Without that variable
 //! nothing is sent, so the agent behaves the same outside systemd.
 //!
-//! The service says `READY=1` after its first cycle, `STATUS=` with its
-//! last delivery, `WATCHDOG=1` at least every half of `WATCHDOG_USEC` (when
+//! The service says `READY=1` once its first report is collected (or as
+//! soon as enrollment has to wait for the server), `STATUS=` with its last
+//! delivery, `WATCHDOG=1` at least every half of `WATCHDOG_USEC` (when
 //! systemd asks for it, for this PID), and `STOPPING=1` on a stop signal.
 //! A message that cannot be sent is dropped: systemd's view of the agent is
 //! never a reason to stop reporting.
+//!
+//! The watchdog is fed by the main thread only, between cycles and at each
+//! step inside one ([`Notifier::keepalive`]): a cycle is a chain of bounded
+//! steps (collectors with deadlines, requests with a 15 s timeout), but a
+//! chain of any length (a spool of many reports to a slow server) must not
+//! look like a hang, while a step that never returns must.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Where to send, and how often the watchdog wants to hear from us.
 #[derive(Debug)]
@@ -18,6 +26,14 @@ pub struct Notifier {
     sock: UnixDatagram,
     addr: SocketAddr,
     watchdog: Option<Duration>,
+    /// The last `WATCHDOG=1` sent, and whether `READY=1` was.
+    sent: Mutex<Sent>,
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    ping: Option<Instant>,
+    ready: bool,
 }
 
 /// The variables systemd sets for the service (and no child must inherit).
@@ -65,6 +81,7 @@ impl Notifier {
             sock,
             addr,
             watchdog,
+            sent: Mutex::new(Sent::default()),
         })
     }
 
@@ -79,6 +96,77 @@ impl Notifier {
         if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
             log::debug!("notifying systemd: {e}");
         }
+    }
+
+    /// `STATUS=status`, preceded by `READY=1` the first time `ready` is
+    /// true and by `WATCHDOG=1` when a watchdog is asked for (any message
+    /// from the main thread shows it is alive).
+    pub fn status(&self, status: &str, ready: bool) {
+        let mut sent = self.lock();
+        let first = if ready && !sent.ready {
+            "READY=1\n"
+        } else {
+            ""
+        };
+        sent.ready |= ready;
+        let ping = match self.watchdog {
+            Some(_) => {
+                sent.ping = Some(Instant::now());
+                "WATCHDOG=1\n"
+            }
+            None => "",
+        };
+        self.send(&format!("{first}{ping}{}", status_line(status)));
+    }
+
+    /// `READY=1` with `STATUS=status` the first time; after that, only
+    /// [`Notifier::keepalive`].
+    pub fn ready(&self, status: &str) {
+        if self.lock().ready {
+            self.keepalive();
+        } else {
+            self.status(status, true);
+        }
+    }
+
+    /// `WATCHDOG=1` when the last one is a quarter of `WatchdogSec=` old or
+    /// more: called at every step of a cycle, so the gap between two pings
+    /// is at most that quarter plus the longest single step.
+    /// Nothing before `READY=1`: systemd starts the watchdog when the start
+    /// is over (`TimeoutStartSec=` covers the time before), and an early
+    /// ping would start it sooner.
+    pub fn keepalive(&self) {
+        let Some(every) = self.watchdog else { return };
+        let mut sent = self.lock();
+        if !sent.ready || sent.ping.is_some_and(|p| p.elapsed() < every / 2) {
+            return;
+        }
+        sent.ping = Some(Instant::now());
+        self.send("WATCHDOG=1");
+    }
+
+    /// When the main loop must wake at the latest to feed the watchdog.
+    pub fn next_ping(&self) -> Option<Instant> {
+        let every = self.watchdog?;
+        let sent = self.lock();
+        if !sent.ready {
+            return None;
+        }
+        Some(sent.ping.map_or_else(Instant::now, |p| p + every))
+    }
+
+    /// `WATCHDOG=1` now if [`Notifier::next_ping`] has come.
+    pub fn ping_if_due(&self) {
+        if self.next_ping().is_some_and(|at| Instant::now() >= at) {
+            let mut sent = self.lock();
+            sent.ping = Some(Instant::now());
+            drop(sent);
+            self.send("WATCHDOG=1");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sent> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -147,6 +235,45 @@ mod tests {
         assert_eq!(&buf[..len], b"STOPPING=1");
         assert!(Notifier::from_env(&|_| None).is_none());
         assert!(Notifier::from_env(&env(&[("NOTIFY_SOCKET", "relative".to_string())])).is_none());
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_only_after_ready_and_at_most_every_quarter() {
+        let dir = std::env::temp_dir().join(format!("pulse-notify-wd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let listen = UnixDatagram::bind(&path).unwrap();
+        listen.set_nonblocking(true).unwrap();
+        let vars = [
+            ("NOTIFY_SOCKET", path.display().to_string()),
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ];
+        let n = Notifier::from_env(&env(&vars)).unwrap();
+        let drain = || {
+            let mut buf = [0u8; 256];
+            let mut got = Vec::new();
+            while let Ok(len) = listen.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+            }
+            got
+        };
+        n.keepalive();
+        n.ping_if_due();
+        assert_eq!(n.next_ping(), None);
+        assert!(drain().is_empty(), "nothing before READY=1");
+        n.ready("collected");
+        n.ready("again");
+        n.keepalive();
+        assert_eq!(drain(), ["READY=1\nWATCHDOG=1\nSTATUS=collected"]);
+        std::thread::sleep(Duration::from_millis(110));
+        n.keepalive();
+        assert_eq!(drain(), ["WATCHDOG=1"]);
+        assert!(n.next_ping().unwrap() > Instant::now());
+        std::thread::sleep(Duration::from_millis(210));
+        n.ping_if_due();
+        assert_eq!(drain(), ["WATCHDOG=1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Outbox {
     /// one: it may have been built by the version before), `None` when it
     /// gave none (not reached): a new version's trial goes by it.
     pub fresh_status: Option<u16>,
+    /// Fed after every request of a flush: a long spool to a slow server
+    /// is progress, not a hang (`notify.rs`).
+    pub keepalive: Option<Arc<crate::notify::Notifier>>,
     auth_logged: Option<Instant>,
     user_agent: String,
 }
@@ -81,6 +84,7 @@ impl Outbox {
             inflight: Arc::new(Mutex::new(None)),
             ack: None,
             fresh_status: None,
+            keepalive: None,
             auth_logged: None,
             user_agent,
         }
@@ -171,7 +175,11 @@ impl Outbox {
                     return false;
                 }
             };
-            match self.post(client, &body, Some(id) == fresh) {
+            let outcome = self.post(client, &body, Some(id) == fresh);
+            if let Some(n) = &self.keepalive {
+                n.keepalive();
+            }
+            match outcome {
                 Delivery::Delivered(ack) => {
                     self.spool().remove(id);
                     self.delivered(client, ack);

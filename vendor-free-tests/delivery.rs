@@ -1029,3 +1029,153 @@ fn a_full_spool_logs_dropping_once_and_counts_the_drops() {
     assert_eq!(log.matches("spool: full").count(), 1, "{log}");
     assert_eq!(log.matches("spool: has room again").count(), 1, "{log}");
 }
+
+/// The agent as systemd runs it (`Type=notify`, `WatchdogSec=`): every
+/// datagram it sends to `NOTIFY_SOCKET`, with when it arrived.
+struct Notified {
+    agent: std::process::Child,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    _dir: Dir,
+}
+
+impl Notified {
+    fn start(name: &str, args: &[String], watchdog: Duration) -> Notified {
+        use std::os::unix::net::UnixDatagram;
+        let dir = Dir::new(name);
+        let path = dir.0.join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                into.lock().unwrap().push((Instant::now(), msg));
+            }
+        });
+        let agent = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+            .args(args)
+            .env_clear()
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Notified {
+            agent,
+            got,
+            _dir: dir,
+        }
+    }
+
+    fn got(&self) -> Vec<(Instant, String)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The longest time between two watchdog pings from the first one on.
+    fn longest_silence(&self) -> Duration {
+        let pings: Vec<Instant> = self
+            .got()
+            .into_iter()
+            .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+            .map(|(at, _)| at)
+            .collect();
+        let mut longest = pings.windows(2).map(|w| w[1] - w[0]).max();
+        if let Some(last) = pings.last() {
+            longest = longest.max(Some(last.elapsed()));
+        }
+        longest.unwrap_or(Duration::MAX)
+    }
+}
+
+impl Drop for Notified {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+/// The watchdog was fed only between cycles, so a cycle that flushed a long
+/// spool to a slow (but answering) server looked like a hang: with
+/// `WatchdogSec=` shorter than the flush, systemd would kill a healthy
+/// agent in the middle of catching up. Every request now feeds it.
+#[test]
+fn a_long_spool_flush_to_a_slow_server_keeps_feeding_the_watchdog() {
+    let s = StandIn::start();
+    s.set_mode(Mode::Status(503));
+    let state = Dir::new("flush-watchdog");
+    let a = args(&s, &state, &[]);
+    let watchdog = Duration::from_secs(3);
+    let n = Notified::start("flush-watchdog-notify", &a, watchdog);
+    assert!(
+        s.wait_for(Duration::from_secs(20), |_| state.spooled().len() >= 8),
+        "reports spooled during the outage"
+    );
+    // 9 and more reports at 0.7 s each: one cycle of 6 s and more, twice
+    // WatchdogSec=, every request well inside it.
+    let from = Instant::now();
+    s.set_mode(Mode::Slow(Duration::from_millis(700)));
+    assert!(
+        s.wait_for(Duration::from_secs(30), |_| state.spooled().is_empty()),
+        "the spool drained"
+    );
+    let flushed_in = from.elapsed();
+    assert!(flushed_in > watchdog * 2, "flushed in {flushed_in:?}");
+    let silence = n.longest_silence();
+    assert!(
+        silence < watchdog,
+        "{silence:?} without WATCHDOG=1 (WatchdogSec=3s): {:?}",
+        n.got()
+    );
+    let ready = n
+        .got()
+        .iter()
+        .filter(|(_, m)| m.contains("READY=1"))
+        .count();
+    assert_eq!(ready, 1, "{:?}", n.got());
+}
+
+/// With `--enroll`, READY=1 came only after the first cycle, which waits
+/// for enrollment: a server that was not up yet held `systemctl start`
+/// until TimeoutStartSec= killed the agent (and Restart= hammered the
+/// server again), and the watchdog was not fed while it waited. Now the
+/// agent says READY=1 with why it waits, and feeds the watchdog.
+#[test]
+fn enrollment_waiting_for_the_server_is_ready_and_feeds_the_watchdog() {
+    let s = StandIn::start();
+    s.add_bootstrap_token("bootstrap-2", "runtime-token-77");
+    s.set_mode(Mode::Status(503));
+    let state = Dir::new("enroll-watchdog");
+    let mut a = args(&s, &state, &["--enroll"]);
+    a[2] = format!("--token-file={}", state.token_file("bootstrap-2").display());
+    let watchdog = Duration::from_secs(2);
+    let n = Notified::start("enroll-watchdog-notify", &a, watchdog);
+    // The first attempt fails; the retry is 5 s later.
+    std::thread::sleep(Duration::from_secs(4));
+    let got = n.got();
+    let first = got.first().map(|g| g.1.as_str()).unwrap_or("");
+    assert!(
+        first.starts_with("READY=1\nWATCHDOG=1\nSTATUS=waiting to enroll with the server: "),
+        "{got:?}"
+    );
+    let silence = n.longest_silence();
+    assert!(
+        silence < watchdog,
+        "{silence:?} without WATCHDOG=1: {got:?}"
+    );
+    // Once the server is there, the agent enrolls and reports; still one READY=1.
+    s.set_mode(Mode::Normal);
+    assert!(
+        s.wait_for(Duration::from_secs(20), |r| r.iter().any(|x| x.accepted)),
+        "reports after enrollment"
+    );
+    assert!(state.state().join("runtime.token").exists());
+    let ready = n
+        .got()
+        .iter()
+        .filter(|(_, m)| m.contains("READY=1"))
+        .count();
+    assert_eq!(ready, 1, "{:?}", n.got());
+    assert!(n.longest_silence() < watchdog, "{:?}", n.got());
+}

@@ -447,3 +447,330 @@ fn index_signs_the_built_binary_and_verify_catches_a_flipped_byte_and_an_edited_
         "{line}"
     );
 }
+
+// ---- OpenSSH signatures and the installer ------------------------------------
+
+/// An SSH wire `string`.
+fn ssh_string(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn armor(kind: &str, blob: &[u8]) -> String {
+    let b64 = base64_encode(blob);
+    let mut out = format!("-----BEGIN {kind}-----\n");
+    for line in b64.as_bytes().chunks(70) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {kind}-----\n"));
+    out
+}
+
+/// The tool's key file as an unencrypted OpenSSH private key (PROTOCOL.key),
+/// so that `ssh-keygen -Y sign` can sign with the very same key.
+fn openssh_private_key(t: &Temp) -> PathBuf {
+    let text = fs::read_to_string(t.path("key")).unwrap();
+    let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
+    let seed = base64_decode(line).unwrap();
+    let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::from_slice(&seed).unwrap());
+    let mut public = Vec::new();
+    ssh_string(&mut public, b"ssh-ed25519");
+    ssh_string(&mut public, kp.pk.as_ref());
+    let mut private = Vec::new();
+    private.extend_from_slice(&[0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a]);
+    ssh_string(&mut private, b"ssh-ed25519");
+    ssh_string(&mut private, kp.pk.as_ref());
+    ssh_string(&mut private, kp.sk.as_ref());
+    ssh_string(&mut private, b"test");
+    let mut pad = 1u8;
+    while private.len() % 8 != 0 {
+        private.push(pad);
+        pad += 1;
+    }
+    let mut blob = b"openssh-key-v1\0".to_vec();
+    ssh_string(&mut blob, b"none");
+    ssh_string(&mut blob, b"none");
+    ssh_string(&mut blob, b"");
+    blob.extend_from_slice(&1u32.to_be_bytes());
+    ssh_string(&mut blob, &public);
+    ssh_string(&mut blob, &private);
+    let path = t.path("id_ed25519");
+    fs::write(&path, armor("OPENSSH PRIVATE KEY", &blob)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `ssh-keygen -Y verify` of FILE against FILE.sshsig (or `sig`).
+fn ssh_verify(allowed: &Path, namespace: &str, file: &Path, sig: &Path) -> Output {
+    Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f"])
+        .arg(allowed)
+        .args(["-I", "pulse-agent-release", "-n", namespace, "-s"])
+        .arg(sig)
+        .stdin(fs::File::open(file).unwrap())
+        .output()
+        .expect("ssh-keygen (openssh-client) is installed")
+}
+
+#[test]
+fn ssh_keygen_accepts_the_tools_sshsig_files_and_rejects_a_tampered_file() {
+    let t = Temp::new("sshsig");
+    let b64 = keygen(&t);
+    let line = ok(&run(&["allowed-signers", "--key", &t.str("key")]));
+    let by_pubkey = ok(&run(&["allowed-signers", "--pubkey", &b64]));
+    assert_eq!(line, by_pubkey);
+    assert!(
+        line.starts_with("pulse-agent-release ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"),
+        "{line}"
+    );
+    fs::write(t.path("allowed_signers"), &line).unwrap();
+
+    let asset = t.path("pulse-agent-linux-amd64");
+    fs::copy(env!("CARGO_BIN_EXE_pulse-agent"), &asset).unwrap();
+    ok(&run(&[
+        "index",
+        "--key",
+        &t.str("key"),
+        "--version",
+        "1.0.0",
+        &t.str(""),
+    ]));
+    for f in ["release.json", "pulse-agent-linux-amd64"] {
+        let file = t.path(f);
+        let sig = t.path(&format!("{f}.sshsig"));
+        let o = ssh_verify(
+            &t.path("allowed_signers"),
+            "pulse-agent-release",
+            &file,
+            &sig,
+        );
+        assert!(o.status.success(), "{f}: {}", stderr(&o));
+        // Another namespace: refused (a channel signature is not a file one).
+        let o = ssh_verify(&t.path("allowed_signers"), "file", &file, &sig);
+        assert!(!o.status.success(), "{f} verified in namespace file");
+    }
+    ok(&run(&["verify", "--pubkey", &b64, &t.str("")]));
+
+    // One flipped byte: ssh-keygen and verify both refuse.
+    let mut json = fs::read(t.path("release.json")).unwrap();
+    let i = json.len() / 2;
+    json[i] ^= 1;
+    fs::write(t.path("tampered.json"), &json).unwrap();
+    let o = ssh_verify(
+        &t.path("allowed_signers"),
+        "pulse-agent-release",
+        &t.path("tampered.json"),
+        &t.path("release.json.sshsig"),
+    );
+    assert!(!o.status.success());
+    let mut bin = fs::read(&asset).unwrap();
+    let i = bin.len() / 2;
+    bin[i] ^= 1;
+    fs::write(&asset, &bin).unwrap();
+    // (sha256 and .sig fail too; the .sshsig check says so on its own.)
+    let o = run(&["verify", "--pubkey", &b64, &t.str("")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("pulse-agent-linux-amd64.sshsig: signature does not verify"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn the_tools_sshsig_is_byte_for_byte_what_ssh_keygen_sign_writes() {
+    let t = Temp::new("sshsig-same");
+    keygen(&t);
+    let key = openssh_private_key(&t);
+    let file = t.path("payload");
+    fs::write(&file, b"pulse-agent release bytes\n").unwrap();
+    for namespace in ["pulse-agent-release", "file"] {
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-f"])
+            .arg(&key)
+            .args(["-n", namespace])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let theirs = fs::read_to_string(t.path("payload.sig")).unwrap();
+        fs::remove_file(t.path("payload.sig")).unwrap();
+        let ours = if namespace == "file" {
+            // publish-installer is the command that signs in namespace file.
+            fs::create_dir_all(t.path("units/compat")).unwrap();
+            for name in [
+                "pulse-agent.service",
+                "pulse-agent-once.service",
+                "pulse-agent.timer",
+                "pulse-agent-update.service",
+                "pulse-agent-update.timer",
+            ] {
+                fs::write(t.path(&format!("units/{name}")), "[Unit]\n").unwrap();
+                fs::write(t.path(&format!("units/compat/{name}")), "[Unit]\n").unwrap();
+            }
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/install.sh");
+            ok(&run(&[
+                "publish-installer",
+                "--key",
+                &t.str("key"),
+                "--channel",
+                "https://example.org/channel",
+                "--units",
+                &t.str("units"),
+                script.to_str().unwrap(),
+                &t.str("out"),
+            ]));
+            let published = t.path("out/install.sh");
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-Y", "sign", "-f"])
+                .arg(&key)
+                .args(["-n", "file"])
+                .arg(&published)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            let theirs = fs::read_to_string(t.path("out/install.sh.sig")).unwrap();
+            let ours = fs::read_to_string(t.path("out/install.sh.sshsig")).unwrap();
+            assert_eq!(ours, theirs, "install.sh.sshsig");
+            continue;
+        } else {
+            ok(&run(&[
+                "sign",
+                "--key",
+                &t.str("key"),
+                &file.to_string_lossy(),
+            ]));
+            fs::read_to_string(t.path("payload.sshsig")).unwrap()
+        };
+        assert_eq!(ours, theirs, "namespace {namespace}");
+    }
+}
+
+#[test]
+fn publish_installer_fills_in_keys_channel_and_units_and_signs_for_ssh_keygen() {
+    let t = Temp::new("publish");
+    let b64 = keygen(&t);
+    let other = Temp::new("publish-other");
+    let other_b64 = keygen(&other);
+    fs::create_dir_all(t.path("units/compat")).unwrap();
+    let names = [
+        "pulse-agent.service",
+        "pulse-agent-once.service",
+        "pulse-agent.timer",
+        "pulse-agent-update.service",
+        "pulse-agent-update.timer",
+    ];
+    for name in names {
+        fs::write(
+            t.path(&format!("units/{name}")),
+            format!("# hardened {name}\n"),
+        )
+        .unwrap();
+        fs::write(
+            t.path(&format!("units/compat/{name}")),
+            format!("# compat {name}\n"),
+        )
+        .unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/install.sh");
+    let publish = |units: &str, script: &Path| {
+        run(&[
+            "publish-installer",
+            "--key",
+            &t.str("key"),
+            "--channel",
+            "https://releases.example.org/pulse-agent",
+            "--also-trust",
+            &other_b64,
+            "--units",
+            units,
+            script.to_str().unwrap(),
+            &t.str("out"),
+        ])
+    };
+    ok(&publish(&t.str("units"), &script));
+    let text = fs::read_to_string(t.path("out/install.sh")).unwrap();
+    assert!(
+        text.contains(&format!(
+            "\nRELEASE_KEYS='{b64} {other_b64}' # pulse-release: keys\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(
+        "\nDEFAULT_CHANNEL='https://releases.example.org/pulse-agent' # pulse-release: channel\n"
+    ));
+    for name in names {
+        assert!(
+            text.contains(&format!("# hardened {name}\nPULSE_UNIT_END\n")),
+            "{name}"
+        );
+        assert!(
+            text.contains(&format!("# compat {name}\nPULSE_UNIT_END\n")),
+            "{name}"
+        );
+    }
+    // The published script still parses, and prints a unit.
+    let o = Command::new("dash")
+        .arg("-c")
+        .arg(format!(
+            "eval \"$(sed -n '/^embedded_unit() {{/,/^}}/p' {})\"; embedded_unit compat pulse-agent.timer",
+            t.str("out/install.sh")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "# compat pulse-agent.timer\n", "{}", stderr(&o));
+
+    // The README's check: ssh-keygen -Y verify -n file.
+    fs::write(
+        t.path("allowed_signers"),
+        ok(&run(&["allowed-signers", "--key", &t.str("key")])),
+    )
+    .unwrap();
+    let o = ssh_verify(
+        &t.path("allowed_signers"),
+        "file",
+        &t.path("out/install.sh"),
+        &t.path("out/install.sh.sshsig"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::write(t.path("edited.sh"), text.replace("set -eu", "set -u")).unwrap();
+    let o = ssh_verify(
+        &t.path("allowed_signers"),
+        "file",
+        &t.path("edited.sh"),
+        &t.path("out/install.sh.sshsig"),
+    );
+    assert!(!o.status.success());
+
+    // A unit set without compat/, and a script without the marks: refused.
+    fs::remove_dir_all(t.path("units/compat")).unwrap();
+    fails(
+        &publish(&t.str("units"), &script),
+        1,
+        "compat/pulse-agent.service",
+    );
+    fs::write(t.path("plain.sh"), "#!/bin/sh\n").unwrap();
+    fs::create_dir_all(t.path("units/compat")).unwrap();
+    for name in names {
+        fs::write(t.path(&format!("units/compat/{name}")), "x\n").unwrap();
+    }
+    fails(
+        &publish(&t.str("units"), &t.path("plain.sh")),
+        1,
+        "pulse-release: keys",
+    );
+    // A channel that is not https, or that a shell line cannot hold.
+    for bad in ["http://example.org/c", "https://example.org/it's"] {
+        let o = run(&[
+            "publish-installer",
+            "--key",
+            &t.str("key"),
+            "--channel",
+            bad,
+            &script.to_string_lossy(),
+            &t.str("out"),
+        ]);
+        fails(&o, 2, "--channel");
+    }
+}

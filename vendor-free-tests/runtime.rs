@@ -1,7 +1,8 @@
 //! The agent as an operating system sees it: what it does when standard
 //! output cannot be written (a full disk, a closed pipe), and the systemd
-//! units in contrib/systemd (checked by reading them, and with
-//! `systemd-analyze verify`).
+//! units in contrib/systemd and contrib/systemd/compat (checked by reading
+//! them, and with `systemd-analyze verify`; their sandboxing is checked in
+//! units.rs).
 
 mod common;
 
@@ -109,16 +110,20 @@ fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd")
 }
 
+/// Every unit: contrib/systemd/NAME, and the compat variants as
+/// `compat/NAME` (installed under NAME where NoNewPrivileges is refused).
 fn units() -> Vec<(String, Unit, String)> {
-    let mut v: Vec<(String, Unit, String)> = std::fs::read_dir(units_dir())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
+    let mut v = Vec::new();
+    for (dir, prefix) in [(units_dir(), ""), (units_dir().join("compat"), "compat/")] {
+        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+            if !e.file_type().unwrap().is_file() {
+                continue;
+            }
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
             let text = std::fs::read_to_string(e.path()).unwrap();
-            (name, parse_unit(&text), text)
-        })
-        .collect();
+            v.push((name, parse_unit(&text), text));
+        }
+    }
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -192,28 +197,46 @@ fn systemd_analyze_verify_accepts_the_units() {
         .join(format!("systemd-units-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut files = Vec::new();
-    for (name, _, text) in units() {
-        let text = text.replace(
-            "/usr/local/bin/pulse-agent",
-            env!("CARGO_BIN_EXE_pulse-agent"),
+    // Two sets, each as installed: the hardened units, and the compat
+    // services (under the same names) with the timers that start them.
+    let units = units();
+    let compat: Vec<_> = units
+        .iter()
+        .filter(|u| u.0.starts_with("compat/"))
+        .collect();
+    assert_eq!(compat.len(), 3, "three compat services");
+    for set in ["hardened", "compat"] {
+        let into = dir.join(set);
+        std::fs::create_dir_all(&into).unwrap();
+        let mut files = Vec::new();
+        for (name, _, text) in &units {
+            let installed = match (set, name.strip_prefix("compat/")) {
+                ("compat", Some(n)) => n,
+                ("compat", None) if name.ends_with(".timer") => name.as_str(),
+                ("hardened", None) => name.as_str(),
+                _ => continue,
+            };
+            let text = text.replace(
+                "/usr/local/bin/pulse-agent",
+                env!("CARGO_BIN_EXE_pulse-agent"),
+            );
+            std::fs::write(into.join(installed), text).unwrap();
+            files.push(into.join(installed));
+        }
+        // --man=no: the page is not installed where the test runs.
+        let o = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "systemd-analyze verify ({set}):\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
         );
-        std::fs::write(dir.join(&name), text).unwrap();
-        files.push(dir.join(&name));
     }
-    // --man=no: the page is not installed where the test runs.
-    let o = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&files)
-        .output()
-        .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        o.status.success() && o.stderr.is_empty(),
-        "systemd-analyze verify:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
 }
 
 /// Issue 12: the README's test command was `sudo .ci/run`, which fails on a

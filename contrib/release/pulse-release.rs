@@ -8,6 +8,13 @@
 //! file its owner alone can read, never overwrites a key file, never prints
 //! the seed, and uploads nothing: publishing is copying the directory.
 //!
+//! Beside every `.sig` it writes an OpenSSH signature (`.sshsig`,
+//! PROTOCOL.sshsig, made with the same Ed25519 key) so that hosts without
+//! this tool can check the channel with `ssh-keygen -Y verify`; and it
+//! publishes the installer (`contrib/install.sh`) with the release keys, the
+//! default channel and the unit files filled in, signed the way
+//! `ssh-keygen -Y sign -n file` signs.
+//!
 //! Run it with `cargo run --release --example pulse-release -- --help`.
 
 use std::collections::BTreeMap;
@@ -25,7 +32,7 @@ use pulse_agent::remote_config::{base64_decode, base64_encode, parse_rfc3339};
 use pulse_agent::report::rfc3339;
 use pulse_agent::update::{exe, index};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 const USAGE: &str = "\
 pulse-release: make and check pulse-agent's signed release channel
@@ -37,18 +44,31 @@ Usage:
   pulse-release pubkey --key FILE
       Print the public key of a private key file.
   pulse-release sign --key FILE FILE...
-      Write FILE.sig (base64 Ed25519 signature, one line) for each FILE.
+      Write FILE.sig (base64 Ed25519 signature, one line) and FILE.sshsig
+      (OpenSSH signature, namespace pulse-agent-release) for each FILE.
   pulse-release index --key FILE --version X.Y.Z [--expires DURATION|RFC3339]
                       [--released RFC3339] DIR
       Check, hash and sign every DIR/pulse-agent-<target>, then write
-      DIR/release.json and DIR/release.json.sig.
+      DIR/release.json and DIR/release.json.sig (and a .sshsig beside
+      every .sig).
       --expires: how long after --released the release stays valid (90d;
       units s, m, h, d) or a time; it must be in the future.
       --released: the release time (default now).
       Targets: linux-amd64 linux-arm64 linux-armv7 linux-armv6 linux-386
   pulse-release verify --pubkey BASE64 DIR
       Check DIR/release.json's signature and every asset's size, SHA-256 and
-      signature; one line per asset; exit 1 if anything fails.
+      signature (.sig and .sshsig); one line per asset; exit 1 if anything
+      fails.
+  pulse-release allowed-signers (--key FILE | --pubkey BASE64)
+      Print the key as an ssh-keygen allowed_signers line
+      (pulse-agent-release ssh-ed25519 AAAA...).
+  pulse-release publish-installer --key FILE --channel URL
+                      [--also-trust BASE64,...] [--units DIR] SCRIPT OUTDIR
+      Copy SCRIPT (contrib/install.sh) to OUTDIR/install.sh with the release
+      keys (this key and --also-trust), the default channel URL and the unit
+      files of DIR (default: contrib/systemd beside SCRIPT; DIR/NAME hardened,
+      DIR/compat/NAME compat) filled in, and write OUTDIR/install.sh.sshsig
+      (namespace file, as ssh-keygen -Y sign -n file does).
   pulse-release --help
 
 A private key file is text: '#' comment lines and one line holding the
@@ -69,6 +89,29 @@ const CHUNK: usize = 64 * 1024;
 const KEY_CAP: u64 = 4096;
 const SIG_CAP: u64 = 1024;
 const INDEX_CAP: u64 = 1 << 20;
+/// The `.sshsig` namespace of channel files: a signature made for the
+/// channel cannot pass for one over some other kind of file, and back.
+const SSHSIG_NAMESPACE: &str = "pulse-agent-release";
+/// The namespace `ssh-keygen -Y sign -n file` uses: the installer's.
+const INSTALLER_NAMESPACE: &str = "file";
+/// The principal in `allowed_signers` lines (ssh-keygen -I).
+const PRINCIPAL: &str = "pulse-agent-release";
+/// The unit files the installer carries, as contrib/systemd/ names them.
+const UNITS: [&str; 5] = [
+    "pulse-agent.service",
+    "pulse-agent-once.service",
+    "pulse-agent.timer",
+    "pulse-agent-update.service",
+    "pulse-agent-update.timer",
+];
+/// Ends each unit's here-document in the published installer.
+const UNIT_END: &str = "PULSE_UNIT_END";
+/// The marks `publish-installer` fills in: each ends exactly one line of
+/// contrib/install.sh, and the whole line is replaced.
+const MARK_KEYS: &str = "# pulse-release: keys";
+const MARK_CHANNEL: &str = "# pulse-release: channel";
+const MARK_UNITS: &str = "# pulse-release: units";
+const SSHSIG_CAP: u64 = 4096;
 
 #[derive(Debug)]
 enum Error {
@@ -147,6 +190,18 @@ enum Command {
         pubkey: PublicKey,
         dir: PathBuf,
     },
+    AllowedSigners {
+        key: Option<PathBuf>,
+        pubkey: Option<PublicKey>,
+    },
+    PublishInstaller {
+        key: PathBuf,
+        channel: String,
+        also_trust: Vec<PublicKey>,
+        units: Option<PathBuf>,
+        script: PathBuf,
+        out: PathBuf,
+    },
 }
 
 fn parse(mut p: lexopt::Parser) -> Result<Command, Error> {
@@ -164,6 +219,8 @@ fn parse(mut p: lexopt::Parser) -> Result<Command, Error> {
         "sign" => &["key"],
         "index" => &["key", "version", "expires", "released"],
         "verify" => &["pubkey"],
+        "allowed-signers" => &["key", "pubkey"],
+        "publish-installer" => &["key", "channel", "also-trust", "units"],
         other => return Err(Error::Usage(format!("unknown command {other:?}"))),
     };
     let mut opts: BTreeMap<&'static str, OsString> = BTreeMap::new();
@@ -265,6 +322,52 @@ fn parse(mut p: lexopt::Parser) -> Result<Command, Error> {
                 dir: one_dir(args)?,
             }
         }
+        "allowed-signers" => {
+            no_args(&args)?;
+            let key = opts.remove("key").map(PathBuf::from);
+            let pubkey = match opts.remove("pubkey") {
+                None => None,
+                Some(v) => Some(
+                    parse_pubkey(&text("pubkey", v)?)
+                        .map_err(|e| Error::Usage(format!("--pubkey {e}")))?,
+                ),
+            };
+            if key.is_some() == pubkey.is_some() {
+                return Err(Error::Usage(
+                    "allowed-signers needs one of --key and --pubkey".into(),
+                ));
+            }
+            Command::AllowedSigners { key, pubkey }
+        }
+        "publish-installer" => {
+            let key = take("key")?.into();
+            let channel = text("channel", take("channel")?)?;
+            check_channel(&channel).map_err(|e| Error::Usage(format!("--channel {e}")))?;
+            let mut also_trust = Vec::new();
+            if let Some(v) = opts.remove("also-trust") {
+                for k in text("also-trust", v)?.split(',').map(str::trim) {
+                    also_trust.push(
+                        parse_pubkey(k)
+                            .map_err(|e| Error::Usage(format!("--also-trust {k:?} {e}")))?,
+                    );
+                }
+            }
+            let units = opts.remove("units").map(PathBuf::from);
+            let [script, out] = <[OsString; 2]>::try_from(args).map_err(|a| {
+                Error::Usage(format!(
+                    "publish-installer takes SCRIPT and OUTDIR, not {} argument(s)",
+                    a.len()
+                ))
+            })?;
+            Command::PublishInstaller {
+                key,
+                channel,
+                also_trust,
+                units,
+                script: script.into(),
+                out: out.into(),
+            }
+        }
         _ => unreachable!("invariant: every command is matched above"),
     })
 }
@@ -283,10 +386,35 @@ fn run(cmd: Command) -> Result<(), Error> {
                 let bytes = fs::read(f).map_err(|e| io_error("cannot read", f, e))?;
                 let sig_path = sig_path_of(f);
                 write_atomic(&sig_path, sig_line(&kp, &bytes).as_bytes())?;
-                say(&format!("wrote {}", sig_path.display()))?;
+                let sshsig_path = sshsig_path_of(f);
+                write_atomic(
+                    &sshsig_path,
+                    sshsig(&kp, SSHSIG_NAMESPACE, &bytes).as_bytes(),
+                )?;
+                say(&format!(
+                    "wrote {} and {}",
+                    sig_path.display(),
+                    sshsig_path.display()
+                ))?;
             }
             Ok(())
         }
+        Command::AllowedSigners { key, pubkey } => {
+            let pk = match (key, pubkey) {
+                (Some(key), _) => read_key(&key)?.pk,
+                (None, Some(pk)) => pk,
+                (None, None) => unreachable!("invariant: parse requires one of them"),
+            };
+            say(&allowed_signers_line(&pk))
+        }
+        Command::PublishInstaller {
+            key,
+            channel,
+            also_trust,
+            units,
+            script,
+            out,
+        } => publish_installer(&key, &channel, &also_trust, units, &script, &out),
         Command::Index {
             key,
             version,
@@ -430,6 +558,267 @@ fn read_sig(path: &Path) -> Result<Signature, String> {
         })
 }
 
+// ---- OpenSSH signatures ---------------------------------------------------
+
+/// `<file>.sshsig` beside `<file>`.
+fn sshsig_path_of(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sshsig");
+    PathBuf::from(s)
+}
+
+/// Appends an SSH wire `string`: a big-endian u32 length, then the bytes.
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("invariant: SSH strings here are short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The `ssh-ed25519` public key blob (RFC 8709): what `allowed_signers` and
+/// an `.sshsig` carry.
+fn ssh_public_blob(pk: &PublicKey) -> Vec<u8> {
+    let mut blob = Vec::new();
+    put_string(&mut blob, b"ssh-ed25519");
+    put_string(&mut blob, pk.as_ref());
+    blob
+}
+
+/// `pulse-agent-release ssh-ed25519 AAAA...`: one line of an ssh-keygen
+/// `allowed_signers` file trusting this key.
+fn allowed_signers_line(pk: &PublicKey) -> String {
+    format!(
+        "{PRINCIPAL} ssh-ed25519 {}",
+        base64_encode(&ssh_public_blob(pk))
+    )
+}
+
+/// What an SSHSIG signature signs (PROTOCOL.sshsig): the magic, the
+/// namespace, an empty reserved field, the hash name and the message's hash.
+fn sshsig_signed_data(namespace: &str, sha512: &[u8]) -> Vec<u8> {
+    let mut data = b"SSHSIG".to_vec();
+    put_string(&mut data, namespace.as_bytes());
+    put_string(&mut data, b"");
+    put_string(&mut data, b"sha512");
+    put_string(&mut data, sha512);
+    data
+}
+
+/// An armored OpenSSH signature of `message` in `namespace`, as
+/// `ssh-keygen -Y sign -n NAMESPACE` writes it for an Ed25519 key: the same
+/// bytes, since Ed25519 signatures are deterministic.
+fn sshsig(kp: &KeyPair, namespace: &str, message: &[u8]) -> String {
+    let hash = Sha512::digest(message);
+    let signature = kp.sk.sign(sshsig_signed_data(namespace, &hash), None);
+    let mut sig_blob = Vec::new();
+    put_string(&mut sig_blob, b"ssh-ed25519");
+    put_string(&mut sig_blob, signature.as_ref());
+    let mut blob = b"SSHSIG".to_vec();
+    blob.extend_from_slice(&1u32.to_be_bytes());
+    put_string(&mut blob, &ssh_public_blob(&kp.pk));
+    put_string(&mut blob, namespace.as_bytes());
+    put_string(&mut blob, b"");
+    put_string(&mut blob, b"sha512");
+    put_string(&mut blob, &sig_blob);
+    let b64 = base64_encode(&blob);
+    let mut out = String::from("-----BEGIN SSH SIGNATURE-----\n");
+    for line in b64.as_bytes().chunks(70) {
+        out.push_str(std::str::from_utf8(line).expect("invariant: base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END SSH SIGNATURE-----\n");
+    out
+}
+
+/// Reads SSH wire `string`s off the front of a slice.
+struct Wire<'a>(&'a [u8]);
+
+impl<'a> Wire<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.bytes(n)
+    }
+}
+
+/// Checks an armored `.sshsig` (ours or `ssh-keygen -Y sign`'s): made by
+/// `pk`, in `namespace`, over a message whose SHA-512 is `sha512`.
+fn check_sshsig(
+    pk: &PublicKey,
+    namespace: &str,
+    sha512: &[u8],
+    armored: &str,
+) -> Result<(), String> {
+    let body = armored
+        .trim_end()
+        .strip_prefix("-----BEGIN SSH SIGNATURE-----")
+        .and_then(|s| s.strip_suffix("-----END SSH SIGNATURE-----"))
+        .ok_or("not an armored SSH signature")?;
+    let b64: String = body.split_whitespace().collect();
+    let blob = base64_decode(&b64).ok_or("its body is not base64")?;
+    let mut w = Wire(&blob);
+    let malformed = || "malformed SSHSIG blob".to_string();
+    if w.bytes(6) != Some(b"SSHSIG") || w.u32() != Some(1) {
+        return Err("not an SSHSIG version 1 signature".into());
+    }
+    if w.string().ok_or_else(malformed)? != ssh_public_blob(pk).as_slice() {
+        return Err("made by another key (or not an ssh-ed25519 key)".into());
+    }
+    let ns = w.string().ok_or_else(malformed)?;
+    if ns != namespace.as_bytes() {
+        return Err(format!(
+            "namespace {:?}, not {namespace:?}",
+            String::from_utf8_lossy(ns)
+        ));
+    }
+    let _reserved = w.string().ok_or_else(malformed)?;
+    if w.string().ok_or_else(malformed)? != b"sha512" {
+        return Err("hash algorithm is not sha512".into());
+    }
+    let mut sig = Wire(w.string().ok_or_else(malformed)?);
+    if !w.0.is_empty() || sig.string() != Some(b"ssh-ed25519") {
+        return Err(malformed());
+    }
+    let raw = sig.string().ok_or_else(malformed)?;
+    let signature = Signature::from_slice(raw).map_err(|_| malformed())?;
+    pk.verify(sshsig_signed_data(namespace, sha512), &signature)
+        .map_err(|_| "signature does not verify with this key".to_string())
+}
+
+/// Reads and checks the `.sshsig` beside `path`.
+fn verify_sshsig_of(pk: &PublicKey, path: &Path, sha512: &[u8]) -> Result<(), String> {
+    let sshsig_path = sshsig_path_of(path);
+    let f = File::open(&sshsig_path)
+        .map_err(|e| format!("cannot open {}: {e}", sshsig_path.display()))?;
+    let bytes = read_capped(f, SSHSIG_CAP)
+        .map_err(|e| format!("cannot read {}: {e}", sshsig_path.display()))?;
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    check_sshsig(pk, SSHSIG_NAMESPACE, sha512, &text)
+        .map_err(|e| format!("{}: {e}", sshsig_path.display()))
+}
+
+// ---- publish-installer -----------------------------------------------------
+
+/// The default channel URL baked into the installer: https, and nothing a
+/// single-quoted shell string could not hold.
+fn check_channel(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?} is not an https:// URL"))?;
+    if rest.is_empty()
+        || !url
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'\'' && c != b'\\')
+    {
+        return Err(format!(
+            "{url:?} has a character an installer line cannot hold"
+        ));
+    }
+    Ok(())
+}
+
+/// The shell function the published installer gets in place of its
+/// `# pulse-release: units` line: `embedded_unit VARIANT NAME` prints one
+/// unit file (hardened or compat) from a quoted here-document.
+fn units_function(units: &Path) -> Result<String, Error> {
+    let mut f = String::from(
+        "# Filled in by pulse-release publish-installer from contrib/systemd/.\n\
+         embedded_unit() {\n\tcase \"$1/$2\" in\n",
+    );
+    for (variant, dir) in [
+        ("hardened", units.to_owned()),
+        ("compat", units.join("compat")),
+    ] {
+        for name in UNITS {
+            let path = dir.join(name);
+            let text = fs::read_to_string(&path).map_err(|e| io_error("cannot read", &path, e))?;
+            if text.lines().any(|l| l == UNIT_END) || !text.ends_with('\n') {
+                return Err(failed(format!(
+                    "{}: a line is {UNIT_END} or the file does not end in a newline",
+                    path.display()
+                )));
+            }
+            f.push_str(&format!(
+                "\t{variant}/{name})\n\t\tcat <<'{UNIT_END}'\n{text}{UNIT_END}\n\t\t;;\n"
+            ));
+        }
+    }
+    f.push_str("\t*) return 1 ;;\n\tesac\n}\n");
+    Ok(f)
+}
+
+fn publish_installer(
+    key: &Path,
+    channel: &str,
+    also_trust: &[PublicKey],
+    units: Option<PathBuf>,
+    script: &Path,
+    out: &Path,
+) -> Result<(), Error> {
+    let kp = read_key(key)?;
+    let units = units.unwrap_or_else(|| script.parent().unwrap_or(Path::new(".")).join("systemd"));
+    let text = fs::read_to_string(script).map_err(|e| io_error("cannot read", script, e))?;
+    let mut keys = vec![base64_encode(kp.pk.as_ref())];
+    for k in also_trust {
+        let k = base64_encode(k.as_ref());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let units_fn = units_function(&units)?;
+    let mut published = String::with_capacity(text.len() + units_fn.len());
+    let mut seen = [0usize; 3];
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches('\n');
+        if bare.ends_with(MARK_KEYS) {
+            seen[0] += 1;
+            published.push_str(&format!("RELEASE_KEYS='{}' {MARK_KEYS}\n", keys.join(" ")));
+        } else if bare.ends_with(MARK_CHANNEL) {
+            seen[1] += 1;
+            published.push_str(&format!("DEFAULT_CHANNEL='{channel}' {MARK_CHANNEL}\n"));
+        } else if bare.ends_with(MARK_UNITS) {
+            seen[2] += 1;
+            published.push_str(&units_fn);
+        } else {
+            published.push_str(line);
+        }
+    }
+    for (n, mark) in seen.iter().zip([MARK_KEYS, MARK_CHANNEL, MARK_UNITS]) {
+        if *n != 1 {
+            return Err(failed(format!(
+                "{}: {n} lines end in {mark:?}, expected exactly one",
+                script.display()
+            )));
+        }
+    }
+    fs::create_dir_all(out).map_err(|e| io_error("cannot create", out, e))?;
+    let path = out.join("install.sh");
+    write_atomic(&path, published.as_bytes())?;
+    let sig_path = sshsig_path_of(&path);
+    write_atomic(
+        &sig_path,
+        sshsig(&kp, INSTALLER_NAMESPACE, published.as_bytes()).as_bytes(),
+    )?;
+    say(&format!(
+        "wrote {} (channel {channel}, {} key(s), units from {}) and {}",
+        path.display(),
+        keys.len(),
+        units.display(),
+        sig_path.display()
+    ))
+}
+
 // ---- index ----------------------------------------------------------------
 
 /// One asset of a release, as release.json lists it.
@@ -522,6 +911,10 @@ fn index(
             )));
         }
         write_atomic(&sig_path_of(&path), sig_line(&kp, &bytes).as_bytes())?;
+        write_atomic(
+            &sshsig_path_of(&path),
+            sshsig(&kp, SSHSIG_NAMESPACE, &bytes).as_bytes(),
+        )?;
     }
 
     let json = release_json(version, released, expires, &assets);
@@ -531,6 +924,10 @@ fn index(
         &sig_path_of(&index_path),
         sig_line(&kp, json.as_bytes()).as_bytes(),
     )?;
+    write_atomic(
+        &sshsig_path_of(&index_path),
+        sshsig(&kp, SSHSIG_NAMESPACE, json.as_bytes()).as_bytes(),
+    )?;
 
     for a in &assets {
         say(&format!(
@@ -539,7 +936,7 @@ fn index(
         ))?;
     }
     say(&format!(
-        "wrote {} and {INDEX}.sig: {NAME} {version}, released {}, expires {}, public key {}",
+        "wrote {}, {INDEX}.sig and {INDEX}.sshsig: {NAME} {version}, released {}, expires {}, public key {}",
         index_path.display(),
         rfc3339(released),
         rfc3339(expires),
@@ -594,6 +991,10 @@ fn verify(pubkey: &PublicKey, dir: &Path) -> Result<(), Error> {
         return Err(failed(format!(
             "{INDEX}.sig is not a signature of {INDEX} by this key"
         )));
+    }
+    if let Err(e) = verify_sshsig_of(pubkey, &index_path, &Sha512::digest(&json)) {
+        say(&format!("FAILED  {INDEX}: {e}"))?;
+        return Err(failed(e));
     }
     let release = parse_release(&json, SystemTime::now())
         .map_err(|e| failed(format!("{}: {e}", index_path.display())))?;
@@ -755,6 +1156,9 @@ fn verify_asset(pubkey: &PublicKey, dir: &Path, a: &Asset) -> Result<(), Vec<Str
     if let Err(e) = check_target(&scan.header, a.target) {
         problems.push(e);
     }
+    if let Err(e) = verify_sshsig_of(pubkey, &path, &scan.sha512) {
+        problems.push(e);
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -769,6 +1173,8 @@ struct Scan {
     header: Vec<u8>,
     size: u64,
     sha256: String,
+    /// The raw SHA-512, which an `.sshsig` signs.
+    sha512: Vec<u8>,
     /// Whether the signature given to [`scan`] verifies over the whole file.
     signature_ok: bool,
 }
@@ -781,6 +1187,7 @@ fn scan(
 ) -> Result<Scan, String> {
     let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut hasher = Sha256::new();
+    let mut hasher512 = Sha512::new();
     let mut header = Vec::with_capacity(exe::HEADER_LEN);
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -795,6 +1202,7 @@ fn scan(
         let want = exe::HEADER_LEN - header.len();
         header.extend_from_slice(&chunk[..want.min(n)]);
         hasher.update(chunk);
+        hasher512.update(chunk);
         if let Some(v) = verifying.as_mut() {
             v.absorb(chunk);
         }
@@ -804,6 +1212,7 @@ fn scan(
         header,
         size,
         sha256: pulse_agent::deliver::hex(&hasher.finalize()),
+        sha512: hasher512.finalize().to_vec(),
         signature_ok: verifying.is_some_and(|v| v.verify().is_ok()),
     })
 }

@@ -6,7 +6,7 @@
 //! gzip), JSON types (a type mismatch is a 400 `invalid_json`), a non-blank
 //! hostname, and report ordering by `sequenceId` (a replay or a report of a
 //! retired stream gets a 200 but is discarded). It serves lookup, config and
-//! enroll as well. On command it fails: any status, slow answers, connection
+//! enroll as well, and the installer's uninstall call. On command it fails: any status, slow answers, connection
 //! resets, redirects, or down (nothing listening on its port).
 //!
 //! TLS is real: a CA and a server certificate made here with rcgen.
@@ -145,6 +145,10 @@ struct State {
     lookup_requests: usize,
     enroll_requests: Vec<Value>,
     connections: usize,
+    /// Agent ID → the token that reported as it (what "owns" it).
+    owners: HashMap<String, String>,
+    /// Agent IDs the installer's uninstall call removed, with its token.
+    uninstalled: Vec<(String, String)>,
 }
 
 pub struct StandIn {
@@ -263,6 +267,16 @@ impl StandIn {
 
     pub fn config_requests(&self) -> usize {
         self.lock().config_requests
+    }
+
+    /// Makes `token` the owner of agent `id`, as its reports would.
+    pub fn own_agent(&self, id: &str, token: &str) {
+        self.lock().owners.insert(id.into(), token.into());
+    }
+
+    /// The (agent ID, token) of every accepted uninstall call, in order.
+    pub fn uninstalled(&self) -> Vec<(String, String)> {
+        self.lock().uninstalled.clone()
     }
 
     pub fn enroll_requests(&self) -> Vec<Value> {
@@ -671,6 +685,7 @@ fn handle(req: &Request, state: &Arc<(Mutex<State>, Condvar)>) -> Answer {
         DOCKER_PATH => docker_report(req, &mut st),
         "/api/agents/agent/lookup" => lookup(req, &mut st),
         "/api/agents/agent/enroll" => enroll(req, &mut st),
+        "/api/agents/agent/uninstall" => uninstall(req, &mut st),
         p if p.starts_with("/api/agents/agent/") && p.ends_with("/config") => config(req, &mut st),
         _ => (404, "text/plain", b"404 page not found".to_vec()),
     };
@@ -682,11 +697,22 @@ fn report(req: &Request, st: &mut State) -> Answer {
     if req.method != "POST" {
         return api_error(405, "method_not_allowed", "Method not allowed");
     }
-    if let Err(e) = authorize(req, st, &["agent:report"]) {
-        record(st, req, e.0, None, false);
-        return e;
-    }
+    let token = match authorize(req, st, &["agent:report"]) {
+        Ok(t) => t,
+        Err(e) => {
+            record(st, req, e.0, None, false);
+            return e;
+        }
+    };
     let (status, doc, accepted, answer) = validate_report(req, st);
+    if status == 200 {
+        if let Some(id) = serde_json::from_slice::<Value>(&answer.2)
+            .ok()
+            .and_then(|a| a.get("agentId")?.as_str().map(str::to_owned))
+        {
+            st.owners.entry(id).or_insert(token);
+        }
+    }
     record(st, req, status, doc, accepted);
     answer
 }
@@ -943,6 +969,32 @@ fn config(req: &Request, st: &mut State) -> Answer {
 /// Compact JSON with sorted keys (serde_json's maps are sorted already).
 fn canonical(v: &Value) -> String {
     v.to_string()
+}
+
+/// `POST /api/agents/agent/uninstall` `{"agentId":"ID"}` (the installer's
+/// `--uninstall`): 405 for another method, the token checks, 400 for a body
+/// that is not that JSON, 403 when the token does not own the agent (it
+/// never reported as it), else 200 `{"success":true}`, recorded.
+fn uninstall(req: &Request, st: &mut State) -> Answer {
+    if req.method != "POST" {
+        return api_error(405, "method_not_allowed", "Method not allowed");
+    }
+    let token = match authorize(req, st, &["agent:report", "agent:manage"]) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let id = match serde_json::from_slice::<Value>(&req.body) {
+        Ok(v) => match v.get("agentId").and_then(Value::as_str) {
+            Some(id) if !id.trim().is_empty() => id.to_string(),
+            _ => return api_error(400, "invalid_json", "agentId is required"),
+        },
+        Err(e) => return api_error(400, "invalid_json", &e.to_string()),
+    };
+    if st.owners.get(&id) != Some(&token) {
+        return api_error(403, "forbidden", "token does not own this agent");
+    }
+    st.uninstalled.push((id, token));
+    (200, "application/json", br#"{"success":true}"#.to_vec())
 }
 
 fn enroll(req: &Request, st: &mut State) -> Answer {
