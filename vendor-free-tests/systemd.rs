@@ -52,7 +52,31 @@ const GUEST_DEADLINE: Duration = Duration::from_secs(10 * 60);
 
 /// The scenario's phases; each uses its own token (`pulse-guest-PHASE`),
 /// so the reports the stand-in received tell which phase sent them.
-const PHASES: &[&str] = &["manual"];
+const PHASES: &[&str] = &[
+    "hardened",
+    "compat",
+    "nonroot",
+    "nonroot-sysadmin",
+    "timer",
+    "upgrade",
+    "deb",
+];
+
+/// The profiles of the collector table: (column, phase).
+const PROFILES: &[(&str, &str)] = &[
+    ("root, hardened", "hardened"),
+    ("root, compat", "compat"),
+    ("non-root", "nonroot"),
+    ("non-root + CAP_SYS_ADMIN", "nonroot-sysadmin"),
+    ("root, timer mode", "timer"),
+];
+
+/// The units whose exposure is measured: (label, file the guest wrote).
+const EXPOSURES: &[(&str, &str)] = &[
+    ("pulse-agent.service (hardened)", "hardened"),
+    ("pulse-agent.service (compat)", "compat"),
+    ("pulse-agent-once.service (timer mode)", "timer"),
+];
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -334,7 +358,7 @@ fn qemu_args(run: &Run, accel: Accel, forwards: &[(u16, u16)]) -> Vec<String> {
 
 /// Boots the guest, waits for it to power off (killing it past the
 /// deadline) and says how it went.
-fn boot(run: &Run, forwards: &[(u16, u16)]) -> Boot {
+fn boot(run: &Run, forwards: &[(u16, u16)], on_ask: &dyn Fn(&str)) -> Boot {
     for (id, mib) in DISKS {
         let f = std::fs::File::create(run.dir.join("disks").join(format!("{id}.img"))).unwrap();
         f.set_len(mib << 20).unwrap();
@@ -355,12 +379,8 @@ fn boot(run: &Run, forwards: &[(u16, u16)]) -> Boot {
     let mut kvm_note = None;
     loop {
         let t = Instant::now();
-        match run_qemu(
-            run,
-            accel,
-            forwards,
-            forced.is_none() && accel == Accel::Kvm,
-        ) {
+        let probe = forced.is_none() && accel == Accel::Kvm;
+        match run_qemu(run, accel, forwards, probe, on_ask) {
             Ok(()) => {
                 return Boot {
                     accel,
@@ -383,7 +403,16 @@ fn boot(run: &Run, forwards: &[(u16, u16)]) -> Boot {
 /// One QEMU run. With `probe`, a guest that prints nothing on its console
 /// in 30 s (a /dev/kvm that opens but does not run guests) is an error, so
 /// the caller can fall back to TCG.
-fn run_qemu(run: &Run, accel: Accel, forwards: &[(u16, u16)], probe: bool) -> Result<(), String> {
+///
+/// The guest asks the host for things by creating `out/ask-WHAT`; this
+/// calls `on_ask(WHAT)` and answers with `out/ack-WHAT`.
+fn run_qemu(
+    run: &Run,
+    accel: Accel,
+    forwards: &[(u16, u16)],
+    probe: bool,
+    on_ask: &dyn Fn(&str),
+) -> Result<(), String> {
     let _ = std::fs::remove_file(run.console());
     let log = run.dir.join("qemu.log");
     let mut child = Command::new("qemu-system-x86_64")
@@ -406,6 +435,16 @@ fn run_qemu(run: &Run, accel: Accel, forwards: &[(u16, u16)], probe: bool) -> Re
                 ));
             }
             return Ok(());
+        }
+        for e in std::fs::read_dir(run.out()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(what) = name.strip_prefix("ask-") {
+                let ack = run.out().join(format!("ack-{what}"));
+                if !ack.exists() {
+                    on_ask(what);
+                    std::fs::write(ack, "").unwrap();
+                }
+            }
         }
         let alive = std::fs::metadata(run.console()).is_ok_and(|m| m.len() > 0);
         if probe && !alive && start.elapsed() > Duration::from_secs(30) {
@@ -552,11 +591,46 @@ fn assert_full_report(standin: &StandIn, phase: &str, run: &Run) {
     assert_eq!(md0["activeDevices"], 2, "{md0}");
 }
 
-/// The host side of a guest run: a stand-in and a channel on loopback,
-/// forwarded into the guest.
+/// `pulse-release`, the maintainers' release tool (a cargo example, built
+/// by a plain `cargo test`).
+fn release_tool() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .parent()
+        .expect("invariant: the agent binary is in a directory")
+        .join("examples/pulse-release");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --example pulse-release` first",
+        path.display()
+    );
+    path
+}
+
+fn release(args: &[&str]) -> String {
+    let o = Command::new(release_tool()).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "pulse-release {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Publishes `binary` as `version` on the channel in `dir`, signed by `key`.
+fn publish(dir: &Path, key: &Path, binary: &Path, version: &str) {
+    let asset = dir.join("pulse-agent-linux-amd64");
+    let _ = std::fs::remove_file(&asset);
+    std::fs::copy(binary, &asset).unwrap();
+    let (key, dir) = (key.to_str().unwrap(), dir.to_str().unwrap());
+    release(&["index", "--key", key, "--version", version, dir]);
+}
+
+/// The host side of a guest run: a stand-in and a signed release channel
+/// on loopback, forwarded into the guest, and the share's contents.
 struct Lab {
     standin: StandIn,
     channel: Channel,
+    key: PathBuf,
     run: Run,
 }
 
@@ -567,16 +641,20 @@ impl Lab {
         let standin = StandIn::start_with(Pki::with_names("pulse-standin", &names));
         let chan_dir = run.dir.join("channel");
         std::fs::create_dir_all(&chan_dir).unwrap();
+        let key = run.dir.join("release.key");
+        let public = release(&["keygen", "--out", key.to_str().unwrap()]);
+        run.write("release.keys", &public);
+        publish(
+            &chan_dir,
+            &key,
+            Path::new(env!("CARGO_BIN_EXE_pulse-agent")),
+            env!("CARGO_PKG_VERSION"),
+        );
         let channel = Channel::start(chan_dir, Pki::with_names("channel", &names));
         for phase in PHASES {
             standin.add_token(
                 &token(phase),
-                &[
-                    "agent:report",
-                    "agent:config:read",
-                    "agent:manage",
-                    "docker:report",
-                ],
+                &["agent:report", "agent:config:read", "agent:manage", "docker:report"],
             );
         }
         // One bundle with both CAs: the guest trusts it for both servers.
@@ -590,29 +668,34 @@ impl Lab {
                 "PULSE_TEST_URL=https://{HOST_NAME}\nPULSE_TEST_CHANNEL=https://{HOST_NAME}:8443/channel\n"
             ),
         );
-        run.put(
-            "bin/pulse-agent",
-            Path::new(env!("CARGO_BIN_EXE_pulse-agent")),
-        );
-        for e in std::fs::read_dir(manifest().join("contrib/systemd"))
-            .unwrap()
-            .flatten()
-        {
-            if e.path().is_file() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                run.put(&format!("contrib/systemd/{name}"), &e.path());
-            }
-        }
+        copy_dir(&manifest().join("contrib/systemd"), &run.share().join("contrib/systemd"));
+        run.put("contrib/install.sh", &manifest().join("contrib/install.sh"));
         for e in std::fs::read_dir(guest_src()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".sh") || name.ends_with(".conf") {
+            if name.ends_with(".sh") {
                 run.put(&format!("guest/{name}"), &e.path());
             }
         }
+        // The Debian package of the binary under test.
+        let deb_dir = run.share().join("deb");
+        let o = Command::new("sh")
+            .arg(manifest().join("contrib/deb/build.sh"))
+            .arg("--binary")
+            .arg(env!("CARGO_BIN_EXE_pulse-agent"))
+            .arg("--out")
+            .arg(&deb_dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "contrib/deb/build.sh: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         run.write("start", "exec sh /host/guest/scenario.sh\n");
         Lab {
             standin,
             channel,
+            key,
             run,
         }
     }
@@ -622,26 +705,65 @@ impl Lab {
             (443, self.standin.addr.port()),
             (8443, self.channel.addr.port()),
         ];
-        boot(&self.run, &forwards)
+        // Built before the guest asks for it: a cargo build inside the
+        // guest's deadline would eat it.
+        let v99 = common::release_99();
+        let on_ask = |what: &str| match what {
+            "publish-v99" => publish(&self.channel.dir, &self.key, &v99, "99.0.0"),
+            other => panic!("the guest asked for {other:?}"),
+        };
+        boot(&self.run, &forwards, &on_ask)
     }
 }
 
-#[test]
-fn systemd_guest() {
-    require_tools();
-    let t = Instant::now();
+/// `cp -r` of regular files and directories.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The exposure `systemd-analyze security` printed on its last line
+/// ("→ Overall exposure level for X: 2.1 OK 🙂" → "2.1 OK").
+fn exposure(run: &Run, label: &str) -> Option<String> {
+    let text = std::fs::read_to_string(run.out().join(format!("security-{label}.txt"))).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("Overall exposure level"))?;
+    let value = line.rsplit(": ").next()?;
+    Some(
+        value
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// Whether a docker report of `phase` reached the stand-in with the
+/// guest's container.
+fn docker_works(standin: &StandIn, phase: &str) -> bool {
+    let t = token(phase);
+    standin.docker_reports().iter().any(|r| {
+        r.status == 200
+            && r.headers.get("x-api-token") == Some(&t)
+            && r.doc.as_ref().is_some_and(|d| {
+                d["containers"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| c.to_string().contains("pulse-guest-tiny"))
+                })
+            })
+    })
+}
+
+/// The markdown the test prints and writes to target/guest/results.md.
+fn results(lab: &Lab, b: &Boot, total: Duration, steps: &[Step]) -> String {
     let image = image();
-    let lab = Lab::new("scenario");
-    let b = lab.boot();
-    let steps = steps(&lab.run);
-    let failed: Vec<&str> = steps
-        .iter()
-        .filter(|s| !s.ok)
-        .map(|s| s.name.as_str())
-        .collect();
-    let mut results = String::new();
-    results.push_str("# pulse-agent under systemd: measured in the guest\n\n");
-    results.push_str(&format!(
+    let mut r = String::new();
+    r.push_str("# pulse-agent under systemd, measured in the guest\n\n");
+    r.push_str(&format!(
         "Accelerator: {:?}{}. Image build: {}. Guest run (boot, scenario, power-off): {:.0} s. Whole test: {:.0} s.\n\n",
         b.accel,
         b.kvm_note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
@@ -649,24 +771,68 @@ fn systemd_guest() {
             .built_in
             .map_or("cached".to_string(), |d| format!("{:.0} s", d.as_secs_f64())),
         b.wall.as_secs_f64(),
-        t.elapsed().as_secs_f64(),
+        total.as_secs_f64(),
     ));
     if let Ok(boot) = std::fs::read_to_string(lab.run.out().join("boot.txt")) {
-        results.push_str(&format!(
+        r.push_str(&format!(
             "Guest boot, kernel start to the test unit (guest clock): {} s\n\n",
             boot.trim()
         ));
     }
-    results.push_str("| step | result | s |\n| --- | --- | --- |\n");
-    for s in &steps {
-        results.push_str(&format!(
-            "| {} | {} | {} |\n",
-            s.name,
-            if s.ok { "ok" } else { "FAIL" },
-            s.secs
-        ));
+    r.push_str("| step | result | s |\n| --- | --- | --- |\n");
+    for s in steps {
+        let verdict = if s.ok { "ok" } else { "FAIL" };
+        r.push_str(&format!("| {} | {verdict} | {} |\n", s.name, s.secs));
     }
-    results.push('\n');
+    r.push_str("\n`systemd-analyze security`, live in the guest:\n\n| unit | exposure |\n| --- | --- |\n");
+    for (label, file) in EXPOSURES {
+        let e = exposure(&lab.run, file).unwrap_or_else(|| "not measured".into());
+        r.push_str(&format!("| {label} | {e} |\n"));
+    }
+    r.push_str("\nCollectors by profile, from each profile's last report at the stand-in:\n\n| collector |");
+    for (col, _) in PROFILES {
+        r.push_str(&format!(" {col} |"));
+    }
+    r.push_str("\n| --- |");
+    for _ in PROFILES {
+        r.push_str(" --- |");
+    }
+    r.push('\n');
+    let verdicts: Vec<Option<Vec<(&str, String)>>> = PROFILES
+        .iter()
+        .map(|(_, phase)| phase_reports(&lab.standin, phase).last().map(collector_verdicts))
+        .collect();
+    let names: Vec<&str> = collector_verdicts(&Value::Null).iter().map(|(n, _)| *n).collect();
+    for (i, name) in names.iter().enumerate() {
+        r.push_str(&format!("| {name} |"));
+        for v in &verdicts {
+            let cell = v.as_ref().map_or("no report".to_string(), |v| v[i].1.clone());
+            r.push_str(&format!(" {cell} |"));
+        }
+        r.push('\n');
+    }
+    r.push_str("| docker (a created container) |");
+    for (_, phase) in PROFILES {
+        let ok = docker_works(&lab.standin, phase);
+        r.push_str(if ok { " works |" } else { " no |" });
+    }
+    r.push_str("\n\nagent.privilege as reported:\n\n");
+    for (col, phase) in PROFILES {
+        if let Some(doc) = phase_reports(&lab.standin, phase).last() {
+            r.push_str(&format!("- {col}: `{}`\n", doc["agent"]["privilege"]));
+        }
+    }
+    r
+}
+
+#[test]
+fn systemd_guest() {
+    require_tools();
+    let t = Instant::now();
+    image();
+    let lab = Lab::new("scenario");
+    let b = lab.boot();
+    let steps = steps(&lab.run);
     for phase in PHASES {
         if let Some(doc) = phase_reports(&lab.standin, phase).last() {
             std::fs::write(
@@ -674,18 +840,51 @@ fn systemd_guest() {
                 serde_json::to_string_pretty(doc).unwrap(),
             )
             .unwrap();
-            results.push_str(&format!("Collectors, phase {phase}:\n"));
-            for (c, v) in collector_verdicts(doc) {
-                results.push_str(&format!("- {c}: {v}\n"));
-            }
         }
     }
+    let results = results(&lab, &b, t.elapsed(), &steps);
     std::fs::write(guest_dir().join("results.md"), &results).unwrap();
     eprintln!("{results}");
+
+    let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name.as_str()).collect();
     assert!(
         failed.is_empty() && !steps.is_empty(),
         "guest steps failed: {failed:?}\n{}",
         lab.run.diagnostics()
     );
-    assert_full_report(&lab.standin, "manual", &lab.run);
+    // Every disk's SMART and the md array, as root, both unit variants.
+    assert_full_report(&lab.standin, "hardened", &lab.run);
+    assert_full_report(&lab.standin, "compat", &lab.run);
+    assert!(docker_works(&lab.standin, "hardened"), "no docker report from the hardened unit");
+    // The profile the agent says it runs under.
+    let profile = |phase: &str| {
+        phase_reports(&lab.standin, phase)
+            .last()
+            .map(|d| d["agent"]["privilege"]["profile"].clone())
+    };
+    assert_eq!(profile("hardened"), Some(Value::from("root")));
+    assert_eq!(profile("nonroot"), Some(Value::from("non-root")));
+    // The timer's one-shot runs and the package's service reported.
+    for phase in ["timer", "deb"] {
+        assert!(
+            !phase_reports(&lab.standin, phase).is_empty(),
+            "phase {phase}: no report reached the stand-in"
+        );
+    }
+    // The upgrade: the same token, now from 99.0.0.
+    let versions: Vec<String> = phase_reports(&lab.standin, "upgrade")
+        .iter()
+        .map(|d| d["agent"]["version"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        versions.first().is_some_and(|v| v.contains(env!("CARGO_PKG_VERSION")))
+            && versions.last().is_some_and(|v| v.contains("99.0.0")),
+        "upgrade: versions reported {versions:?}"
+    );
+    // The uninstall told the server, with the installed token.
+    let told = lab.standin.uninstalled();
+    assert!(
+        told.iter().any(|(_, t)| *t == token("upgrade")),
+        "the stand-in saw no uninstall call: {told:?}"
+    );
 }
