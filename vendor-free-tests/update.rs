@@ -21,8 +21,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use common::channel::{Channel, Serve};
-use common::release_99;
 use common::proc::Dir;
+use common::release_99;
 use common::standin::{Mode, Pki, Received, StandIn};
 use ed25519_compact::{KeyPair, Seed};
 use pulse_agent::remote_config::base64_encode;
