@@ -801,7 +801,11 @@ fn results(lab: &Lab, b: &Boot, total: Duration, steps: &[Step]) -> String {
     r.push_str(&format!(
         "Accelerator: {:?}{}. Image build: {}. Guest run (boot, scenario, power-off): {:.0} s. Whole test: {:.0} s.\n\n",
         b.accel,
-        b.kvm_note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+        b.kvm_note
+            .as_deref()
+            .and_then(|n| n.lines().next())
+            .map(|n| format!(" (KVM failed: {n})"))
+            .unwrap_or_default(),
         image
             .built_in
             .map_or("cached".to_string(), |d| format!("{:.0} s", d.as_secs_f64())),
