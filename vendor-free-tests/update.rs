@@ -17,11 +17,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use common::channel::{Channel, Serve};
 use common::proc::Dir;
+use common::release_99;
 use common::standin::{Mode, Pki, Received, StandIn};
 use ed25519_compact::{KeyPair, Seed};
 use pulse_agent::remote_config::base64_encode;
@@ -85,30 +86,6 @@ fn fake_release(version: &str, self_test: &str) -> PathBuf {
 /// What a self-test run of a fake recorded.
 fn fake_record(fake: &Path) -> String {
     std::fs::read_to_string(fake.with_extension("record")).unwrap_or_default()
-}
-
-/// The built agent, as released at version 99.0.0 (`PULSE_AGENT_VERSION`),
-/// built once into its own target directory.
-fn release_99() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("update-99-target");
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--offline", "--bin", "pulse-agent", "--target-dir"])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .env("PULSE_AGENT_VERSION", "99.0.0")
-                // Small enough to download quickly in a debug test.
-                .env("CARGO_PROFILE_DEV_DEBUG", "false")
-                .env("CARGO_PROFILE_DEV_STRIP", "true")
-                .env_remove("RUSTFLAGS")
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building pulse-agent 99.0.0");
-            target.join("debug/pulse-agent")
-        })
-        .clone()
 }
 
 /// A channel directory, its server, the keys, and an installed copy of the

@@ -189,6 +189,33 @@ pub mod channel;
 pub mod hostile;
 pub mod standin;
 
+/// The built agent, as released at version 99.0.0 (`PULSE_AGENT_VERSION`),
+/// built once into its own target directory (shared by the update and
+/// systemd tests).
+pub fn release_99() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("update-99-target");
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .args(["build", "--offline", "--bin", "pulse-agent", "--target-dir"])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PULSE_AGENT_VERSION", "99.0.0")
+            // Small enough to download quickly in a debug test.
+            .env("CARGO_PROFILE_DEV_DEBUG", "false")
+            .env("CARGO_PROFILE_DEV_STRIP", "true")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+            assert!(status.success(), "building pulse-agent 99.0.0");
+            target.join("debug/pulse-agent")
+        })
+        .clone()
+}
+
 /// `vendor-free-tests/fake-program`: links to it in a root's `.capture/bin/`
 /// answer from the root's `.capture/cmd/`.
 pub fn fake_program() -> PathBuf {

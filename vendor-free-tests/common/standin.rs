@@ -31,6 +31,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(name: &str) -> Pki {
+        Pki::with_names(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Pki::new`], the server certificate for `names` (the systemd
+    /// guest reaches the host as `pulse.test`).
+    pub fn with_names(name: &str, names: &[&str]) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -39,9 +45,9 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let mut leaf =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, names[0]);
         let leaf_key = KeyPair::generate().unwrap();
         let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
         Pki {
