@@ -30,6 +30,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::channel::Channel;
 use common::standin::{Pki, REPORT_TOKEN, StandIn};
+use common::{ok, release_tool};
 
 const UNITS: [&str; 5] = [
     "pulse-agent.service",
@@ -44,33 +45,8 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tool() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_pulse-agent"))
-        .parent()
-        .expect("the agent binary is in a directory")
-        .join("examples/pulse-release");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --example pulse-release` first",
-        path.display()
-    );
-    path
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn release(args: &[&str]) -> String {
-    ok(&Command::new(tool()).args(args).output().unwrap())
+    ok(&Command::new(release_tool()).args(args).output().unwrap())
 }
 
 fn tmp(name: &str) -> PathBuf {

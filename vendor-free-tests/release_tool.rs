@@ -6,6 +6,8 @@
 //! `cargo test --test release_tool` alone: then run
 //! `cargo build --example pulse-release` first (a stale build is tested as it is).
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,24 +18,10 @@ use pulse_agent::remote_config::{base64_decode, base64_encode, parse_rfc3339};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The built tool, beside the agent binary Cargo builds for this test.
-fn tool() -> PathBuf {
-    let agent = Path::new(env!("CARGO_BIN_EXE_pulse-agent"));
-    let path = agent
-        .parent()
-        .expect("the agent binary is in a directory")
-        .join("examples/pulse-release");
-    assert!(
-        path.is_file(),
-        "{} is missing: `cargo test` builds it, `cargo test --test release_tool` \
-         does not; run `cargo build --example pulse-release` first",
-        path.display()
-    );
-    path
-}
+use common::{ok, release_tool};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(tool())
+    Command::new(release_tool())
         .args(args)
         .env_clear()
         .output()
@@ -46,18 +34,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
 }
 
 #[track_caller]

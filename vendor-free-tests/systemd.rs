@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::channel::Channel;
+use common::release_tool;
 use common::standin::{Pki, Received, StandIn};
 use serde_json::Value;
 
@@ -606,21 +607,6 @@ fn assert_full_report(standin: &StandIn, phase: &str, run: &Run) {
         .unwrap_or_else(|| panic!("phase {phase}: no md0 in raid: {raid:?}"));
     assert_eq!(md0["level"], "raid1", "{md0}");
     assert_eq!(md0["activeDevices"], 2, "{md0}");
-}
-
-/// `pulse-release`, the maintainers' release tool (a cargo example, built
-/// by a plain `cargo test`).
-fn release_tool() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_pulse-agent"))
-        .parent()
-        .expect("invariant: the agent binary is in a directory")
-        .join("examples/pulse-release");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --example pulse-release` first",
-        path.display()
-    );
-    path
 }
 
 fn release(args: &[&str]) -> String {

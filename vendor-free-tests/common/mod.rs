@@ -6,6 +6,7 @@ pub mod proc;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pulse_agent::cli;
@@ -267,4 +268,35 @@ pub fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(&src, &dst).unwrap();
         }
     }
+}
+
+/// `pulse-release`, the maintainers' release tool (a cargo example), built
+/// beside the agent binary by a plain `cargo test`.
+pub fn release_tool() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .parent()
+        .expect("invariant: the agent binary is in a directory")
+        .join("examples/pulse-release");
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo test` builds it, `cargo test --test NAME` \
+         does not; run `cargo build --example pulse-release` first",
+        path.display()
+    );
+    path
+}
+
+/// Standard output of a command that must have succeeded; both streams are
+/// shown when it did not.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
 }
