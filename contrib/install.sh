@@ -373,9 +373,13 @@ sha256_of() {
 # Prints unit $2 of variant $1 (hardened or compat): embedded by
 # publish-installer, or from contrib/systemd/ beside this script.
 unit_text() {
-	if embedded_unit "$1" "$2"; then return 0; fi
+	# Timers run nothing themselves, so they have no sandbox to drop: the
+	# compat set uses the same files.
+	_v=$1
+	case $2 in *.timer) _v=hardened ;; esac
+	if embedded_unit "$_v" "$2"; then return 0; fi
 	_d=$(dirname "$0")/systemd
-	[ "$1" = hardened ] || _d=$_d/compat
+	[ "$_v" = hardened ] || _d=$_d/compat
 	if [ -f "$_d/$2" ]; then
 		cat "$_d/$2"
 		return 0

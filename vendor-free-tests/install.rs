@@ -62,23 +62,27 @@ fn s(p: &Path) -> &str {
 }
 
 /// The units the installer must carry: contrib/systemd/NAME (hardened) and
-/// contrib/systemd/compat/NAME. Until the compat set exists in this tree
-/// the current units (which imply no NoNewPrivileges) stand in for it.
+/// contrib/systemd/compat/NAME for the services (the timers are shared).
 fn units_dir(at: &Path) -> PathBuf {
     let dir = at.join("units");
     fs::create_dir_all(dir.join("compat")).unwrap();
     let src = repo().join("contrib/systemd");
     for name in UNITS {
         fs::copy(src.join(name), dir.join(name)).unwrap();
-        let compat = src.join("compat").join(name);
-        let compat = if compat.exists() {
-            compat
-        } else {
-            src.join(name)
-        };
-        fs::copy(compat, dir.join("compat").join(name)).unwrap();
+        if !name.ends_with(".timer") {
+            fs::copy(src.join("compat").join(name), dir.join("compat").join(name)).unwrap();
+        }
     }
     dir
+}
+
+/// The file a unit of `variant` comes from in `units_dir`.
+fn unit_source(units: &Path, variant: &str, name: &str) -> PathBuf {
+    if variant == "compat" && !name.ends_with(".timer") {
+        units.join("compat").join(name)
+    } else {
+        units.join(name)
+    }
 }
 
 /// One channel, its key, a published installer and an empty root.
@@ -390,7 +394,7 @@ fn the_installed_units_are_the_repositorys_byte_for_byte() {
     for name in &UNITS[1..] {
         assert_eq!(
             fs::read(installed.join(name)).unwrap(),
-            fs::read(units.join("compat").join(name)).unwrap(),
+            fs::read(unit_source(&units, "compat", name)).unwrap(),
             "{name}"
         );
     }
@@ -399,6 +403,42 @@ fn the_installed_units_are_the_repositorys_byte_for_byte() {
         manifest.contains("variant compat\nmode timer\n"),
         "{manifest}"
     );
+}
+
+/// Run from a checkout (no units embedded), the installer takes them from
+/// contrib/systemd beside it; the compat set shares the timers.
+#[test]
+fn the_installer_from_a_checkout_takes_its_units_from_contrib_systemd() {
+    let lab = Lab::new("checkout", |_, _| {});
+    let keys = lab.dir.join("keys");
+    fs::write(&keys, release(&["pubkey", "--key", s(&lab.key)])).unwrap();
+    let mut args = lab.install_args();
+    for a in [
+        "--mode",
+        "timer",
+        "--compat",
+        "--channel",
+        &lab.channel.url(),
+    ] {
+        args.push(a.into());
+    }
+    args.extend(["--key-file".into(), s(&keys).into()]);
+    let o = Command::new("dash")
+        .arg(repo().join("contrib/install.sh"))
+        .args(&args)
+        .args(["--dest-root", s(&lab.root)])
+        .env("TMPDIR", &lab.dir)
+        .output()
+        .unwrap();
+    ok(&o);
+    let src = repo().join("contrib/systemd");
+    for name in &UNITS[1..] {
+        assert_eq!(
+            fs::read(lab.at("/etc/systemd/system").join(name)).unwrap(),
+            fs::read(unit_source(&src, "compat", name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 #[test]
