@@ -136,7 +136,10 @@ pub fn pin_volatile(doc: &mut Value) {
         }
     }
     assert!(doc["agent"]["privilege"]["runningAsRoot"].is_boolean());
-    doc["agent"]["privilege"] = serde_json::json!({"runningAsRoot": true, "serviceUser": "root"});
+    // As pinned_privilege() renders: the test may run as any user, in any
+    // sandbox.
+    doc["agent"]["privilege"] =
+        serde_json::json!({"profile": "root", "runningAsRoot": true, "serviceUser": "root"});
 }
 
 /// Compares `doc` with the case's golden `report.json`; `UPDATE_GOLDEN=1`
