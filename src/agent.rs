@@ -461,6 +461,12 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
                     None => log::info!("restarting into the new {}", binary.display()),
                 }
                 agent.stop_trial();
+                // The new image is silent until its first collection: it
+                // gets a whole WatchdogSec= from here, not what is left of
+                // the last ping's.
+                if let Some(n) = &notifier {
+                    n.send("WATCHDOG=1");
+                }
                 let e = reexec(binary);
                 log::error!(
                     "cannot run {}: {e}; exiting so the service manager starts it",

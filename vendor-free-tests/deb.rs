@@ -213,8 +213,9 @@ fn the_packaged_units_run_the_packaged_binary_hardened() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// Maintainer scripts: POSIX sh with `set -e`; postinst enables the
-/// service and starts it only when the token and PULSE_URL are there;
+/// Maintainer scripts: POSIX sh with `set -e`; postinst enables and
+/// starts the service on a first install only when the token and PULSE_URL
+/// are there, and on an upgrade only restarts a running one;
 /// prerm stops it; postrm reloads systemd and, on purge, removes the state
 /// and the configuration; /etc/pulse-agent/env is a conffile.
 #[test]
@@ -236,12 +237,63 @@ fn the_maintainer_scripts_start_stop_and_purge() {
         );
         assert_eq!(mode & 0o777, 0o755, "{script}");
     }
-    let postinst = read("postinst");
-    assert!(postinst.contains("systemctl enable pulse-agent.service"));
-    assert!(postinst.contains("/etc/pulse-agent/token") && postinst.contains("PULSE_URL"));
+    postinst_decisions(&read("postinst"), &out);
     assert!(read("prerm").contains("systemctl stop pulse-agent.service"));
     let postrm = read("postrm");
     assert!(postrm.contains("daemon-reload"));
     assert!(postrm.contains("rm -rf /var/lib/pulse-agent /etc/pulse-agent"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// What postinst asks of systemctl, run against a fake systemctl with its
+/// /etc/pulse-agent and /run/systemd/system moved into `dir`: a first
+/// install enables and starts only a configured agent; an upgrade never
+/// enables anything (the admin may have disabled it or chosen the timer)
+/// and restarts only a running service.
+fn postinst_decisions(postinst: &str, dir: &Path) {
+    let etc = dir.join("etc-pulse-agent");
+    let run_systemd = dir.join("run-systemd-system");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&run_systemd).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("systemctl.log");
+    let fake = bin.join("systemctl");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$*\" >>'{}'\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = dir.join("postinst-under-test");
+    std::fs::write(
+        &script,
+        postinst
+            .replace("/etc/pulse-agent", etc.to_str().unwrap())
+            .replace("/run/systemd/system", run_systemd.to_str().unwrap()),
+    )
+    .unwrap();
+    let calls = |args: &[&str]| -> Vec<String> {
+        let _ = std::fs::remove_file(&log);
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        run(Command::new("sh").arg(&script).args(args).env("PATH", path));
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    // A first install, not configured: nothing is enabled.
+    assert_eq!(calls(&["configure", ""]), ["daemon-reload"]);
+    // Configured: enabled and started.
+    std::fs::write(etc.join("env"), "PULSE_URL=https://pulse.lan:7655\n").unwrap();
+    std::fs::write(etc.join("token"), "t0ken\n").unwrap();
+    assert_eq!(
+        calls(&["configure", ""]),
+        ["daemon-reload", "enable --now pulse-agent.service"]
+    );
+    // An upgrade: whatever the admin chose stays; a running service restarts.
+    assert_eq!(
+        calls(&["configure", "0.0.9"]),
+        ["daemon-reload", "try-restart pulse-agent.service"]
+    );
 }

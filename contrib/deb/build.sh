@@ -141,25 +141,30 @@ CONTROL
 cat >"$stage/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
+# configure: $2 is the version configured before (empty on a first install).
+# A first install enables and starts the service only once it is configured
+# (an unconfigured service would exit 2 at every boot); an upgrade never
+# changes what the admin chose (disabled, or the timer units): it restarts
+# the service only if it is running.
 case "$1" in
 configure)
 	install -d -m 0700 /etc/pulse-agent
-	if [ -d /run/systemd/system ]; then
-		systemctl daemon-reload >/dev/null || true
-		systemctl enable pulse-agent.service >/dev/null || true
+	[ -d /run/systemd/system ] || exit 0
+	systemctl daemon-reload >/dev/null || true
+	if [ -n "$2" ]; then
+		systemctl try-restart pulse-agent.service || true
+		exit 0
 	fi
 	url=
 	if [ -r /etc/pulse-agent/env ]; then
 		url=$(sed -n 's/^[[:space:]]*PULSE_URL=[[:space:]]*//p' /etc/pulse-agent/env | tail -n 1)
 	fi
 	if [ -s /etc/pulse-agent/token ] && [ -n "$url" ]; then
-		if [ -d /run/systemd/system ]; then
-			systemctl restart pulse-agent.service || true
-		fi
+		systemctl enable --now pulse-agent.service || true
 	else
-		echo "pulse-agent: not started yet. Set PULSE_URL in /etc/pulse-agent/env,"
+		echo "pulse-agent: not enabled yet. Set PULSE_URL in /etc/pulse-agent/env,"
 		echo "pulse-agent: put the token in /etc/pulse-agent/token (chmod 600), then:"
-		echo "pulse-agent:   systemctl start pulse-agent"
+		echo "pulse-agent:   systemctl enable --now pulse-agent"
 	fi
 	;;
 esac

@@ -283,13 +283,16 @@ uninstall() {
 deb() {
 	# A clean host, whatever the steps before left behind.
 	rm -rf /etc/pulse-agent /var/lib/pulse-agent
-	DEBIAN_FRONTEND=noninteractive apt-get install -y "$H"/deb/pulse-agent_*.deb
-	test "$(prop pulse-agent.service UnitFileState)" = enabled
+	DEBIAN_FRONTEND=noninteractive apt-get install -y "$H"/deb/pulse-agent_*.deb | tee "$OUT/deb-install.txt"
+	# Not configured yet: installed but not enabled (it would exit 2 at
+	# every boot), and it says what to do.
+	test "$(prop pulse-agent.service UnitFileState)" = disabled
+	grep -q 'systemctl enable --now pulse-agent' "$OUT/deb-install.txt"
 	install -d -m 0700 /etc/pulse-agent
 	install -m 0644 "$H/ca.pem" /etc/pulse-agent/ca.pem
 	printf 'PULSE_URL=%s\nPULSE_CACERT=/etc/pulse-agent/ca.pem\n' "$PULSE_TEST_URL" >>/etc/pulse-agent/env
 	(umask 077 && echo pulse-guest-deb >/etc/pulse-agent/token)
-	systemctl start pulse-agent.service
+	systemctl enable --now pulse-agent.service
 	check_active pulse-agent.service deb
 	wait_until 60 delivered 1
 	DEBIAN_FRONTEND=noninteractive apt-get purge -y pulse-agent
