@@ -223,6 +223,18 @@ fn systemd_analyze_verify_accepts_the_units() {
             std::fs::write(into.join(installed), text).unwrap();
             files.push(into.join(installed));
         }
+        // The non-root profile, a drop-in beside the service as installed
+        // (verify reads drop-ins from the unit's directory and says what
+        // it cannot use, which fails this test).
+        let dropins = into.join("pulse-agent.service.d");
+        std::fs::create_dir_all(&dropins).unwrap();
+        let profile = std::fs::read_to_string(units_dir().join("profiles/non-root.conf"))
+            .unwrap()
+            .replace(
+                "/usr/local/bin/pulse-agent",
+                env!("CARGO_BIN_EXE_pulse-agent"),
+            );
+        std::fs::write(dropins.join("non-root.conf"), profile).unwrap();
         // --man=no: the page is not installed where the test runs.
         let o = Command::new("systemd-analyze")
             .args(["verify", "--man=no"])
