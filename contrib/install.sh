@@ -57,6 +57,7 @@ systemd; run it again to upgrade in place (token and state are kept).
                      from pulse-agent.timer, updates from pulse-agent-update.timer)
   --compat           install the compat units (no NoNewPrivileges) without
                      probing; kept by later upgrades
+  --hardened         probe again for the hardened units (undoes --compat)
   --allow-downgrade  install a release older than the installed one
   --no-start         install and enable, but do not start or restart
   --dest-root DIR    install under DIR; run no systemctl, start nothing
@@ -94,6 +95,7 @@ key_file=
 mode=
 compat=false
 allow_downgrade=false
+hardened=false
 no_start=false
 dest=
 uninstall=false
@@ -129,6 +131,7 @@ while [ $# -gt 0 ]; do
 	--insecure) insecure=true && shift ;;
 	--compat) compat=true && shift ;;
 	--allow-downgrade) allow_downgrade=true && shift ;;
+	--hardened) hardened=true && shift ;;
 	--no-start) no_start=true && shift ;;
 	--uninstall) uninstall=true && shift ;;
 	--purge) purge=true && shift ;;
@@ -688,7 +691,7 @@ variant=hardened
 if [ "$compat" = true ]; then
 	variant=compat
 	why="--compat"
-elif [ "$(manifest_get compat)" = forced ]; then
+elif [ "$hardened" = false ] && [ "$(manifest_get compat)" = forced ]; then
 	compat=true
 	variant=compat
 	why="--compat, kept from the last install"

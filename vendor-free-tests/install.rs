@@ -456,6 +456,17 @@ fn an_upgrade_keeps_the_compat_units_chosen_with_compat() {
         fs::read(lab.at("/etc/systemd/system/pulse-agent.service")).unwrap(),
         fs::read(units.join("compat/pulse-agent.service")).unwrap()
     );
+    // --hardened undoes it (with --dest-root the probe is not run).
+    ok(&lab.run_with("dash", None, "", &["--hardened"]));
+    assert_eq!(
+        fs::read(lab.at("/etc/systemd/system/pulse-agent.service")).unwrap(),
+        fs::read(units.join("pulse-agent.service")).unwrap()
+    );
+    ok(&lab.run_with("dash", None, "", &[]));
+    assert_eq!(
+        fs::read(lab.at("/etc/systemd/system/pulse-agent.service")).unwrap(),
+        fs::read(units.join("pulse-agent.service")).unwrap()
+    );
 }
 
 #[test]

@@ -232,7 +232,9 @@ remove_nonroot() {
 # Timer mode: pulse-agent.timer runs pulse-agent-once.service; a drop-in
 # makes it fire within seconds instead of every minute.
 install_timer() {
-	inst --mode timer --token-file "$(token timer)" | tee "$OUT/install-timer.txt"
+	# --hardened: the compat phase before forced --compat, which upgrades keep.
+	inst --mode timer --hardened --token-file "$(token timer)" | tee "$OUT/install-timer.txt"
+	grep -q 'hardened units' "$OUT/install-timer.txt"
 	test "$(prop pulse-agent.service ActiveState)" = inactive
 	mkdir -p /etc/systemd/system/pulse-agent.timer.d
 	printf '[Timer]\nOnBootSec=\nOnActiveSec=2s\nOnUnitActiveSec=10s\nAccuracySec=1s\n' \
