@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod privilege;
+pub mod proxy;
 pub mod remote_config;
 pub mod report;
 pub mod root;

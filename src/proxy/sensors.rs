@@ -1,0 +1,1 @@
+//! sensors (being written)

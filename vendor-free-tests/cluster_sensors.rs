@@ -1,0 +1,1 @@
+//! cluster_sensors tests (being written)

@@ -1,0 +1,1 @@
+//! proxy tests (being written)

@@ -1,0 +1,1 @@
+//! proxy_audit tests (being written)

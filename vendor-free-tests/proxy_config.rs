@@ -1,0 +1,1 @@
+//! proxy_config tests (being written)

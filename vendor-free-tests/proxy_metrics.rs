@@ -1,0 +1,1 @@
+//! proxy_metrics tests (being written)

@@ -1,0 +1,1 @@
+//! proxy_ssh tests (being written)
