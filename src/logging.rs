@@ -49,6 +49,16 @@ impl LogFile {
 /// The level can be changed later with [`set_level`] (remote configuration);
 /// the libraries' own logs are capped at `warn` unless the level is `trace`.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<LogFile> {
+    init_as("pulse-agent", level, file)
+}
+
+/// [`init`] for a program that prefixes its lines with `program` (the
+/// sensor proxy).
+pub fn init_as(
+    program: &'static str,
+    level: LevelFilter,
+    file: Option<&Path>,
+) -> io::Result<LogFile> {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let file = match file {
         Some(p) => LogFile(Some(Arc::new(Mutex::new(CappedFile::open(
@@ -70,7 +80,7 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<LogFile> {
         } else {
             writeln!(
                 buf,
-                "pulse-agent: {}: {}",
+                "{program}: {}: {}",
                 word(record.level()),
                 record.args()
             )

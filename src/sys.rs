@@ -416,3 +416,111 @@ pub fn process_group_alive(pgid: u32) -> bool {
     let rc = unsafe { libc::kill(-pgid, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// The process at the other end of a connected Unix socket, as the kernel
+/// recorded it at `connect(2)` (`SO_PEERCRED`): pid, uid, gid in this
+/// process's user namespace.
+pub fn peer_cred(fd: std::os::fd::RawFd) -> io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}
+
+/// The effective gid of this process.
+pub fn getegid() -> u32 {
+    // SAFETY: getegid cannot fail and touches no memory.
+    unsafe { libc::getegid() }
+}
+
+/// A user of the system's user database: what dropping to it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Looks `name` up in the user database (NSS).
+pub fn user_by_name(name: &str) -> Option<User> {
+    let c = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given; getpwnam_r writes
+    // strings into `buf` and points `pwd` fields into it.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: result is non-null, so `pwd` was filled and its strings point into `buf`.
+    let (uid, gid, home) = unsafe {
+        let p = &*result;
+        (
+            p.pw_uid,
+            p.pw_gid,
+            CStr::from_ptr(p.pw_dir).to_string_lossy().into_owned(),
+        )
+    };
+    Some(User {
+        name: name.to_string(),
+        uid,
+        gid,
+        home,
+    })
+}
+
+/// Becomes `user` for good: supplementary groups from the group database
+/// (just the primary group when there are none), then gid, then uid.
+pub fn drop_to(user: &User) -> io::Result<()> {
+    let c = CString::new(user.name.as_str())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+    let mut groups: Vec<libc::gid_t> = vec![0; 256];
+    let mut n = groups.len() as libc::c_int;
+    // SAFETY: `groups` holds `n` gids; getgrouplist writes at most that many
+    // and sets `n` to the number found.
+    let rc = unsafe { libc::getgrouplist(c.as_ptr(), user.gid, groups.as_mut_ptr(), &mut n) };
+    let groups: &[libc::gid_t] = if rc < 0 || n <= 0 {
+        std::slice::from_ref(&user.gid)
+    } else {
+        &groups[..n as usize]
+    };
+    // SAFETY: `groups` is a valid array of `groups.len()` gids.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setgid/setuid take plain integers.
+    if unsafe { libc::setgid(user.gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setuid(user.uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,1 +1,830 @@
-//! server (being written)
+//! The daemon: the Unix socket, the accept loop and the five methods
+//! (spec §1 start-up, §2 processing order).
+//!
+//! Threads: the accept loop (main thread) identifies the peer, authorises
+//! it and takes its limiter permit before anything is read, so a flood or
+//! a silent client is turned away without a thread of its own; a permitted
+//! connection gets a short-lived handler thread (at most [`super::limit::GLOBAL`]
+//! at once); one `penalty` thread holds the connections of peers that sent
+//! something invalid for two seconds before closing them; one `signals`
+//! thread turns SIGTERM/SIGINT into a clean stop; `metrics` serves
+//! `127.0.0.1:9127`.
+//!
+//! What it refuses to do: read a request before the peer is authorised,
+//! run anything through a shell, hand ssh a node name that failed
+//! [`nodes::valid_name`] or the validator, or answer more than one request
+//! per connection.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use super::audit::{Audit, Event};
+use super::config::Config;
+use super::limit::{Limiter, NodeGate, Permit};
+use super::metrics::{self, Metrics};
+use super::nodes::{self, Validator};
+use super::peer::{self, Lists, Rules};
+use super::protocol::{self, Method, ReadError};
+use super::ssh::{self, Ssh};
+use super::{Peer, caps, sensors};
+use crate::root::Root;
+use crate::sys;
+
+/// Everything a method may take, from accept to reply.
+const HANDLER_BUDGET: Duration = Duration::from_secs(30);
+/// One SSH fetch.
+const SSH_BUDGET: Duration = Duration::from_secs(15);
+/// How long an invalid request's connection is held open.
+const PENALTY: Duration = Duration::from_secs(2);
+/// Connections held at once for penalties; past it they close at once.
+const PENALTY_SLOTS: usize = 256;
+/// Replies written from the accept loop must not stall it.
+const QUICK_WRITE: Duration = Duration::from_millis(100);
+/// Handler threads need little: no recursion, small buffers.
+const HANDLER_STACK: usize = 256 * 1024;
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum Error {
+    Signals(io::Error),
+    NoUser(String),
+    Drop(String, io::Error),
+    Prepare(PathBuf, io::Error),
+    Key(ssh::Error),
+    Bind(PathBuf, io::Error),
+    Metrics(String, io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Signals(e) => write!(f, "cannot block signals: {e}"),
+            Error::NoUser(u) => write!(
+                f,
+                "started as root but user {u:?} does not exist (create it, or set PULSE_SENSOR_PROXY_USER=root to stay root)"
+            ),
+            Error::Drop(u, e) => write!(f, "cannot drop privileges to {u}: {e}"),
+            Error::Prepare(p, e) => write!(f, "{}: {e}", p.display()),
+            Error::Key(e) => write!(f, "SSH key: {e}"),
+            Error::Bind(p, e) => write!(f, "cannot listen on {}: {e}", p.display()),
+            Error::Metrics(a, e) => write!(f, "metrics listener {a}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The running daemon's shared state.
+pub struct Daemon {
+    cfg: Config,
+    root: Root,
+    rules: Rules,
+    limiter: Arc<Limiter>,
+    audit: Audit,
+    metrics: Arc<Metrics>,
+    validator: Validator,
+    ssh: Ssh,
+    gate: NodeGate,
+    penalty: PenaltyBox,
+    /// The `from=` clause of the keys the proxy installs.
+    from: Vec<String>,
+}
+
+/// Starts the daemon and serves until SIGTERM or SIGINT.
+pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
+    sys::block_signals().map_err(Error::Signals)?;
+    drop_privileges(&cfg)?;
+    let read = |p: &str| root.read(p).ok();
+    let idmap = cfg
+        .allow_idmapped_root
+        .then_some(cfg.allowed_idmap_users.as_slice());
+    let lists = Lists {
+        allowed_peers: &cfg.allowed_peers,
+        allowed_peer_uids: &cfg.allowed_peer_uids,
+        allowed_peer_gids: &cfg.allowed_peer_gids,
+        idmap_users: idmap,
+    };
+    let rules = Rules::new(
+        &lists,
+        sys::geteuid(),
+        sys::getegid(),
+        read("/etc/subuid").as_deref(),
+        read("/etc/subgid").as_deref(),
+    );
+    if cfg.allow_idmapped_root && !rules.has_ranges() {
+        log::warn!(
+            "allow_idmapped_root is on but /etc/subuid and /etc/subgid give no range for {:?}: container roots will be refused",
+            cfg.allowed_idmap_users
+        );
+    }
+    let audit = Audit::open(&cfg.audit_log);
+    let metrics = Arc::new(Metrics::new());
+    let from = source_subnets(&cfg, &root);
+    let cluster_root = root.clone();
+    let validator = Validator::new(
+        &cfg,
+        Box::new(move || cluster_members(&cluster_root)),
+        Box::new(local_names_fn(root.clone())),
+    );
+    let ssh = Ssh {
+        dir: cfg.ssh_dir.clone(),
+        port: cfg.ssh_port,
+        max_output: cfg.max_ssh_output_bytes,
+        pve_known_hosts: cfg.pve_dir.join("priv/known_hosts"),
+        require_proxmox_hostkeys: cfg.require_proxmox_hostkeys,
+        ssh: program("ssh"),
+        ssh_keygen: program("ssh-keygen"),
+        ssh_keyscan: program("ssh-keyscan"),
+    };
+    ssh.ensure_key().map_err(Error::Key)?;
+    let listener = listen(&cfg.socket)?;
+    if let Some(addr) = &cfg.metrics_address {
+        metrics::serve(addr, Arc::clone(&metrics)).map_err(|e| Error::Metrics(addr.clone(), e))?;
+    }
+    let daemon = Arc::new(Daemon {
+        limiter: Arc::new(Limiter::new(cfg.rate_interval, cfg.rate_burst)),
+        penalty: PenaltyBox::start(),
+        gate: NodeGate::default(),
+        cfg,
+        root,
+        rules,
+        audit,
+        metrics,
+        validator,
+        ssh,
+        from,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop), daemon.cfg.socket.clone());
+    log::info!(
+        "pulse-sensor-proxy {} listening on {} (ssh dir {}, audit {})",
+        super::version(),
+        daemon.cfg.socket.display(),
+        daemon.cfg.ssh_dir.display(),
+        if daemon.audit.is_file() {
+            daemon.cfg.audit_log.display().to_string()
+        } else {
+            "stderr".into()
+        }
+    );
+    if let Some(n) = crate::notify::Notifier::from_env(&|k| std::env::var(k).ok()) {
+        n.ready(&format!("listening on {}", daemon.cfg.socket.display()));
+    }
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(stream) => daemon.accept(stream),
+            Err(e) => {
+                log::warn!("accept on {}: {e}", daemon.cfg.socket.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&daemon.cfg.socket);
+    log::info!("stopped; removed {}", daemon.cfg.socket.display());
+    Ok(())
+}
+
+/// Started as root (outside the unit, which starts it as its user): become
+/// the service user, after making the directories it will need its own.
+fn drop_privileges(cfg: &Config) -> Result<(), Error> {
+    if sys::geteuid() != 0 || cfg.user.is_empty() || cfg.user == "root" {
+        return Ok(());
+    }
+    let user = sys::user_by_name(&cfg.user).ok_or_else(|| Error::NoUser(cfg.user.clone()))?;
+    let socket_dir = cfg.socket.parent().unwrap_or(Path::new("/"));
+    for (dir, mode) in [(socket_dir, 0o755), (cfg.ssh_dir.as_path(), 0o700)] {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+                .and_then(|()| std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)))
+                .map_err(|e| Error::Prepare(dir.to_path_buf(), e))?;
+        }
+    }
+    sys::drop_to(&user).map_err(|e| Error::Drop(cfg.user.clone(), e))?;
+    // ssh and ssh-keygen look for the home directory.
+    // SAFETY of the environment: no other thread exists yet.
+    unsafe {
+        std::env::set_var("HOME", &user.home);
+        std::env::set_var("USER", &user.name);
+        std::env::set_var("LOGNAME", &user.name);
+    }
+    log::info!("dropped privileges to {} (uid {})", user.name, user.uid);
+    Ok(())
+}
+
+fn program(name: &str) -> PathBuf {
+    crate::exec::find_program(name).unwrap_or_else(|| PathBuf::from(format!("/usr/bin/{name}")))
+}
+
+/// Binds the socket: an old socket file is replaced, anything else at that
+/// path is left alone (and the start fails). Mode 0666: access is decided
+/// per connection by `SO_PEERCRED`, not by the file mode.
+fn listen(path: &Path) -> Result<UnixListener, Error> {
+    let err = |e| Error::Bind(path.to_path_buf(), e);
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(l)
+}
+
+/// SIGTERM/SIGINT: set `stop`, then wake the accept loop with a connection
+/// of our own.
+fn watch_signals(stop: Arc<AtomicBool>, socket: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                let sig = sys::wait_signal();
+                if sig == sys::SIGHUP {
+                    continue;
+                }
+                log::info!("received signal {sig}; stopping");
+                stop.store(true, Ordering::SeqCst);
+                let _ = UnixStream::connect(&socket);
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the signal thread ({e}); stop with SIGKILL");
+    }
+}
+
+/// Cluster members for the validator: `pvecm status`, else `pvesh`.
+fn cluster_members(root: &Root) -> Result<Vec<IpAddr>, String> {
+    nodes::discover_cluster(root, &program("pvecm"), &program("pvesh"))
+}
+
+/// The names and addresses that mean "this host".
+fn local_names_fn(root: Root) -> impl Fn() -> Vec<String> + Send + Sync {
+    move || local_names(&root)
+}
+
+fn local_names(root: &Root) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Some(h) = root.read_trimmed("/proc/sys/kernel/hostname") {
+        names.push(h.to_ascii_lowercase());
+    }
+    names.extend(host_ips(root).iter().map(IpAddr::to_string));
+    names
+}
+
+/// This host's addresses: up interfaces, no loopback or link-local.
+fn host_ips(root: &Root) -> Vec<IpAddr> {
+    root.interface_addrs()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.cidr.split('/').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+            }
+        })
+        .collect()
+}
+
+/// `allowed_source_subnets`, else this host's addresses as /32 and /128.
+fn source_subnets(cfg: &Config, root: &Root) -> Vec<String> {
+    if !cfg.allowed_source_subnets.is_empty() {
+        return cfg
+            .allowed_source_subnets
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    }
+    host_ips(root)
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(_) => format!("{ip}/32"),
+            IpAddr::V6(_) => format!("{ip}/128"),
+        })
+        .collect()
+}
+
+/// Writes a reply without letting a slow reader hold the caller.
+fn quick_reply(stream: &mut UnixStream, line: &[u8]) {
+    let _ = stream.set_write_timeout(Some(QUICK_WRITE));
+    let _ = stream.write_all(line);
+}
+
+fn peer_event(event_type: &'static str, decision: &'static str, peer: Option<Peer>) -> Event {
+    Event {
+        event_type,
+        decision,
+        peer,
+        ..Event::default()
+    }
+}
+
+impl Daemon {
+    /// Spec §2 steps 1-5, on the accept thread: no read happens here.
+    fn accept(self: &Arc<Self>, mut stream: UnixStream) {
+        let peer = match sys::peer_cred(stream.as_raw_fd()) {
+            Ok((pid, uid, gid)) => Peer { pid, uid, gid },
+            Err(e) => {
+                log::warn!("peer credentials unavailable: {e}");
+                let mut ev = peer_event("connection.denied", "denied", None);
+                ev.reason = "peer_credentials_unavailable".into();
+                self.audit.log(ev);
+                quick_reply(
+                    &mut stream,
+                    &protocol::response("", Err("unauthorized".into())),
+                );
+                return;
+            }
+        };
+        let caps = match self.rules.authorize(&peer) {
+            Ok(c) => c,
+            Err(reason) => {
+                log::warn!(
+                    "refused a connection from uid {} gid {} pid {}",
+                    peer.uid,
+                    peer.gid,
+                    peer.pid
+                );
+                let mut ev = peer_event("connection.denied", "denied", Some(peer));
+                ev.reason = reason;
+                self.audit.log(ev);
+                quick_reply(
+                    &mut stream,
+                    &protocol::response("", Err("unauthorized".into())),
+                );
+                return;
+            }
+        };
+        self.audit
+            .log(peer_event("connection.accepted", "allowed", Some(peer)));
+        let key = self.rules.limiter_key(&peer);
+        let permit = match self.limiter.admit(&key) {
+            Ok(p) => p,
+            Err(reason) => {
+                let mut ev = peer_event("limiter.rejection", "denied", Some(peer));
+                ev.limiter = reason.into();
+                self.audit.log(ev);
+                self.metrics.limiter_rejection(reason, &key);
+                quick_reply(
+                    &mut stream,
+                    &protocol::response("", Err("rate limit exceeded".into())),
+                );
+                return;
+            }
+        };
+        self.metrics
+            .global_inflight(u64::from(self.limiter.inflight()));
+        self.metrics.active_peers(self.limiter.peers() as u64);
+        self.metrics.queue_depth(1);
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("request".into())
+            .stack_size(HANDLER_STACK)
+            .spawn(move || {
+                me.handle(stream, peer, caps, &key, permit);
+                me.metrics.queue_depth(-1);
+                me.metrics.global_inflight(u64::from(me.limiter.inflight()));
+            });
+        if let Err(e) = spawned {
+            // The stream and permit went with the closure and are dropped.
+            log::warn!("cannot start a request thread: {e}");
+            self.metrics.queue_depth(-1);
+        }
+    }
+
+    /// Spec §2 steps 6-11.
+    fn handle(&self, mut stream: UnixStream, peer: Peer, caps: u8, key: &str, permit: Permit) {
+        let started = Instant::now();
+        let line = protocol::read_request(&mut stream, self.cfg.read_timeout, |s, t| {
+            s.set_read_timeout(Some(t))
+        });
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                if matches!(e, ReadError::Timeout) {
+                    self.metrics.read_timeout();
+                }
+                return self.refuse(stream, permit, peer, key, "", "", e.reply(), e.reason());
+            }
+        };
+        let Ok(req) = protocol::parse(&line) else {
+            let reply = "invalid request format";
+            return self.refuse(stream, permit, peer, key, "", "", reply, "invalid_json");
+        };
+        let corr = req.correlation_id.as_str();
+        let method = match req.method {
+            Ok(m) => m,
+            Err(name) => {
+                let name: String = name.chars().take(64).collect();
+                return self.refuse(
+                    stream,
+                    permit,
+                    peer,
+                    key,
+                    corr,
+                    &name,
+                    "unknown method",
+                    "unknown_method",
+                );
+            }
+        };
+        if method.privileged() && caps & caps::ADMIN == 0 {
+            self.metrics
+                .rpc(method.name(), "unauthorized", started.elapsed());
+            let reply = "method requires admin capability";
+            return self.refuse(
+                stream,
+                permit,
+                peer,
+                key,
+                corr,
+                method.name(),
+                reply,
+                "capability_denied",
+            );
+        }
+        let mut ev = peer_event("command.start", "allowed", Some(peer));
+        ev.correlation_id = corr.into();
+        ev.command = method.name().into();
+        self.audit.log(ev);
+        log::debug!(
+            "request corr_id={corr} uid={} pid={} method={}",
+            peer.uid,
+            peer.pid,
+            method.name()
+        );
+        let result = self.call(method, &req.params, started + HANDLER_BUDGET);
+        let ok = result.is_ok();
+        let mut ev = peer_event(
+            "command.finish",
+            if ok { "completed" } else { "failed" },
+            Some(peer),
+        );
+        ev.correlation_id = corr.into();
+        ev.command = method.name().into();
+        ev.exit_code = Some(i64::from(!ok));
+        ev.duration_ms = Some(started.elapsed().as_millis() as i64);
+        if let Err(e) = &result {
+            ev.error = e.clone();
+        }
+        self.audit.log(ev);
+        self.reply(&mut stream, &protocol::response(corr, result));
+        let result = if ok { "success" } else { "error" };
+        self.metrics.rpc(method.name(), result, started.elapsed());
+        drop(permit);
+    }
+
+    fn reply(&self, stream: &mut UnixStream, line: &[u8]) {
+        let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
+        if let Err(e) = stream.write_all(line) {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                self.metrics.write_timeout();
+            }
+        }
+    }
+
+    /// A bad request: audited, answered, its slots given back, then its
+    /// connection held for the penalty.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        mut stream: UnixStream,
+        permit: Permit,
+        peer: Peer,
+        key: &str,
+        corr: &str,
+        command: &str,
+        reply: &str,
+        reason: &'static str,
+    ) {
+        let mut ev = peer_event("command.validation_failed", "denied", Some(peer));
+        ev.correlation_id = corr.into();
+        ev.command = command.into();
+        ev.reason = reason.into();
+        self.audit.log(ev);
+        self.reply(&mut stream, &protocol::response(corr, Err(reply.into())));
+        drop(permit);
+        self.metrics.penalty(reason, key);
+        self.penalty.hold(stream);
+    }
+
+    fn call(
+        &self,
+        method: Method,
+        params: &Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<Value, String> {
+        match method {
+            Method::GetStatus => self.get_status(),
+            Method::GetTemperature => self.get_temperature(params, deadline),
+            Method::RegisterNodes => self.register_nodes(deadline),
+            Method::EnsureClusterKeys => self.ensure_cluster_keys(params, deadline),
+            Method::RequestCleanup => self.request_cleanup(params),
+        }
+    }
+
+    fn get_status(&self) -> Result<Value, String> {
+        let key = self
+            .ssh
+            .public_key()
+            .map_err(|e| format!("failed to read public key: {e}"))?;
+        Ok(json!({
+            "version": super::version(),
+            "public_key": key,
+            "ssh_dir": self.cfg.ssh_dir.display().to_string(),
+            // Every authorised peer sees what any peer can be given; its
+            // own capabilities are not part of the stock reply.
+            "capabilities": peer::cap_names(caps::ALL),
+        }))
+    }
+
+    fn get_temperature(
+        &self,
+        params: &Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<Value, String> {
+        let node = match params.get("node") {
+            None | Some(Value::Null) => return Err("missing 'node' parameter".into()),
+            Some(Value::String(s)) => s.trim(),
+            Some(_) => return Err("'node' parameter must be a string".into()),
+        };
+        if !nodes::valid_name(node) {
+            return Err("invalid node name".into());
+        }
+        if let Err(r) = self.validator.check(node) {
+            self.metrics.node_validation_failure(r.reason);
+            log::warn!(
+                "potential SSRF attempt blocked: node {node:?} ({})",
+                r.message
+            );
+            return Err(format!(
+                "node \"{node}\" rejected by validator ({})",
+                r.reason
+            ));
+        }
+        let Some(_turn) = self.gate.enter(node, deadline) else {
+            return Err("request cancelled while waiting for node".into());
+        };
+        let started = Instant::now();
+        let fetched = self
+            .ssh
+            .fetch_temperatures(node, deadline.min(started + SSH_BUDGET));
+        self.metrics.ssh(node, fetched.is_ok(), started.elapsed());
+        let out = match fetched {
+            Ok(out) => out,
+            Err(e) => {
+                match &e {
+                    ssh::Error::HostKeyChanged { .. } => self.metrics.hostkey_change(node),
+                    ssh::Error::OutputTooLarge { .. } => self.metrics.ssh_output_oversized(node),
+                    _ => {}
+                }
+                let local = local_names(&self.root);
+                let is_local = local.iter().any(|n| n.eq_ignore_ascii_case(node));
+                match (is_local, &e) {
+                    (
+                        true,
+                        ssh::Error::OutputTooLarge { .. } | ssh::Error::HostKeyChanged { .. },
+                    )
+                    | (false, _) => {
+                        return Err(format!("failed to get temperatures: {e}"));
+                    }
+                    (true, _) => sensors::render(&self.root)
+                        .map_err(|l| format!("failed to get temperatures: {e}; locally: {l}"))?,
+                }
+            }
+        };
+        Ok(json!({"node": node, "temperature": out}))
+    }
+
+    /// The cluster's nodes, for the admin methods.
+    fn members(&self, what: &str) -> Result<Vec<IpAddr>, String> {
+        if !self.cfg.pve_dir.is_dir() && crate::exec::find_program("pvecm").is_none() {
+            return Err(format!("not running on Proxmox host{what}"));
+        }
+        cluster_members(&self.root)
+    }
+
+    fn register_nodes(&self, deadline: Instant) -> Result<Value, String> {
+        let members = self.members("").map_err(|e| {
+            if e.starts_with("not running") {
+                e
+            } else {
+                format!("failed to discover nodes: {e}")
+            }
+        })?;
+        let nodes: Vec<Value> = members
+            .iter()
+            .map(|ip| {
+                let name = ip.to_string();
+                let per = deadline.min(Instant::now() + SSH_BUDGET);
+                match self.ssh.check_reachable(&name, per) {
+                    Ok(()) => json!({"name": name, "ssh_ready": true}),
+                    Err(e) => json!({"name": name, "ssh_ready": false, "error": e.to_string()}),
+                }
+            })
+            .collect();
+        Ok(json!({"nodes": nodes}))
+    }
+
+    fn ensure_cluster_keys(
+        &self,
+        params: &Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<Value, String> {
+        let key_dir = match params.get("key_dir") {
+            None | Some(Value::Null) => self.cfg.ssh_dir.clone(),
+            Some(Value::String(d)) if d.is_empty() => self.cfg.ssh_dir.clone(),
+            Some(Value::String(d)) => {
+                let p = PathBuf::from(d);
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err("'key_dir' must be an absolute path without '..'".into());
+                }
+                p
+            }
+            Some(_) => return Err("'key_dir' parameter must be a string".into()),
+        };
+        let members = self.members(" - cannot discover cluster").map_err(|e| {
+            if e.starts_with("not running") {
+                e
+            } else {
+                format!("failed to discover cluster: {e}")
+            }
+        })?;
+        let mut results = Map::new();
+        let mut ok = 0;
+        for ip in &members {
+            let name = ip.to_string();
+            let per = deadline.min(Instant::now() + SSH_BUDGET);
+            let r = if self.from.is_empty() {
+                Err("no allowed source subnets configured or detected".to_string())
+            } else {
+                self.ssh
+                    .push_key(&name, &key_dir, &self.from, per)
+                    .map_err(|e| e.to_string())
+            };
+            results.insert(
+                name,
+                match r {
+                    Ok(()) => {
+                        ok += 1;
+                        json!({"success": true})
+                    }
+                    Err(e) => json!({"success": false, "error": e}),
+                },
+            );
+        }
+        let names: Vec<String> = members.iter().map(IpAddr::to_string).collect();
+        Ok(
+            json!({"nodes": names, "results": results, "success_count": ok, "total_count": members.len()}),
+        )
+    }
+
+    /// Leaves `cleanup-request.json` in the work directory for the root
+    /// cleanup unit (a `.path` unit watches it).
+    fn request_cleanup(&self, params: &Map<String, Value>) -> Result<Value, String> {
+        let text = |k: &str| match params.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(_) => Err(format!("'{k}' parameter must be a string")),
+        };
+        let (host, reason) = (text("host")?, text("reason")?);
+        if !host.is_empty() && !nodes::valid_name(&host) {
+            return Err("invalid node name".into());
+        }
+        let dir = &self.cfg.work_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("ensure cleanup directory: {e}"))?;
+        let mut body = serde_json::to_vec(&json!({
+            "requestedAt": crate::report::rfc3339(SystemTime::now()),
+            "host": host,
+            "reason": reason,
+        }))
+        .expect("invariant: a Value encodes");
+        body.push(b'\n');
+        let tmp = dir.join(format!(".cleanup-request.{}.tmp", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()
+        };
+        write().map_err(|e| format!("write cleanup payload: {e}"))?;
+        std::fs::rename(&tmp, dir.join("cleanup-request.json")).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("activate cleanup payload: {e}")
+        })?;
+        log::info!("cleanup requested (host {host:?})");
+        Ok(json!({"queued": true}))
+    }
+}
+
+/// Penalised connections and when each may close, oldest first.
+type Held = Arc<(Mutex<VecDeque<(Instant, UnixStream)>>, Condvar)>;
+
+/// Connections held open until their penalty ends, by one thread.
+struct PenaltyBox {
+    held: Held,
+}
+
+impl PenaltyBox {
+    fn start() -> PenaltyBox {
+        let held: Held = Arc::default();
+        let h = Arc::clone(&held);
+        let spawned = std::thread::Builder::new()
+            .name("penalty".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let (queue, cv) = &*h;
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    let now = Instant::now();
+                    while q.front().is_some_and(|(until, _)| *until <= now) {
+                        q.pop_front();
+                    }
+                    q = match q.front().map(|(until, _)| *until - now) {
+                        Some(wait) => {
+                            cv.wait_timeout(q, wait)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => cv.wait(q).unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!(
+                "cannot start the penalty thread ({e}); penalised connections close at once"
+            );
+        }
+        PenaltyBox { held }
+    }
+
+    fn hold(&self, stream: UnixStream) {
+        let (queue, cv) = &*self.held;
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < PENALTY_SLOTS {
+            q.push_back((Instant::now() + PENALTY, stream));
+            cv.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_replaces_a_socket_but_not_a_file() {
+        let dir = std::env::temp_dir().join(format!("psp-listen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sock = dir.join("run/p.sock");
+        let l = listen(&sock).unwrap();
+        drop(l);
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        listen(&sock).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, "keep").unwrap();
+        assert!(listen(&file).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
