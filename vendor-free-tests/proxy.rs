@@ -1,1 +1,363 @@
-//! proxy tests (being written)
+//! End-to-end tests of the `pulse-sensor-proxy` daemon: the built binary,
+//! started on a socket in a temp directory, with clients that are real
+//! other processes: other UIDs and GIDs (`setpriv`) and the root of a user
+//! namespace mapped like an unprivileged Proxmox container (`unshare`).
+//! Needs root (CI runs as root); each test says so and stops otherwise.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pulse-sensor-proxy");
+
+/// A temp directory removed on drop.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(name: &str) -> Temp {
+        let p = std::env::temp_dir().join(format!("psp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        // Other UIDs must reach the socket inside.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Temp(p)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY-free: the uid of this process from /proc is not host data.
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// A daemon under test.
+struct Proxy {
+    child: Child,
+    dir: Temp,
+    socket: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of fake programs that must never run: each records its argv.
+fn tripwires(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for p in ["ssh", "ssh-keyscan"] {
+        let f = bin.join(p);
+        std::fs::write(
+            &f,
+            format!("#!/bin/sh\necho \"$0 $*\" >> {}/tripped\nexit 255\n", dir.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+impl Proxy {
+    /// Starts the daemon with `config` as its config.yaml (and a root tree
+    /// holding `/etc/subuid` and `/etc/subgid` for the container test).
+    fn start(name: &str, config: &str) -> Proxy {
+        let dir = Temp::new(name);
+        let d = &dir.0;
+        std::fs::write(d.join("config.yaml"), config).unwrap();
+        let root = d.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        std::fs::write(root.join("proc/sys/kernel/hostname"), "proxyhost\n").unwrap();
+        for f in ["subuid", "subgid"] {
+            std::fs::write(root.join("etc").join(f), "root:100000:65536\n").unwrap();
+        }
+        let bin = tripwires(d);
+        let socket = d.join("run/pulse-sensor-proxy.sock");
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(d.join("config.yaml"))
+            .arg("--root")
+            .arg(&root)
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", path)
+            .env("PULSE_SENSOR_PROXY_SOCKET", &socket)
+            .env("PULSE_SENSOR_PROXY_SSH_DIR", d.join("ssh"))
+            .env("PULSE_SENSOR_PROXY_AUDIT_LOG", d.join("audit.log"))
+            .env("PULSE_SENSOR_PROXY_USER", "root")
+            .env("PULSE_SENSOR_PROXY_PVE_DIR", d.join("pve"))
+            .env("PULSE_SENSOR_PROXY_METRICS_ADDR", "disabled")
+            .env("PULSE_SENSOR_PROXY_WORK_DIR", d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(d.join("stderr")).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut p = Proxy { child, dir, socket };
+        let until = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&p.socket).is_err() {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("proxy exited {st}: {}", p.stderr());
+            }
+            assert!(Instant::now() < until, "proxy did not listen: {}", p.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr")).unwrap_or_default()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.0.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Sends raw bytes, returns the reply and how long the connection
+    /// stayed open after it.
+    fn raw(&self, bytes: &[u8]) -> (Value, Duration) {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(bytes).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read(&mut byte).unwrap() == 1 {
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                break;
+            }
+        }
+        let replied = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "one reply per connection");
+        (serde_json::from_slice(&line).unwrap(), replied.elapsed())
+    }
+
+    /// `pulse-sensor-proxy call` run through `wrap` (setpriv, unshare).
+    fn call_as(&self, wrap: &[&str], method: &str, params: &[&str]) -> Output {
+        let mut argv: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
+        argv.extend([BIN.into(), "call".into(), method.into(), "--socket".into()]);
+        argv.push(self.socket.display().to_string());
+        for p in params {
+            argv.extend(["--param".into(), p.to_string()]);
+        }
+        Command::new(&argv[0]).args(&argv[1..]).output().unwrap()
+    }
+}
+
+fn reply(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+const AS_4242: &[&str] = &["setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups"];
+const AS_4243: &[&str] = &["setpriv", "--reuid", "4243", "--regid", "4243", "--clear-groups"];
+/// Root of a user namespace whose 0 is the host's 100000: what an
+/// unprivileged Proxmox container's root looks like from the host.
+const AS_CONTAINER_ROOT: &[&str] = &[
+    "setpriv", "--reuid", "100000", "--regid", "100000", "--clear-groups", "unshare", "--user",
+    "--map-root-user",
+];
+
+const CONFIG: &str = "\
+allowed_peers:
+  - uid: 4243
+    capabilities: [read]
+allowed_nodes:
+  - 10.9.9.9
+";
+
+#[test]
+fn peers_are_told_apart_by_the_kernel() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run clients under other UIDs");
+        return;
+    }
+    let p = Proxy::start("peers", CONFIG);
+    // Root: everything.
+    let o = p.call_as(&[], "get_status", &[]);
+    let r = reply(&o);
+    assert_eq!(r["success"], true, "{r}");
+    assert!(r["data"]["public_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    // An unknown UID: refused, and audited with its UID.
+    let r = reply(&p.call_as(AS_4242, "get_status", &[]));
+    assert_eq!(r["error"], "unauthorized", "{r}");
+    // A read-only peer: status yes, admin methods no.
+    let r = reply(&p.call_as(AS_4243, "get_status", &[]));
+    assert_eq!(r["success"], true, "{r}");
+    let r = reply(&p.call_as(AS_4243, "register_nodes", &[]));
+    assert_eq!(r["error"], "method requires admin capability", "{r}");
+    // A container's root (host uid 100000 via /etc/subuid): read only.
+    let r = reply(&p.call_as(AS_CONTAINER_ROOT, "get_status", &[]));
+    assert_eq!(r["success"], true, "{r}");
+    let r = reply(&p.call_as(AS_CONTAINER_ROOT, "request_cleanup", &[]));
+    assert_eq!(r["error"], "method requires admin capability", "{r}");
+    let audit = p.audit();
+    let denied: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["event_type"] == "connection.denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["peer_uid"], 4242);
+    assert_eq!(denied[0]["reason"], "unauthorized: uid=4242 gid=4242");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event_type"] == "connection.accepted" && e["peer_uid"] == 100000),
+        "the container root's connection is audited with its host UID"
+    );
+}
+
+/// Every bad request of spec §2 gets its error, its audit reason and the
+/// two-second penalty; none of them reaches ssh.
+#[test]
+fn bad_requests_are_refused_audited_and_penalised() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Proxy::start("bad", CONFIG);
+    let big = format!("{{\"method\":\"get_status\",\"params\":{{\"x\":\"{}\"}}}}\n", "a".repeat(17 * 1024));
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (big.into_bytes(), "payload too large", "payload_too_large"),
+        (b"\n".to_vec(), "empty request", "empty_request"),
+        (b"".to_vec(), "empty request", "empty_request"),
+        (b"{\"method\":\n".to_vec(), "invalid request format", "invalid_json"),
+        (b"{\"method\":\"get_temp\"}\n".to_vec(), "unknown method", "unknown_method"),
+    ];
+    for (bytes, error, reason) in &cases {
+        let (r, held) = p.raw(bytes);
+        assert_eq!(r["error"], *error, "{r}");
+        assert_eq!(r["success"], false);
+        assert!(held >= Duration::from_millis(1800), "{reason}: penalty {held:?}");
+        let a = p.audit();
+        let last = a
+            .iter()
+            .rev()
+            .find(|e| e["event_type"] == "command.validation_failed")
+            .unwrap();
+        assert_eq!(last["reason"], *reason);
+    }
+    // Admin method without the capability.
+    let o = p.call_as(AS_4243, "ensure_cluster_keys", &[]);
+    assert_eq!(reply(&o)["error"], "method requires admin capability");
+    assert!(
+        p.audit()
+            .iter()
+            .any(|e| e["reason"] == "capability_denied" && e["peer_uid"] == 4243)
+    );
+    // Hostile node names never reach ssh (nor the validator).
+    for node in ["-oProxyCommand=touch /tmp/pwned", "a b", "a;b", "$(id)", "x\ny", "", "-p22"] {
+        let line = serde_json::json!({"method": "get_temperature", "params": {"node": node}});
+        let (r, _) = p.raw(format!("{line}\n").as_bytes());
+        let e = r["error"].as_str().unwrap();
+        assert!(
+            e == "invalid node name" || e == "missing 'node' parameter",
+            "{node:?}: {r}"
+        );
+    }
+    let (r, _) = p.raw(b"{\"method\":\"get_temperature\",\"params\":{\"node\":7}}\n");
+    assert_eq!(r["error"], "'node' parameter must be a string");
+    // A well-formed name outside the allow-list: the validator's error.
+    let (r, _) = p.raw(b"{\"method\":\"get_temperature\",\"params\":{\"node\":\"10.1.1.1\"}}\n");
+    assert!(
+        r["error"].as_str().unwrap().starts_with("node \"10.1.1.1\" rejected by validator ("),
+        "{r}"
+    );
+    assert!(
+        !p.dir.0.join("tripped").exists(),
+        "ssh ran: {}",
+        std::fs::read_to_string(p.dir.0.join("tripped")).unwrap_or_default()
+    );
+}
+
+/// VmRSS (KiB) and thread count of a process: our own child, not host data.
+fn rss_threads(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+/// 200 connections from one peer, plus slow-loris connections that send
+/// nothing: another peer is still answered within a second, and the
+/// daemon's threads and memory stay bounded.
+#[test]
+fn a_flood_from_one_peer_does_not_starve_another() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Proxy::start("flood", CONFIG);
+    let pid = p.child.id();
+    let (rss0, threads0) = rss_threads(pid);
+    // Slow-loris: connected, silent.
+    let silent: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&p.socket).unwrap()).collect();
+    // The flood: 200 requests at once from root.
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let mut s = UnixStream::connect(&p.socket).unwrap();
+        let _ = s.write_all(b"{\"method\":\"get_status\"}\n");
+        flood.push(s);
+    }
+    let (mut max_rss, mut max_threads) = (rss0, threads0);
+    let started = Instant::now();
+    let o = p.call_as(AS_4243, "get_status", &[]);
+    let took = started.elapsed();
+    assert_eq!(reply(&o)["success"], true);
+    assert!(took < Duration::from_secs(1), "the other peer waited {took:?}");
+    for _ in 0..10 {
+        let (r, t) = rss_threads(pid);
+        max_rss = max_rss.max(r);
+        max_threads = max_threads.max(t);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answers = std::collections::BTreeMap::<String, u32>::new();
+    for mut s in flood {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+        let k = v["error"].as_str().unwrap_or(if v["success"] == true { "ok" } else { "?" });
+        *answers.entry(k.to_string()).or_default() += 1;
+    }
+    drop(silent);
+    eprintln!(
+        "flood: answers {answers:?}; other peer {took:?}; RSS {rss0} -> max {max_rss} KiB; threads {threads0} -> max {max_threads}"
+    );
+    assert!(answers.get("rate limit exceeded").copied().unwrap_or(0) >= 150, "{answers:?}");
+    assert_eq!(answers.get("?"), None, "every flood connection got a reply: {answers:?}");
+    assert!(max_threads <= threads0 + 8, "threads {threads0} -> {max_threads}");
+    assert!(max_rss < rss0 + 8 * 1024, "RSS {rss0} -> {max_rss} KiB");
+    // The silent ones were cut at the read timeout and audited.
+    let a = p.audit();
+    assert!(a.iter().any(|e| e["event_type"] == "limiter.rejection" && e["limiter"] == "rate"));
+}

@@ -234,8 +234,18 @@ fn call(o: &Opts, method: &str) -> Result<ExitCode, Usage> {
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(&line)?;
         s.shutdown(std::net::Shutdown::Write)?;
+        // One line; the daemon may hold the connection open a while
+        // after it (the penalty), so the newline ends the wait, not EOF.
         let mut reply = Vec::new();
-        s.take(2 << 20).read_to_end(&mut reply)?;
+        let mut buf = [0u8; 4096];
+        while !reply.ends_with(b"\n") && reply.len() < 2 << 20 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e) if reply.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
         Ok(reply)
     };
     Ok(match exchange() {

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -335,10 +335,22 @@ fn source_subnets(cfg: &Config, root: &Root) -> Vec<String> {
         .collect()
 }
 
-/// Writes a reply without letting a slow reader hold the caller.
+/// Writes a reply without letting a slow reader hold the caller. What the
+/// peer already sent is read and dropped (without waiting for more):
+/// closing a Unix socket with unread data makes the peer's next read fail
+/// with ECONNRESET, which would hide the reply from a client that reads
+/// to EOF.
 fn quick_reply(stream: &mut UnixStream, line: &[u8]) {
     let _ = stream.set_write_timeout(Some(QUICK_WRITE));
     let _ = stream.write_all(line);
+    if stream.set_nonblocking(true).is_ok() {
+        let mut sink = [0u8; 4096];
+        for _ in 0..4 {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
 }
 
 fn peer_event(event_type: &'static str, decision: &'static str, peer: Option<Peer>) -> Event {
