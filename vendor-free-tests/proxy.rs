@@ -67,7 +67,10 @@ fn tripwires(dir: &Path) -> PathBuf {
         let f = bin.join(p);
         std::fs::write(
             &f,
-            format!("#!/bin/sh\necho \"$0 $*\" >> {}/tripped\nexit 255\n", dir.display()),
+            format!(
+                "#!/bin/sh\necho \"$0 $*\" >> {}/tripped\nexit 255\n",
+                dir.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -91,7 +94,11 @@ impl Proxy {
         }
         let bin = tripwires(d);
         let socket = d.join("run/pulse-sensor-proxy.sock");
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Command::new(BIN)
             .arg("--config")
             .arg(d.join("config.yaml"))
@@ -108,7 +115,9 @@ impl Proxy {
             .env("PULSE_SENSOR_PROXY_METRICS_ADDR", "disabled")
             .env("PULSE_SENSOR_PROXY_WORK_DIR", d)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(d.join("stderr")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("stderr")).unwrap(),
+            ))
             .spawn()
             .unwrap();
         let mut p = Proxy { child, dir, socket };
@@ -117,7 +126,11 @@ impl Proxy {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("proxy exited {st}: {}", p.stderr());
             }
-            assert!(Instant::now() < until, "proxy did not listen: {}", p.stderr());
+            assert!(
+                Instant::now() < until,
+                "proxy did not listen: {}",
+                p.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         p
@@ -174,12 +187,33 @@ fn reply(o: &Output) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)))
 }
 
-const AS_4242: &[&str] = &["setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups"];
-const AS_4243: &[&str] = &["setpriv", "--reuid", "4243", "--regid", "4243", "--clear-groups"];
+const AS_4242: &[&str] = &[
+    "setpriv",
+    "--reuid",
+    "4242",
+    "--regid",
+    "4242",
+    "--clear-groups",
+];
+const AS_4243: &[&str] = &[
+    "setpriv",
+    "--reuid",
+    "4243",
+    "--regid",
+    "4243",
+    "--clear-groups",
+];
 /// Root of a user namespace whose 0 is the host's 100000: what an
 /// unprivileged Proxmox container's root looks like from the host.
 const AS_CONTAINER_ROOT: &[&str] = &[
-    "setpriv", "--reuid", "100000", "--regid", "100000", "--clear-groups", "unshare", "--user",
+    "setpriv",
+    "--reuid",
+    "100000",
+    "--regid",
+    "100000",
+    "--clear-groups",
+    "unshare",
+    "--user",
     "--map-root-user",
 ];
 
@@ -202,7 +236,12 @@ fn peers_are_told_apart_by_the_kernel() {
     let o = p.call_as(&[], "get_status", &[]);
     let r = reply(&o);
     assert_eq!(r["success"], true, "{r}");
-    assert!(r["data"]["public_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    assert!(
+        r["data"]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 ")
+    );
     // An unknown UID: refused, and audited with its UID.
     let r = reply(&p.call_as(AS_4242, "get_status", &[]));
     assert_eq!(r["error"], "unauthorized", "{r}");
@@ -241,19 +280,33 @@ fn bad_requests_are_refused_audited_and_penalised() {
         return;
     }
     let p = Proxy::start("bad", CONFIG);
-    let big = format!("{{\"method\":\"get_status\",\"params\":{{\"x\":\"{}\"}}}}\n", "a".repeat(17 * 1024));
+    let big = format!(
+        "{{\"method\":\"get_status\",\"params\":{{\"x\":\"{}\"}}}}\n",
+        "a".repeat(17 * 1024)
+    );
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         (big.into_bytes(), "payload too large", "payload_too_large"),
         (b"\n".to_vec(), "empty request", "empty_request"),
         (b"".to_vec(), "empty request", "empty_request"),
-        (b"{\"method\":\n".to_vec(), "invalid request format", "invalid_json"),
-        (b"{\"method\":\"get_temp\"}\n".to_vec(), "unknown method", "unknown_method"),
+        (
+            b"{\"method\":\n".to_vec(),
+            "invalid request format",
+            "invalid_json",
+        ),
+        (
+            b"{\"method\":\"get_temp\"}\n".to_vec(),
+            "unknown method",
+            "unknown_method",
+        ),
     ];
     for (bytes, error, reason) in &cases {
         let (r, held) = p.raw(bytes);
         assert_eq!(r["error"], *error, "{r}");
         assert_eq!(r["success"], false);
-        assert!(held >= Duration::from_millis(1800), "{reason}: penalty {held:?}");
+        assert!(
+            held >= Duration::from_millis(1800),
+            "{reason}: penalty {held:?}"
+        );
         let a = p.audit();
         let last = a
             .iter()
@@ -271,7 +324,15 @@ fn bad_requests_are_refused_audited_and_penalised() {
             .any(|e| e["reason"] == "capability_denied" && e["peer_uid"] == 4243)
     );
     // Hostile node names never reach ssh (nor the validator).
-    for node in ["-oProxyCommand=touch /tmp/pwned", "a b", "a;b", "$(id)", "x\ny", "", "-p22"] {
+    for node in [
+        "-oProxyCommand=touch /tmp/pwned",
+        "a b",
+        "a;b",
+        "$(id)",
+        "x\ny",
+        "",
+        "-p22",
+    ] {
         let line = serde_json::json!({"method": "get_temperature", "params": {"node": node}});
         let (r, _) = p.raw(format!("{line}\n").as_bytes());
         let e = r["error"].as_str().unwrap();
@@ -285,7 +346,10 @@ fn bad_requests_are_refused_audited_and_penalised() {
     // A well-formed name outside the allow-list: the validator's error.
     let (r, _) = p.raw(b"{\"method\":\"get_temperature\",\"params\":{\"node\":\"10.1.1.1\"}}\n");
     assert!(
-        r["error"].as_str().unwrap().starts_with("node \"10.1.1.1\" rejected by validator ("),
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("node \"10.1.1.1\" rejected by validator ("),
         "{r}"
     );
     assert!(
@@ -320,7 +384,9 @@ fn a_flood_from_one_peer_does_not_starve_another() {
     let pid = p.child.id();
     let (rss0, threads0) = rss_threads(pid);
     // Slow-loris: connected, silent.
-    let silent: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&p.socket).unwrap()).collect();
+    let silent: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&p.socket).unwrap())
+        .collect();
     // The flood: 200 requests at once from root.
     let mut flood = Vec::new();
     for _ in 0..200 {
@@ -333,7 +399,10 @@ fn a_flood_from_one_peer_does_not_starve_another() {
     let o = p.call_as(AS_4243, "get_status", &[]);
     let took = started.elapsed();
     assert_eq!(reply(&o)["success"], true);
-    assert!(took < Duration::from_secs(1), "the other peer waited {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the other peer waited {took:?}"
+    );
     for _ in 0..10 {
         let (r, t) = rss_threads(pid);
         max_rss = max_rss.max(r);
@@ -346,18 +415,33 @@ fn a_flood_from_one_peer_does_not_starve_another() {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let v: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
-        let k = v["error"].as_str().unwrap_or(if v["success"] == true { "ok" } else { "?" });
+        let k = v["error"]
+            .as_str()
+            .unwrap_or(if v["success"] == true { "ok" } else { "?" });
         *answers.entry(k.to_string()).or_default() += 1;
     }
     drop(silent);
     eprintln!(
         "flood: answers {answers:?}; other peer {took:?}; RSS {rss0} -> max {max_rss} KiB; threads {threads0} -> max {max_threads}"
     );
-    assert!(answers.get("rate limit exceeded").copied().unwrap_or(0) >= 150, "{answers:?}");
-    assert_eq!(answers.get("?"), None, "every flood connection got a reply: {answers:?}");
-    assert!(max_threads <= threads0 + 8, "threads {threads0} -> {max_threads}");
+    assert!(
+        answers.get("rate limit exceeded").copied().unwrap_or(0) >= 150,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.get("?"),
+        None,
+        "every flood connection got a reply: {answers:?}"
+    );
+    assert!(
+        max_threads <= threads0 + 8,
+        "threads {threads0} -> {max_threads}"
+    );
     assert!(max_rss < rss0 + 8 * 1024, "RSS {rss0} -> {max_rss} KiB");
     // The silent ones were cut at the read timeout and audited.
     let a = p.audit();
-    assert!(a.iter().any(|e| e["event_type"] == "limiter.rejection" && e["limiter"] == "rate"));
+    assert!(
+        a.iter()
+            .any(|e| e["event_type"] == "limiter.rejection" && e["limiter"] == "rate")
+    );
 }

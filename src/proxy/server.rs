@@ -496,7 +496,7 @@ impl Daemon {
             peer.pid,
             method.name()
         );
-        let result = self.call(method, &req.params, started + HANDLER_BUDGET);
+        let result = self.call(method, &req.params, caps, started + HANDLER_BUDGET);
         let ok = result.is_ok();
         let mut ev = peer_event(
             "command.finish",
@@ -558,10 +558,11 @@ impl Daemon {
         &self,
         method: Method,
         params: &Map<String, Value>,
+        caps: u8,
         deadline: Instant,
     ) -> Result<Value, String> {
         match method {
-            Method::GetStatus => self.get_status(),
+            Method::GetStatus => self.get_status(caps),
             Method::GetTemperature => self.get_temperature(params, deadline),
             Method::RegisterNodes => self.register_nodes(deadline),
             Method::EnsureClusterKeys => self.ensure_cluster_keys(params, deadline),
@@ -569,19 +570,21 @@ impl Daemon {
         }
     }
 
-    fn get_status(&self) -> Result<Value, String> {
+    /// The caller's own capabilities are listed (when it has any).
+    fn get_status(&self, caps: u8) -> Result<Value, String> {
         let key = self
             .ssh
             .public_key()
             .map_err(|e| format!("failed to read public key: {e}"))?;
-        Ok(json!({
+        let mut data = json!({
             "version": super::version(),
             "public_key": key,
             "ssh_dir": self.cfg.ssh_dir.display().to_string(),
-            // Every authorised peer sees what any peer can be given; its
-            // own capabilities are not part of the stock reply.
-            "capabilities": peer::cap_names(caps::ALL),
-        }))
+        });
+        if caps != 0 {
+            data["capabilities"] = json!(peer::cap_names(caps));
+        }
+        Ok(data)
     }
 
     fn get_temperature(
