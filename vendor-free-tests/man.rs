@@ -8,6 +8,9 @@ use std::process::Command;
 use pulse_agent::cli::FLAGS;
 
 const PAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/man/pulse-agent.8");
+/// pulse-sensor-proxy(8): the checks that are not about the FLAGS table.
+const PROXY_PAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/man/pulse-sensor-proxy.8");
+const PAGES: [&str; 2] = [PAGE, PROXY_PAGE];
 
 fn page() -> String {
     std::fs::read_to_string(PAGE).unwrap()
@@ -73,7 +76,12 @@ fn the_page_documents_no_flag_that_does_not_exist() {
 
 #[test]
 fn the_page_has_the_usual_sections() {
-    let page = page();
+    for path in PAGES {
+        has_the_usual_sections(&std::fs::read_to_string(path).unwrap());
+    }
+}
+
+fn has_the_usual_sections(page: &str) {
     for section in [
         "NAME",
         "SYNOPSIS",
@@ -96,9 +104,9 @@ fn the_page_has_the_usual_sections() {
 /// The page as `man` shows it in a terminal `width` columns wide, without
 /// bold or underline. Needs groff (Debian: groff-base, which man-db needs
 /// too); without it this fails rather than passing unchecked.
-fn render(width: usize) -> String {
+fn render(page: &str, width: usize) -> String {
     let out = Command::new("groff")
-        .args(["-man", "-Tutf8", &format!("-rLL={width}n"), "-P-cbou", PAGE])
+        .args(["-man", "-Tutf8", &format!("-rLL={width}n"), "-P-cbou", page])
         .output()
         .unwrap_or_else(|e| {
             panic!("groff is needed to check the rendered page (Debian: apt-get install groff-base): {e}")
@@ -126,8 +134,8 @@ fn is_name(word: &str) -> bool {
 #[test]
 fn man_page_never_hyphenates_a_name() {
     let mut split = BTreeSet::new();
-    for width in 40..=120 {
-        let text = render(width);
+    for (page, width) in PAGES.into_iter().flat_map(|p| (40..=120).map(move |w| (p, w))) {
+        let text = render(page, width);
         let lines: Vec<&str> = text.lines().collect();
         for pair in lines.windows(2) {
             let (head, tail) = (pair[0], pair[1].trim_start());
@@ -180,8 +188,14 @@ fn names_are_told_from_words() {
 /// longer than 80 bytes included). Needs mandoc (Debian: mandoc).
 #[test]
 fn mandoc_lint_is_clean() {
+    for page in PAGES {
+        mandoc_lint(page);
+    }
+}
+
+fn mandoc_lint(page: &str) {
     let out = Command::new("mandoc")
-        .args(["-Tlint", PAGE])
+        .args(["-Tlint", page])
         .output()
         .unwrap_or_else(|e| panic!("mandoc is needed (Debian: apt-get install mandoc): {e}"));
     let said =
@@ -190,4 +204,32 @@ fn mandoc_lint_is_clean() {
         out.status.success() && said.trim().is_empty(),
         "mandoc -Tlint:\n{said}"
     );
+}
+
+/// Every command of `pulse-sensor-proxy --help` has its entry in the page.
+#[test]
+fn the_proxy_page_documents_every_command() {
+    let help = Command::new(env!("CARGO_BIN_EXE_pulse-sensor-proxy"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let page = std::fs::read_to_string(PROXY_PAGE).unwrap().replace("\\-", "-");
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .map(|l| l.trim().split("  ").next().unwrap())
+        .collect();
+    assert!(commands.len() >= 8, "{commands:?}");
+    for c in commands {
+        let words: Vec<&str> = c
+            .split_whitespace()
+            .take_while(|w| w.chars().all(|ch| ch.is_ascii_lowercase() || ch == '-'))
+            .collect();
+        let name = words.join(" ");
+        assert!(page.contains(&name), "{name:?} is not in pulse-sensor-proxy.8");
+    }
 }
