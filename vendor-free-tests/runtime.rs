@@ -248,6 +248,31 @@ fn systemd_analyze_verify_accepts_the_units() {
             stderr(&o)
         );
     }
+    // The sensor proxy's units, as installed beside each other.
+    let into = dir.join("proxy");
+    std::fs::create_dir_all(&into).unwrap();
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(units_dir().join("proxy")).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap().replace(
+            "/usr/local/bin/pulse-sensor-proxy",
+            env!("CARGO_BIN_EXE_pulse-sensor-proxy"),
+        );
+        std::fs::write(into.join(e.file_name()), text).unwrap();
+        files.push(into.join(e.file_name()));
+    }
+    assert_eq!(files.len(), 3, "the proxy, the cleanup path and its service");
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "systemd-analyze verify (proxy):\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -228,3 +228,30 @@ fn the_service_is_notify_with_a_watchdog_longer_than_any_step() {
         assert_eq!(setting(&s, "RestartPreventExitStatus"), Some("2"));
     }
 }
+
+/// The sensor proxy's unit (spec §11 asks for hardening; we aim lower
+/// than the agent's, having no disks to read): 2.0 or less, and weaker
+/// without its seccomp, capability and kernel-protection settings.
+#[test]
+fn the_proxy_unit_is_rated_two_or_less() {
+    const MAX: f64 = 2.0;
+    let path = units_dir().join("proxy/pulse-sensor-proxy.service");
+    let e = exposure(&path);
+    eprintln!("exposure: proxy/pulse-sensor-proxy.service {e}");
+    assert!(e <= MAX, "exposure {e} > {MAX}");
+    let weak: String = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !IMPLY_NO_NEW_PRIVILEGES.contains(&key) && !key.starts_with("Capability")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("proxy-unit-{}.service", std::process::id()));
+    std::fs::write(&scratch, weak).unwrap();
+    let weak = exposure(&scratch);
+    let _ = std::fs::remove_file(&scratch);
+    assert!(weak > MAX, "without its hardening it still rates {weak}");
+}
