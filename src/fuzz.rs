@@ -94,6 +94,11 @@ pub const TARGETS: &[Target] = &[
         about: "argv and the environment: flags, values, durations, URLs, then the validated Config",
         run: cli,
     },
+    Target {
+        name: "audit",
+        about: "a pulse-sensor-proxy audit log handed to `audit verify`",
+        run: audit,
+    },
 ];
 
 /// The target called `name`.
@@ -469,4 +474,8 @@ fn update(data: &[u8]) {
         let _ = index::same_version(a, b);
     }
     let _ = crate::update::fetch::redirect_target("https://dl.example/ch/release.json", &t);
+}
+
+fn audit(data: &[u8]) {
+    let _ = crate::proxy::audit::verify(data).map_err(|e| e.to_string());
 }
