@@ -112,6 +112,18 @@ pub fn run_with_env(
     deadline: Instant,
     cap: usize,
 ) -> Result<Output, Error> {
+    run_io(program, args, env, Stdio::null(), deadline, cap)
+}
+
+/// [`run_with_env`] with `stdin` as the child's standard input.
+fn run_io(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    stdin: Stdio,
+    deadline: Instant,
+    cap: usize,
+) -> Result<Output, Error> {
     let p = || program.to_path_buf();
     if Instant::now() >= deadline {
         return Err(Error::Timeout(p(), Duration::ZERO, Stuck::default()));
@@ -120,7 +132,7 @@ pub fn run_with_env(
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -326,6 +338,21 @@ fn first_executable(name: &str, dirs: impl Iterator<Item = PathBuf>) -> Option<P
 pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// [`run`] with the file `stdin` as standard input instead of an empty one
+/// (the proxy streams its own binary to a node through `ssh`). The child
+/// reads the file itself, so nothing here can block on a full pipe.
+pub fn run_with_stdin(
+    program: &Path,
+    args: &[&str],
+    stdin: std::fs::File,
+    deadline: Instant,
+    cap: usize,
+) -> Result<Output, Error> {
+    let env = [("PATH", CHILD_PATH), ("LC_ALL", "C")].map(|(k, v)| (k.into(), v.into()));
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    run_io(program, &args, &env, stdin.into(), deadline, cap)
 }
 
 #[cfg(test)]

@@ -137,16 +137,16 @@ pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
         Box::new(move || cluster_members(&cluster_root)),
         Box::new(local_names_fn(root.clone())),
     );
-    let ssh = Ssh {
-        dir: cfg.ssh_dir.clone(),
-        port: cfg.ssh_port,
-        max_output: cfg.max_ssh_output_bytes,
-        pve_known_hosts: cfg.pve_dir.join("priv/known_hosts"),
-        require_proxmox_hostkeys: cfg.require_proxmox_hostkeys,
-        ssh: program("ssh"),
-        ssh_keygen: program("ssh-keygen"),
-        ssh_keyscan: program("ssh-keyscan"),
-    };
+    let mut ssh = Ssh::new(cfg.ssh_dir.clone(), &cfg.pve_dir);
+    ssh.port = cfg.ssh_port;
+    ssh.max_output = cfg.max_ssh_output_bytes;
+    ssh.require_proxmox_hostkeys = cfg.require_proxmox_hostkeys;
+    ssh.ssh = program("ssh");
+    ssh.ssh_keygen = program("ssh-keygen");
+    ssh.ssh_keyscan = program("ssh-keyscan");
+    // ensure_cluster_keys copies this program to the nodes: their forced
+    // command runs `pulse-sensor-proxy sensors`.
+    ssh.node_binary = std::env::current_exe().ok();
     ssh.ensure_key().map_err(Error::Key)?;
     let listener = listen(&cfg.socket)?;
     if let Some(addr) = &cfg.metrics_address {
