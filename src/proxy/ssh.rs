@@ -377,6 +377,21 @@ impl Ssh {
         from: &[String],
         deadline: Instant,
     ) -> Result<(), Error> {
+        self.push_key_keeping(node, key_dir, from, None, deadline)
+    }
+
+    /// [`Ssh::push_key`], keeping the proxy line of the key in `keep` (if
+    /// the node has it): key rotation installs the next key beside the
+    /// current one, so a node that fails the check still answers to the
+    /// key in use.
+    pub fn push_key_keeping(
+        &self,
+        node: &str,
+        key_dir: &Path,
+        from: &[String],
+        keep: Option<&Path>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         check_node(node)?;
         if from.is_empty() {
             return Err(Error::BadKey(
@@ -406,7 +421,24 @@ impl Ssh {
             })?),
             None => None,
         };
-        let script = push_script(&line, stdin.is_some());
+        let keep = match keep {
+            Some(dir) => {
+                let path = dir.join("id_ed25519.pub");
+                let public = std::fs::read_to_string(&path).map_err(|err| Error::Io {
+                    path: path.clone(),
+                    err,
+                })?;
+                if !is_public_key(&public) {
+                    return Err(Error::BadKey(format!(
+                        "{}: not an SSH public key",
+                        path.display()
+                    )));
+                }
+                public.split_whitespace().nth(1).unwrap_or("").to_string()
+            }
+            None => String::new(),
+        };
+        let script = push_script(&line, &keep, stdin.is_some());
         let identity = self.admin_identity.as_ref().map(|p| p.to_string_lossy());
         let mut args = self.ssh_args(identity.as_deref(), "10");
         if stdin.is_none() {
@@ -423,6 +455,22 @@ impl Ssh {
             stdin,
         )?;
         log::info!("installed the proxy key on {node}");
+        Ok(())
+    }
+
+    /// Removes every proxy line (ours, the stock proxy's and its
+    /// installer's) from `node`'s root `authorized_keys`, and the
+    /// node-side programs. Logs in with [`Ssh::admin_identity`].
+    pub fn remove_keys(&self, node: &str, deadline: Instant) -> Result<(), Error> {
+        check_node(node)?;
+        self.ensure_host_key(node, deadline)?;
+        let identity = self.admin_identity.as_ref().map(|p| p.to_string_lossy());
+        let mut args = self.ssh_args(identity.as_deref(), "10");
+        args.push("-n".into());
+        args.extend(["--".into(), format!("root@{node}"), remove_script()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run_ssh(node, "remove the keys", &args, deadline, SMALL_OUTPUT, None)?;
+        log::info!("removed the proxy keys from {node}");
         Ok(())
     }
 
@@ -573,7 +621,7 @@ fn sh_quote(s: &str) -> String {
 /// symlinked `authorized_keys` (Proxmox links root's to the cluster-wide
 /// `/etc/pve/priv/authorized_keys`) is rewritten at its target, so the link
 /// stays.
-fn push_script(line: &str, binary: bool) -> String {
+fn push_script(line: &str, keep: &str, binary: bool) -> String {
     let binary = if binary {
         r#"cat > "$d/pulse-sensor-proxy.new"
 chmod 755 "$d/pulse-sensor-proxy.new"
@@ -596,16 +644,37 @@ cat > "$d/temp-wrapper.new" <<'PULSE_WRAPPER_END'
 chmod 755 "$d/temp-wrapper.new"; mv -f "$d/temp-wrapper.new" "$d/temp-wrapper"
 {binary}umask 077
 line={line}
+keep={keep}
 mkdir -p /root/.ssh; chmod 700 /root/.ssh
 a=/root/.ssh/authorized_keys
 [ -e "$a" ] || : > "$a"
 a=$(readlink -f "$a")
-if grep -qxF "$line" "$a" && [ "$(grep -c ' {MARKER}$' "$a")" = 1 ]; then exit 0; fi
-{{ grep -v -e ' {MARKER}$' -e ' pulse-temp-proxy$' "$a" || true; printf '%s\n' "$line"; }} > "$a.pulse-new"
+if [ -z "$keep" ] && grep -qxF "$line" "$a" && [ "$(grep -c ' {MARKER}$' "$a")" = 1 ]; then exit 0; fi
+{{ grep -v -e ' {MARKER}$' -e ' pulse-temp-proxy$' "$a" || true
+  if [ -n "$keep" ]; then grep -F " $keep " "$a" | grep -e ' {MARKER}$' | grep -vxF "$line" || true; fi
+  printf '%s\n' "$line"; }} > "$a.pulse-new"
 chmod 600 "$a.pulse-new" 2>/dev/null || true
 mv -f "$a.pulse-new" "$a"
 "#,
-        line = sh_quote(line)
+        line = sh_quote(line),
+        keep = sh_quote(keep)
+    )
+}
+
+/// The remote command of [`Ssh::remove_keys`].
+fn remove_script() -> String {
+    format!(
+        r#"set -e
+umask 077
+a=/root/.ssh/authorized_keys
+if [ -e "$a" ]; then
+  a=$(readlink -f "$a")
+  {{ grep -v -e ' {MARKER}$' -e ' pulse-temp-proxy$' -e '# pulse-managed-key$' -e '# pulse-proxy-key$' "$a" || true; }} > "$a.pulse-new"
+  chmod 600 "$a.pulse-new" 2>/dev/null || true
+  mv -f "$a.pulse-new" "$a"
+fi
+rm -rf {NODE_DIR}
+"#
     )
 }
 
