@@ -378,7 +378,7 @@ impl Collector {
             return run;
         }
         let why = format!(
-            "{}; tried again after {} s, doubling up to {} s",
+            "{}; retrying after a pause ({} s, doubling up to {} s)",
             run.error().unwrap_or_default(),
             BACKOFF_FIRST.as_secs(),
             BACKOFF_MAX.as_secs()
