@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::collect::{self, Outcome, SourceStatus, identity::Identity};
+use crate::collect::{self, Outcome, SourceStatus, cluster, identity::Identity};
 use crate::config::{Config, Secret, ServerUrl, TokenSource};
 use crate::deliver::{self, Client, TlsOptions};
 use crate::docker;
@@ -551,6 +551,10 @@ struct Agent {
     smart: Option<smart::Service>,
     smart_waited: bool,
     hardware: Hardware,
+    /// `--enable-proxmox`: the peers' temperatures through pulse-sensor-proxy.
+    cluster: Option<cluster::Service>,
+    /// The first report waited for the first cluster run.
+    cluster_waited: bool,
     /// The logger's file, reopened on SIGHUP.
     log_file: logging::LogFile,
     /// A token re-read on SIGHUP, for the remote-config thread's client.
@@ -583,6 +587,7 @@ impl Agent {
         opts.zfs_arc_is_cache = identity.container.is_none();
         let smart = start_smart(config, &root);
         let hardware = Hardware::new(root.clone());
+        let cluster = start_cluster(config, &root);
         let root_for_docker = root.clone();
         let host = collect::Host::new(root, opts);
 
@@ -671,6 +676,8 @@ impl Agent {
             smart,
             smart_waited: false,
             hardware,
+            cluster,
+            cluster_waited: false,
             log_file: logging::LogFile::default(),
             fetch_token: Arc::new(Mutex::new(None)),
             _state_lock: state_lock,
@@ -722,11 +729,15 @@ impl Agent {
     fn collect(&mut self) -> collect::HostSnapshot {
         // The hardware workers run while the host collectors do.
         let pending = self.hardware.begin();
+        let cluster = self.cluster.as_ref().map(cluster::Service::ask);
         let mut snapshot = self.host.collect();
         self.keepalive();
         self.add_smart(&mut snapshot);
         self.keepalive();
         self.hardware.finish(pending, &mut snapshot);
+        if let Some(p) = cluster {
+            self.add_cluster(p, &mut snapshot);
+        }
         self.log_outcomes(&snapshot.sources);
         snapshot
     }
@@ -826,6 +837,50 @@ impl Agent {
                 warnings: Vec::new(),
             },
         });
+    }
+
+    /// Puts the latest cluster run into `snap` and the module's state. The
+    /// first report waits for the first run (up to its budget); later ones
+    /// wait as long as the hardware workers, else take the run before.
+    fn add_cluster(&mut self, pending: cluster::Pending, snap: &mut collect::HostSnapshot) {
+        let Some(service) = &self.cluster else {
+            return;
+        };
+        let wait = match std::mem::replace(&mut self.cluster_waited, true) {
+            false => cluster::BUDGET,
+            true => crate::hardware::WAIT,
+        };
+        let started = Instant::now();
+        let run = service.answer(pending, wait);
+        let (state, error) = match &run {
+            None => (
+                ModuleState::Starting,
+                Some(format!(
+                    "the first run has not finished (waited {} s)",
+                    wait.as_secs()
+                )),
+            ),
+            Some(r) if r.ok() => (ModuleState::Running, r.error()),
+            Some(r) => (ModuleState::Retrying, r.error()),
+        };
+        if let Some(r) = &run {
+            snap.cluster.clone_from(&r.nodes);
+        }
+        snap.sources.push(SourceStatus {
+            name: cluster::MODULE,
+            outcome: match (state, &error) {
+                (ModuleState::Running, _) | (_, None) => Outcome::Ok,
+                (_, Some(e)) => Outcome::Failed(e.clone()),
+            },
+            duration: started.elapsed(),
+            // Peers that failed while others answered.
+            warnings: match state {
+                ModuleState::Running => run.map(|r| r.errors.clone()).unwrap_or_default(),
+                _ => Vec::new(),
+            },
+        });
+        let now = (self.clock)();
+        set_module(&mut self.modules, cluster::MODULE, true, state, error, now);
     }
 
     /// Logs a source's outcome when it changes, not every cycle.
@@ -1325,7 +1380,9 @@ impl Agent {
         let ready = self
             .modules
             .iter()
-            .filter(|m| m.enabled)
+            // Cluster sensors are optional: a missing proxy is reported
+            // in the module, it does not make the agent unready.
+            .filter(|m| m.enabled && m.name != cluster::MODULE)
             .all(|m| m.state == ModuleState::Running);
         let sources = &self.last_sources;
         let update_status = lock(&self.update).clone();
@@ -1606,6 +1663,24 @@ fn start_smart(config: &Config, root: &Root) -> Option<smart::Service> {
     }
 }
 
+/// The cluster-sensors thread, with `--enable-proxmox`.
+fn start_cluster(config: &Config, root: &Root) -> Option<cluster::Service> {
+    if !config.enable_proxmox || !config.enable_host {
+        return None;
+    }
+    let collector = cluster::Collector::new(root.clone(), config.sensor_proxy_socket.clone());
+    match cluster::Service::start(collector) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!(
+                "cannot start the {} thread: {e}; cluster temperatures are not reported",
+                cluster::MODULE
+            );
+            None
+        }
+    }
+}
+
 /// Settings the collectors take from the configuration.
 pub fn options(config: &Config) -> collect::Options {
     collect::Options {
@@ -1625,7 +1700,7 @@ pub fn modules(config: &Config, at: SystemTime) -> Vec<Module> {
         last_error: None,
         updated_at: at,
     };
-    vec![
+    let mut list = vec![
         if config.enable_docker == Some(true) {
             m("docker", true, ModuleState::Starting)
         } else {
@@ -1637,7 +1712,11 @@ pub fn modules(config: &Config, at: SystemTime) -> Vec<Module> {
             m("host", false, ModuleState::Disabled)
         },
         m("kubernetes", false, ModuleState::Disabled),
-    ]
+    ];
+    if config.enable_proxmox && config.enable_host {
+        list.push(m(cluster::MODULE, true, ModuleState::Starting));
+    }
+    list
 }
 
 /// `agent.id`: `--agent-id`, else the agent-id file, else the machine ID,

@@ -137,6 +137,11 @@ pub struct Config {
     pub docker_runtime: DockerRuntime,
     /// `--docker-socket`: the only socket tried.
     pub docker_socket: Option<PathBuf>,
+    /// `--enable-proxmox`: the cluster-sensors module (peers' temperatures
+    /// through pulse-sensor-proxy).
+    pub enable_proxmox: bool,
+    /// `--sensor-proxy-socket`; `None`: the proxy's usual paths.
+    pub sensor_proxy_socket: Option<PathBuf>,
     pub disable_ceph: bool,
     pub disable_auto_update: bool,
     /// `--update-url`: the release channel; `None`: no self-update.
@@ -371,11 +376,20 @@ impl Config {
                 notices.push(Notice::Warn(format!("--{name} {v}: {what}")));
             }
         }
-        if args.flag("enable-proxmox") {
-            notices.push(Notice::Warn(
-                "--enable-proxmox: Proxmox API-token registration is not supported; add the node in Pulse instead".into(),
+        let enable_proxmox = args.flag("enable-proxmox");
+        if enable_proxmox {
+            notices.push(Notice::Info(
+                "--enable-proxmox: cluster temperatures come from pulse-sensor-proxy; no Proxmox API token is created (add the node in Pulse)".into(),
             ));
         }
+        let sensor_proxy_socket = match non_empty(args.str("sensor-proxy-socket")) {
+            Some(s) if !s.starts_with('/') => {
+                return Err(err(format!(
+                    "--sensor-proxy-socket {s}: not an absolute path"
+                )));
+            }
+            s => s.map(PathBuf::from),
+        };
         let docker_socket = match non_empty(args.str("docker-socket")).map(str::trim) {
             None => None,
             Some(s) => {
@@ -437,6 +451,8 @@ impl Config {
             enable_docker,
             docker_runtime,
             docker_socket,
+            enable_proxmox,
+            sensor_proxy_socket,
             disable_ceph: args.flag("disable-ceph"),
             disable_auto_update: args.flag("disable-auto-update"),
             update_url,

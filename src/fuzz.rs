@@ -99,6 +99,11 @@ pub const TARGETS: &[Target] = &[
         about: "a pulse-sensor-proxy audit log handed to `audit verify`",
         run: audit,
     },
+    Target {
+        name: "cluster",
+        about: "pulse-sensor-proxy's answer to get_temperature, the peer output inside it (sensors -j or the installer wrapper), pvesh get /cluster/status JSON",
+        run: cluster,
+    },
 ];
 
 /// The target called `name`.
@@ -478,4 +483,22 @@ fn update(data: &[u8]) {
 
 fn audit(data: &[u8]) {
     let _ = crate::proxy::audit::verify(data).map_err(|e| e.to_string());
+}
+
+fn cluster(data: &[u8]) {
+    use crate::collect::cluster;
+    let _ = cluster::parse_cluster_status(&text(data));
+    // A whole proxy reply, or just the peer's output.
+    let output = cluster::parse_reply(data).unwrap_or_else(|_| text(data).into_owned());
+    let Ok(readings) = cluster::parse_temperature(&output) else {
+        return;
+    };
+    host_report(&crate::collect::HostSnapshot {
+        cluster: vec![cluster::NodeSensors {
+            node: "pve2".into(),
+            readings,
+            collected_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        }],
+        ..Default::default()
+    });
 }

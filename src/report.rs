@@ -114,8 +114,7 @@ pub fn host(r: &HostReport) -> Value {
     doc.list("network", networks(s));
     let mut sensors = Obj::default();
     let t = &s.temperatures;
-    sensors.floats("temperatureCelsius", &t.temperatures);
-    sensors.floats("fanRpm", &t.fans);
+    sensors.readings(t);
     if let Some(w) = s.power {
         let mut p = Obj::default();
         p.float("cpu_package", w.package);
@@ -126,7 +125,6 @@ pub fn host(r: &HostReport) -> Value {
             sensors.put("powerWatts", p);
         }
     }
-    sensors.floats("additional", &t.additional);
     sensors.list("gpu", s.gpus.iter().map(gpu));
     sensors.list(
         "smart",
@@ -134,6 +132,7 @@ pub fn host(r: &HostReport) -> Value {
     );
     doc.put("sensors", sensors.done());
     doc.list("raid", s.raid.iter().map(raid));
+    doc.list("clusterSensors", s.cluster.iter().map(cluster_node));
     doc.strs("tags", r.tags);
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.str("sequenceId", r.sequence_id);
@@ -344,6 +343,17 @@ fn container(
             o.put("podman", p.done());
         }
     }
+    o.done()
+}
+
+/// One `clusterSensors[]` entry: a peer's readings in the shape of `sensors`.
+fn cluster_node(n: &crate::collect::cluster::NodeSensors) -> Value {
+    let mut o = Obj::default();
+    o.put("nodeName", Value::String(n.node.clone()));
+    let mut sensors = Obj::default();
+    sensors.readings(&n.readings);
+    o.put("sensors", sensors.done());
+    o.put("collectedAt", Value::String(rfc3339(n.collected_at)));
     o.done()
 }
 
@@ -679,6 +689,13 @@ impl Obj {
         if !v.is_empty() {
             self.put(k, Value::Array(v));
         }
+    }
+    /// `temperatureCelsius`, `fanRpm` and `additional`: the same in `sensors`
+    /// and in each `clusterSensors[].sensors`.
+    fn readings(&mut self, r: &crate::collect::hwmon::Readings) {
+        self.floats("temperatureCelsius", &r.temperatures);
+        self.floats("fanRpm", &r.fans);
+        self.floats("additional", &r.additional);
     }
     /// `loadAverage`, the same in the host and the docker report.
     fn load_average(&mut self, s: &HostSnapshot) {

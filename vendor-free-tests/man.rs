@@ -53,8 +53,9 @@ fn every_flag_is_documented_with_its_environment() {
 #[test]
 fn the_page_documents_no_flag_that_does_not_exist() {
     // The options of the programs the agent runs (smartctl, mdadm,
-    // nvidia-smi), quoted in the SMART and HARDWARE sections.
-    const OTHERS: [&str; 7] = [
+    // nvidia-smi, pvesh), quoted in the SMART, HARDWARE and CLUSTER SENSORS
+    // sections.
+    const OTHERS: [&str; 8] = [
         "scan",
         "scan-open",
         "json",
@@ -62,6 +63,7 @@ fn the_page_documents_no_flag_that_does_not_exist() {
         "detail",
         "query-gpu",
         "format",
+        "output-format",
     ];
     for name in documented_flags(&page()) {
         if OTHERS.contains(&name.as_str()) {

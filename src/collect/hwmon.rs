@@ -237,6 +237,12 @@ pub fn read_thermal_zones(root: &Root) -> Vec<Chip> {
 pub fn parse_sensors_json(text: &str) -> Result<Vec<Chip>, String> {
     let doc: Value =
         serde_json::from_str(text).map_err(|e| format!("sensors -j: not JSON: {e}"))?;
+    sensors_chips(doc)
+}
+
+/// [`parse_sensors_json`] on a document already parsed (a peer's answer
+/// that wraps `sensors -j` in an object of its own).
+pub fn sensors_chips(doc: Value) -> Result<Vec<Chip>, String> {
     let Value::Object(chips) = doc else {
         return Err("sensors -j: not a JSON object".into());
     };

@@ -9,6 +9,7 @@
 //!
 //! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
 
+pub mod cluster;
 pub mod cpu;
 pub mod diskio;
 pub mod filesystems;
@@ -147,6 +148,8 @@ pub struct HostSnapshot {
     pub temperatures: hwmon::Readings,
     pub power: Option<power::Watts>,
     pub gpus: Vec<gpu::Gpu>,
+    /// Cluster peers' temperatures (`clusterSensors[]`, `--enable-proxmox`).
+    pub cluster: Vec<cluster::NodeSensors>,
     pub sources: Vec<SourceStatus>,
 }
 

@@ -231,6 +231,12 @@ const SENSORS: &[F] = &[
     F("thermalState", Any, Opt),
     F("smart", Arr(&Obj(SMART)), Opt),
 ];
+/// `clusterSensors[]`: a peer's `sensors -j` in the host's `sensors` shape.
+const CLUSTER_NODE: &[F] = &[
+    F("nodeName", Str, Always),
+    F("sensors", Obj(SENSORS), Always),
+    F("collectedAt", Time, Opt),
+];
 pub const HOST_REPORT: &[F] = &[
     F("agent", Obj(AGENT), Always),
     F("host", Obj(HOST), Always),
@@ -245,7 +251,7 @@ pub const HOST_REPORT: &[F] = &[
     F("libvirt", Any, Opt),
     F("xcpng", Any, Opt),
     F("proxmoxLxc", Any, Opt),
-    F("clusterSensors", Any, Opt),
+    F("clusterSensors", Arr(&Obj(CLUSTER_NODE)), Opt),
     F("availabilityResults", Any, Opt),
     F("tags", Arr(&Str), Opt),
     F("timestamp", Time, Always),
