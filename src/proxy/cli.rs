@@ -28,9 +28,12 @@ Runs the daemon when no command is given.
 Commands:
   version                        print the version
   keys                           print the proxy's public key
-  keys rotate [--dry-run | --rollback]
+  keys rotate [--dry-run | --rollback] [--identity FILE] [--node NODE]...
                                  make a new key, install it on every node,
                                  check it, then switch (or switch back)
+  keys cleanup [--identity FILE] [--node NODE]...
+                                 do what request_cleanup asked: remove the
+                                 proxy's keys from the nodes
   config validate [--config FILE] [--allowed-nodes FILE]
   config set-allowed-nodes [--allowed-nodes FILE] --merge NODE... [--replace]
   audit verify FILE              check an audit log's hash chain
@@ -88,6 +91,8 @@ struct Opts {
     root: Option<PathBuf>,
     allowed_nodes: Option<PathBuf>,
     socket: Option<PathBuf>,
+    identity: Option<PathBuf>,
+    nodes: Vec<String>,
     merge: Vec<String>,
     params: Vec<(String, String)>,
     replace: bool,
@@ -107,6 +112,8 @@ fn parse(argv: Vec<OsString>) -> Result<Opts, Usage> {
             Long("root") => o.root = Some(p.value()?.into()),
             Long("allowed-nodes") => o.allowed_nodes = Some(p.value()?.into()),
             Long("socket") => o.socket = Some(p.value()?.into()),
+            Long("identity") => o.identity = Some(p.value()?.into()),
+            Long("node") => o.nodes.push(p.value()?.string()?),
             Long("merge") => o.merge.push(p.value()?.string()?),
             Long("param") => {
                 let kv = p.value()?.string()?;
@@ -143,7 +150,8 @@ fn dispatch(argv: Vec<OsString>) -> Result<ExitCode, Usage> {
         [] => daemon(&o, root()?),
         ["version"] => version(),
         ["keys"] => keys(&o),
-        ["keys", "rotate"] => rotate(&o),
+        ["keys", "rotate"] => keys_admin(&o, root()?, false),
+        ["keys", "cleanup"] => keys_admin(&o, root()?, true),
         ["config", "validate"] => Ok(super::config::validate_command(
             o.config.as_deref(),
             o.allowed_nodes.as_deref(),
@@ -201,11 +209,39 @@ fn keys(o: &Opts) -> Result<ExitCode, Usage> {
     })
 }
 
-fn rotate(o: &Opts) -> Result<ExitCode, Usage> {
+/// `keys rotate` and `keys cleanup`.
+fn keys_admin(o: &Opts, root: Root, cleanup: bool) -> Result<ExitCode, Usage> {
+    use super::rotate::{self, Mode, Setup};
     if o.dry_run && o.rollback {
         return Err(usage("--dry-run and --rollback go separately"));
     }
-    Ok(fail(1, "keys rotate: not built yet"))
+    if let Some(bad) = o.nodes.iter().find(|n| !super::nodes::valid_name(n)) {
+        return Err(usage(format!("--node {bad:?}: not a node name")));
+    }
+    let cfg = match load(o) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Err(e) = crate::logging::init_as("pulse-sensor-proxy", cfg.log_level, None) {
+        return Ok(fail(1, &format!("logging: {e}")));
+    }
+    let setup = Setup {
+        cfg: &cfg,
+        root: &root,
+        identity: o.identity.clone(),
+        nodes: (!o.nodes.is_empty()).then(|| o.nodes.clone()),
+    };
+    let mut out = std::io::stdout();
+    let done = if cleanup {
+        rotate::cleanup(&setup, &mut out)
+    } else {
+        let mode = if o.rollback { Mode::Rollback } else { Mode::Rotate };
+        rotate::rotate(&setup, mode, o.dry_run, &mut out)
+    };
+    Ok(match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
+    })
 }
 
 /// `call METHOD`: one request, the reply printed as it came; exit 0 when

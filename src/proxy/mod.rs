@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod peer;
 pub mod protocol;
+pub mod rotate;
 pub mod sensors;
 pub mod server;
 pub mod ssh;

@@ -284,7 +284,7 @@ fn watch_signals(stop: Arc<AtomicBool>, socket: PathBuf) {
 }
 
 /// Cluster members for the validator: `pvecm status`, else `pvesh`.
-fn cluster_members(root: &Root) -> Result<Vec<IpAddr>, String> {
+pub(crate) fn cluster_members(root: &Root) -> Result<Vec<IpAddr>, String> {
     nodes::discover_cluster(root, &program("pvecm"), &program("pvesh"))
 }
 
@@ -318,7 +318,7 @@ fn host_ips(root: &Root) -> Vec<IpAddr> {
 }
 
 /// `allowed_source_subnets`, else this host's addresses as /32 and /128.
-fn source_subnets(cfg: &Config, root: &Root) -> Vec<String> {
+pub(crate) fn source_subnets(cfg: &Config, root: &Root) -> Vec<String> {
     if !cfg.allowed_source_subnets.is_empty() {
         return cfg
             .allowed_source_subnets
