@@ -28,6 +28,8 @@ Runs the daemon when no command is given.
 Commands:
   version                        print the version
   keys                           print the proxy's public key
+  keys install [--identity FILE] [--node NODE]...
+                                 install the key on every node
   keys rotate [--dry-run | --rollback] [--identity FILE] [--node NODE]...
                                  make a new key, install it on every node,
                                  check it, then switch (or switch back)
@@ -150,8 +152,9 @@ fn dispatch(argv: Vec<OsString>) -> Result<ExitCode, Usage> {
         [] => daemon(&o, root()?),
         ["version"] => version(),
         ["keys"] => keys(&o),
-        ["keys", "rotate"] => keys_admin(&o, root()?, false),
-        ["keys", "cleanup"] => keys_admin(&o, root()?, true),
+        ["keys", action @ ("install" | "rotate" | "cleanup")] => {
+            keys_admin(&o, root()?, action)
+        }
         ["config", "validate"] => Ok(super::config::validate_command(
             o.config.as_deref(),
             o.allowed_nodes.as_deref(),
@@ -209,8 +212,8 @@ fn keys(o: &Opts) -> Result<ExitCode, Usage> {
     })
 }
 
-/// `keys rotate` and `keys cleanup`.
-fn keys_admin(o: &Opts, root: Root, cleanup: bool) -> Result<ExitCode, Usage> {
+/// `keys install`, `keys rotate` and `keys cleanup`.
+fn keys_admin(o: &Opts, root: Root, action: &str) -> Result<ExitCode, Usage> {
     use super::rotate::{self, Mode, Setup};
     if o.dry_run && o.rollback {
         return Err(usage("--dry-run and --rollback go separately"));
@@ -232,11 +235,13 @@ fn keys_admin(o: &Opts, root: Root, cleanup: bool) -> Result<ExitCode, Usage> {
         nodes: (!o.nodes.is_empty()).then(|| o.nodes.clone()),
     };
     let mut out = std::io::stdout();
-    let done = if cleanup {
-        rotate::cleanup(&setup, &mut out)
-    } else {
-        let mode = if o.rollback { Mode::Rollback } else { Mode::Rotate };
-        rotate::rotate(&setup, mode, o.dry_run, &mut out)
+    let done = match action {
+        "install" => rotate::install(&setup, &mut out),
+        "cleanup" => rotate::cleanup(&setup, &mut out),
+        _ => {
+            let mode = if o.rollback { Mode::Rollback } else { Mode::Rotate };
+            rotate::rotate(&setup, mode, o.dry_run, &mut out)
+        }
     };
     Ok(match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -242,6 +242,29 @@ pub fn rotate(s: &Setup<'_>, mode: Mode, dry_run: bool, out: &mut dyn Write) -> 
     }
 }
 
+/// `keys install`: the key in use onto every node (the first install, or
+/// a node added to the cluster), with the forced command and its program.
+pub fn install(s: &Setup<'_>, out: &mut dyn Write) -> Result<(), String> {
+    let nodes = nodes(s)?;
+    let from = super::server::source_subnets(s.cfg, s.root);
+    let admin = client(s, &s.cfg.ssh_dir);
+    admin.ensure_key().map_err(|e| e.to_string())?;
+    let mut failed = Vec::new();
+    for n in &nodes {
+        match admin.push_key(n, &s.cfg.ssh_dir, &from, Instant::now() + PER_NODE) {
+            Ok(()) => {
+                let _ = writeln!(out, "{n}: key installed");
+            }
+            Err(e) => failed.push(format!("{n}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
 /// `keys cleanup`: what `request_cleanup` asked for, then the request is
 /// deleted.
 pub fn cleanup(s: &Setup<'_>, out: &mut dyn Write) -> Result<(), String> {
