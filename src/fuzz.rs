@@ -94,6 +94,11 @@ pub const TARGETS: &[Target] = &[
         about: "argv and the environment: flags, values, durations, URLs, then the validated Config",
         run: cli,
     },
+    Target {
+        name: "proxy-http",
+        about: "an HTTP/1.1 request head sent to pulse-sensor-proxy's HTTPS or metrics listener: request line, headers, the node query and the bearer token",
+        run: proxy_http,
+    },
 ];
 
 /// The target called `name`.
@@ -469,4 +474,14 @@ fn update(data: &[u8]) {
         let _ = index::same_version(a, b);
     }
     let _ = crate::update::fetch::redirect_target("https://dl.example/ch/release.json", &t);
+}
+
+fn proxy_http(data: &[u8]) {
+    use crate::proxy::https;
+    let Ok(head) = https::read_head(&mut &data[..]) else {
+        return;
+    };
+    let _ = https::query_param(head.query(), "node");
+    let _ = head.header("authorization").map(https::bearer);
+    let _ = https::synthetic_uid(head.path());
 }
