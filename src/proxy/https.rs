@@ -19,7 +19,9 @@
 //! workers; when all are busy, a connection goes to one more thread that
 //! only answers 503 `server busy` (its queue is short; past it, connections
 //! are closed at once). A slow or silent client therefore holds one worker
-//! for at most `read_timeout + write_timeout` plus the backend's time.
+//! for at most `read_timeout + write_timeout` plus the backend's time and a
+//! 1 s lingering close (what it still sends is read and dropped, so the close
+//! does not reset the connection under the answer).
 //!
 //! Per request, in the stock middleware order: source IP
 //! ([`Backend::source_allowed`], 403) → rate limiter under a synthetic UID
@@ -231,7 +233,7 @@ impl Server {
                     sock.until = Instant::now() + self.write_timeout;
                     let _ = sock.write_all(PLAIN_HTTP);
                 }
-                return;
+                return sock.close();
             }
             Err(e) => return self.failed(&e, true),
         }
@@ -255,7 +257,7 @@ impl Server {
         if let Err(e) = sent {
             self.failed(&e, false);
         }
-        let _ = s.sock.sock.shutdown(Shutdown::Both);
+        s.sock.close();
     }
 
     fn failed(&self, e: &io::Error, reading: bool) {
@@ -320,8 +322,8 @@ impl Server {
         };
         let token = match head.header("authorization").map(bearer) {
             None => return refuse("missing_auth_header", "missing authorization header"),
-            Some(Err(())) => return refuse("invalid_auth_format", "invalid authorization format"),
-            Some(Ok(token)) => token,
+            Some(None) => return refuse("invalid_auth_format", "invalid authorization format"),
+            Some(Some(token)) => token,
         };
         let offered: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if offered
@@ -374,10 +376,10 @@ impl Server {
 
 /// The token of an `Authorization` value `Bearer <token>` (Go: split at the
 /// first space, the scheme exactly `Bearer`).
-pub fn bearer(value: &str) -> Result<&str, ()> {
+pub fn bearer(value: &str) -> Option<&str> {
     match value.split_once(' ') {
-        Some(("Bearer", token)) => Ok(token),
-        _ => Err(()),
+        Some(("Bearer", token)) => Some(token),
+        _ => None,
     }
 }
 
@@ -588,6 +590,22 @@ impl Timed {
     }
 }
 
+impl Timed {
+    /// Ends the connection after an answer: our side shut, then what the
+    /// client still sends read and dropped (up to 64 KiB, 1 s) so that the
+    /// close does not reset the connection and lose the answer in flight.
+    pub fn close(mut self) {
+        let _ = self.sock.shutdown(Shutdown::Write);
+        self.until = self.until.min(Instant::now() + Duration::from_secs(1));
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(self.read(&mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+}
+
 /// `SO_RCVTIMEO`/`SO_SNDTIMEO` expiry shows as `WouldBlock`.
 fn timed_out(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::WouldBlock {
@@ -714,11 +732,11 @@ mod tests {
 
     #[test]
     fn bearer_wants_the_exact_scheme() {
-        assert_eq!(bearer("Bearer abc"), Ok("abc"));
-        assert_eq!(bearer("Bearer  abc"), Ok(" abc"));
-        assert_eq!(bearer("bearer abc"), Err(()));
-        assert_eq!(bearer("Bearer"), Err(()));
-        assert_eq!(bearer("Basic abc"), Err(()));
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("Bearer  abc"), Some(" abc"));
+        assert_eq!(bearer("bearer abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Basic abc"), None);
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub struct Metrics {
 
 /// The series for `values`, created if the family has room; otherwise the
 /// one with `values[open]` replaced by [`OVERFLOW`].
-fn series<'a, T: Default>(s: &'a mut Series<T>, mut values: Vec<String>, open: usize) -> &'a mut T {
+fn series<T: Default>(s: &mut Series<T>, mut values: Vec<String>, open: usize) -> &mut T {
     if s.len() >= MAX_SERIES && !s.contains_key(&values) {
         values[open] = OVERFLOW.to_string();
     }
@@ -409,11 +409,11 @@ fn scrape(conn: TcpStream, metrics: &Metrics, busy: bool) {
         Err(HeadError::Io(_)) => return,
         Err(HeadError::TooLarge) => {
             let _ = https::write_response(&mut conn, 431, text, b"request too large\n");
-            return;
+            return conn.close();
         }
         Err(HeadError::Malformed(_)) => {
             let _ = https::write_response(&mut conn, 400, text, b"bad request\n");
-            return;
+            return conn.close();
         }
     };
     let (status, ctype, body) = match (head.method.as_str(), head.path()) {
@@ -428,6 +428,7 @@ fn scrape(conn: TcpStream, metrics: &Metrics, busy: bool) {
     };
     let body = if head.method == "HEAD" { "" } else { &body };
     let _ = https::write_response(&mut conn, status, ctype, body.as_bytes());
+    conn.close();
 }
 
 #[cfg(test)]
