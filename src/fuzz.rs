@@ -104,6 +104,11 @@ pub const TARGETS: &[Target] = &[
         about: "pulse-sensor-proxy's answer to get_temperature, the peer output inside it (sensors -j or the installer wrapper), pvesh get /cluster/status JSON",
         run: cluster,
     },
+    Target {
+        name: "proxy-http",
+        about: "an HTTP/1.1 request head sent to pulse-sensor-proxy's HTTPS or metrics listener: request line, headers, the node query and the bearer token",
+        run: proxy_http,
+    },
 ];
 
 /// The target called `name`.
@@ -501,4 +506,14 @@ fn cluster(data: &[u8]) {
         }],
         ..Default::default()
     });
+}
+
+fn proxy_http(data: &[u8]) {
+    use crate::proxy::https;
+    let Ok(head) = https::read_head(&mut &data[..]) else {
+        return;
+    };
+    let _ = https::query_param(head.query(), "node");
+    let _ = head.header("authorization").map(https::bearer);
+    let _ = https::synthetic_uid(head.path());
 }

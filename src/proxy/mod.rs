@@ -26,6 +26,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod https;
 pub mod limit;
 pub mod metrics;
 pub mod nodes;
