@@ -936,6 +936,14 @@ fn validate_command_outputs_and_exit_codes() {
         "{err}"
     );
 
+    // No --config: $PULSE_SENSOR_PROXY_CONFIG names the file.
+    for (file, want) in [(&good, ExitCode::SUCCESS), (&bad, ExitCode::FAILURE)] {
+        let env = env_of(&[("PULSE_SENSOR_PROXY_CONFIG", file.to_str().unwrap())]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = config::validate_command(None, None, &env, &mut out, &mut err);
+        assert_eq!(code, want, "{}", file.display());
+    }
+
     let (code, _, err) = run_validate(Some(&dir.join("missing.yaml")), None);
     assert_eq!(code, ExitCode::FAILURE);
     assert!(

@@ -1426,7 +1426,8 @@ pub fn validate_command(
         .map(Path::to_path_buf)
         .or_else(|| Env(env).get("PULSE_SENSOR_PROXY_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| Path::new(DEFAULT_DIR).join(CONFIG_FILE));
-    let cfg = match Config::load_from(Some(&cfg_path), env, Path::new(DEFAULT_DIR)) {
+    // Loaded as the daemon loads it: a missing default file means defaults.
+    let cfg = match Config::load_from(config, env, Path::new(DEFAULT_DIR)) {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "Config validation failed: {e}");
