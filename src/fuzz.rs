@@ -109,6 +109,11 @@ pub const TARGETS: &[Target] = &[
         about: "an HTTP/1.1 request head sent to pulse-sensor-proxy's HTTPS or metrics listener: request line, headers, the node query and the bearer token",
         run: proxy_http,
     },
+    Target {
+        name: "proxy-config",
+        about: "pulse-sensor-proxy: config.yaml and allowed_nodes.yaml (the YAML subset, then the Config), pvecm status, pvesh get /cluster/status JSON, node names and CIDRs",
+        run: proxy_config,
+    },
 ];
 
 /// The target called `name`.
@@ -516,4 +521,31 @@ fn proxy_http(data: &[u8]) {
     let _ = https::query_param(head.query(), "node");
     let _ = head.header("authorization").map(https::bearer);
     let _ = https::synthetic_uid(head.path());
+}
+
+fn proxy_config(data: &[u8]) {
+    use crate::proxy::{config, nodes};
+    let t = text(data);
+    let _ = config::parse_yaml(&t, "config.yaml");
+    let env = |_: &str| None;
+    if let Ok(c) = config::Config::from_text(&t, "config.yaml", &env) {
+        let _ = format!("{c:?}");
+        for s in &c.allowed_source_subnets {
+            let _ = s.to_string();
+        }
+    }
+    if let Ok(list) = config::parse_allowed_nodes(&t, "allowed_nodes.yaml") {
+        let rendered = config::render_allowed_nodes(&list);
+        let _ = config::parse_allowed_nodes(&rendered, "allowed_nodes.yaml");
+    }
+    let _ = nodes::parse_pvecm_status(&t, true);
+    let _ = nodes::parse_pvecm_status(&t, false);
+    let _ = nodes::parse_pvesh_cluster_status(&t);
+    for line in t.lines().take(64) {
+        let _ = nodes::valid_name(line);
+        let _ = config::valid_entry(line);
+        if let Some(c) = nodes::Cidr::parse(line) {
+            let _ = c.contains(c.addr());
+        }
+    }
 }

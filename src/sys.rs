@@ -524,3 +524,22 @@ pub fn drop_to(user: &User) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `flock(fd, LOCK_EX)`: waits until this open file holds the exclusive
+/// lock (the proxy's config CLI serialises writers this way). The lock lasts
+/// until every descriptor of this open file is closed.
+pub fn lock_exclusive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a descriptor and flags and touches no memory;
+        // the BorrowedFd keeps the descriptor open for the call.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}

@@ -136,7 +136,10 @@ fn is_name(word: &str) -> bool {
 #[test]
 fn man_page_never_hyphenates_a_name() {
     let mut split = BTreeSet::new();
-    for (page, width) in PAGES.into_iter().flat_map(|p| (40..=120).map(move |w| (p, w))) {
+    for (page, width) in PAGES
+        .into_iter()
+        .flat_map(|p| (40..=120).map(move |w| (p, w)))
+    {
         let text = render(page, width);
         let lines: Vec<&str> = text.lines().collect();
         for pair in lines.windows(2) {
@@ -216,7 +219,9 @@ fn the_proxy_page_documents_every_command() {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    let page = std::fs::read_to_string(PROXY_PAGE).unwrap().replace("\\-", "-");
+    let page = std::fs::read_to_string(PROXY_PAGE)
+        .unwrap()
+        .replace("\\-", "-");
     let commands: Vec<&str> = help
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
@@ -232,6 +237,9 @@ fn the_proxy_page_documents_every_command() {
             .take_while(|w| w.chars().all(|ch| ch.is_ascii_lowercase() || ch == '-'))
             .collect();
         let name = words.join(" ");
-        assert!(page.contains(&name), "{name:?} is not in pulse-sensor-proxy.8");
+        assert!(
+            page.contains(&name),
+            "{name:?} is not in pulse-sensor-proxy.8"
+        );
     }
 }

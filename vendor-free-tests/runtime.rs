@@ -261,7 +261,11 @@ fn systemd_analyze_verify_accepts_the_units() {
         std::fs::write(into.join(e.file_name()), text).unwrap();
         files.push(into.join(e.file_name()));
     }
-    assert_eq!(files.len(), 3, "the proxy, the cleanup path and its service");
+    assert_eq!(
+        files.len(),
+        3,
+        "the proxy, the cleanup path and its service"
+    );
     let o = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .args(&files)

@@ -152,18 +152,20 @@ fn dispatch(argv: Vec<OsString>) -> Result<ExitCode, Usage> {
         [] => daemon(&o, root()?),
         ["version"] => version(),
         ["keys"] => keys(&o),
-        ["keys", action @ ("install" | "rotate" | "cleanup")] => {
-            keys_admin(&o, root()?, action)
-        }
+        ["keys", action @ ("install" | "rotate" | "cleanup")] => keys_admin(&o, root()?, action),
         ["config", "validate"] => Ok(super::config::validate_command(
             o.config.as_deref(),
             o.allowed_nodes.as_deref(),
             &env,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
         )),
         ["config", "set-allowed-nodes"] => Ok(super::config::set_allowed_nodes_command(
             o.allowed_nodes.as_deref(),
             &o.merge,
             o.replace,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
         )),
         ["audit", "verify", file] => Ok(super::audit::verify_command(file.as_ref())),
         ["sensors"] => Ok(super::sensors::command(&root()?)),
@@ -239,7 +241,11 @@ fn keys_admin(o: &Opts, root: Root, action: &str) -> Result<ExitCode, Usage> {
         "install" => rotate::install(&setup, &mut out),
         "cleanup" => rotate::cleanup(&setup, &mut out),
         _ => {
-            let mode = if o.rollback { Mode::Rollback } else { Mode::Rotate };
+            let mode = if o.rollback {
+                Mode::Rollback
+            } else {
+                Mode::Rotate
+            };
             rotate::rotate(&setup, mode, o.dry_run, &mut out)
         }
     };

@@ -66,9 +66,8 @@ fn nodes(s: &Setup<'_>) -> Result<Vec<String>, String> {
     if let Some(n) = &s.nodes {
         return Ok(n.clone());
     }
-    if s.cfg.pve_dir.is_dir() || crate::exec::find_program("pvecm").is_some() {
-        return super::server::cluster_members(s.root)
-            .map(|ips| ips.iter().map(ToString::to_string).collect())
+    if super::nodes::is_proxmox_host(s.cfg) {
+        return super::server::cluster_members(s.cfg, s.root)
             .map_err(|e| format!("cannot list the cluster's nodes: {e}"));
     }
     let listed: Vec<String> = s
@@ -128,7 +127,10 @@ pub fn rotate(s: &Setup<'_>, mode: Mode, dry_run: bool, out: &mut dyn Write) -> 
         Mode::Rotate => next.clone(),
         Mode::Rollback => {
             if !prev.join("id_ed25519.pub").exists() {
-                return Err(format!("nothing to roll back to: {} has no key", prev.display()));
+                return Err(format!(
+                    "nothing to roll back to: {} has no key",
+                    prev.display()
+                ));
             }
             prev.clone()
         }
@@ -222,7 +224,10 @@ pub fn rotate(s: &Setup<'_>, mode: Mode, dry_run: bool, out: &mut dyn Write) -> 
         }
     }
     chown_tree(&current, owner.uid(), owner.gid())?;
-    say(format!("switched: {} holds the key in use", current.display()));
+    say(format!(
+        "switched: {} holds the key in use",
+        current.display()
+    ));
     // Now the old key can go.
     let admin = client(s, &current);
     let mut left = Vec::new();

@@ -131,12 +131,16 @@ pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
     let audit = Audit::open(&cfg.audit_log);
     let metrics = Arc::new(Metrics::new());
     let from = source_subnets(&cfg, &root);
-    let cluster_root = root.clone();
-    let validator = Validator::new(
+    let (cluster_cfg, cluster_root, local_root) = (cfg.clone(), root.clone(), root.clone());
+    let mut validator = Validator::new(
         &cfg,
-        Box::new(move || cluster_members(&cluster_root)),
-        Box::new(local_names_fn(root.clone())),
+        Box::new(move || cluster_members(&cluster_cfg, &cluster_root)),
+        Box::new(move || nodes::local_addresses(&local_root)),
     );
+    let hook_metrics = Arc::clone(&metrics);
+    validator.set_failure_hook(Box::new(move |reason| {
+        hook_metrics.node_validation_failure(reason)
+    }));
     let mut ssh = Ssh::new(cfg.ssh_dir.clone(), &cfg.pve_dir);
     ssh.port = cfg.ssh_port;
     ssh.max_output = cfg.max_ssh_output_bytes;
@@ -283,38 +287,23 @@ fn watch_signals(stop: Arc<AtomicBool>, socket: PathBuf) {
     }
 }
 
-/// Cluster members for the validator: `pvecm status`, else `pvesh`.
-pub(crate) fn cluster_members(root: &Root) -> Result<Vec<IpAddr>, String> {
-    nodes::discover_cluster(root, &program("pvecm"), &program("pvesh"))
+/// Cluster members (addresses, or names from `pvesh`): `pvecm status`,
+/// else `pvesh`.
+pub(crate) fn cluster_members(cfg: &Config, root: &Root) -> Result<Vec<String>, String> {
+    let missing = || PathBuf::from("pvecm");
+    let pvecm = cfg.pvecm.clone().unwrap_or_else(missing);
+    let pvesh = cfg.pvesh.clone().unwrap_or_else(|| PathBuf::from("pvesh"));
+    nodes::discover_cluster(root, &pvecm, &pvesh)
 }
 
-/// The names and addresses that mean "this host".
-fn local_names_fn(root: Root) -> impl Fn() -> Vec<String> + Send + Sync {
-    move || local_names(&root)
-}
-
-fn local_names(root: &Root) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if let Some(h) = root.read_trimmed("/proc/sys/kernel/hostname") {
-        names.push(h.to_ascii_lowercase());
-    }
-    names.extend(host_ips(root).iter().map(IpAddr::to_string));
-    names
-}
-
-/// This host's addresses: up interfaces, no loopback or link-local.
-fn host_ips(root: &Root) -> Vec<IpAddr> {
-    root.interface_addrs()
-        .unwrap_or_default()
+/// Whether `node` names this host.
+fn is_local(root: &Root, node: &str) -> bool {
+    ["localhost", "127.0.0.1", "::1"]
         .iter()
-        .filter_map(|a| a.cidr.split('/').next()?.parse::<IpAddr>().ok())
-        .filter(|ip| match ip {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-            IpAddr::V6(v6) => {
-                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
-            }
-        })
-        .collect()
+        .any(|l| l.eq_ignore_ascii_case(node))
+        || nodes::local_addresses(root)
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(node))
 }
 
 /// `allowed_source_subnets`, else this host's addresses as /32 and /128.
@@ -326,8 +315,9 @@ pub(crate) fn source_subnets(cfg: &Config, root: &Root) -> Vec<String> {
             .map(ToString::to_string)
             .collect();
     }
-    host_ips(root)
+    nodes::local_addresses(root)
         .iter()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
         .map(|ip| match ip {
             IpAddr::V4(_) => format!("{ip}/32"),
             IpAddr::V6(_) => format!("{ip}/128"),
@@ -601,7 +591,6 @@ impl Daemon {
             return Err("invalid node name".into());
         }
         if let Err(r) = self.validator.check(node) {
-            self.metrics.node_validation_failure(r.reason);
             log::warn!(
                 "potential SSRF attempt blocked: node {node:?} ({})",
                 r.message
@@ -627,9 +616,7 @@ impl Daemon {
                     ssh::Error::OutputTooLarge { .. } => self.metrics.ssh_output_oversized(node),
                     _ => {}
                 }
-                let local = local_names(&self.root);
-                let is_local = local.iter().any(|n| n.eq_ignore_ascii_case(node));
-                match (is_local, &e) {
+                match (is_local(&self.root, node), &e) {
                     (
                         true,
                         ssh::Error::OutputTooLarge { .. } | ssh::Error::HostKeyChanged { .. },
@@ -646,11 +633,11 @@ impl Daemon {
     }
 
     /// The cluster's nodes, for the admin methods.
-    fn members(&self, what: &str) -> Result<Vec<IpAddr>, String> {
-        if !self.cfg.pve_dir.is_dir() && crate::exec::find_program("pvecm").is_none() {
+    fn members(&self, what: &str) -> Result<Vec<String>, String> {
+        if !nodes::is_proxmox_host(&self.cfg) {
             return Err(format!("not running on Proxmox host{what}"));
         }
-        cluster_members(&self.root)
+        cluster_members(&self.cfg, &self.root)
     }
 
     fn register_nodes(&self, deadline: Instant) -> Result<Value, String> {
@@ -663,10 +650,9 @@ impl Daemon {
         })?;
         let nodes: Vec<Value> = members
             .iter()
-            .map(|ip| {
-                let name = ip.to_string();
+            .map(|name| {
                 let per = deadline.min(Instant::now() + SSH_BUDGET);
-                match self.ssh.check_reachable(&name, per) {
+                match self.ssh.check_reachable(name, per) {
                     Ok(()) => json!({"name": name, "ssh_ready": true}),
                     Err(e) => json!({"name": name, "ssh_ready": false, "error": e.to_string()}),
                 }
@@ -702,18 +688,17 @@ impl Daemon {
         })?;
         let mut results = Map::new();
         let mut ok = 0;
-        for ip in &members {
-            let name = ip.to_string();
+        for name in &members {
             let per = deadline.min(Instant::now() + SSH_BUDGET);
             let r = if self.from.is_empty() {
                 Err("no allowed source subnets configured or detected".to_string())
             } else {
                 self.ssh
-                    .push_key(&name, &key_dir, &self.from, per)
+                    .push_key(name, &key_dir, &self.from, per)
                     .map_err(|e| e.to_string())
             };
             results.insert(
-                name,
+                name.clone(),
                 match r {
                     Ok(()) => {
                         ok += 1;
@@ -723,10 +708,12 @@ impl Daemon {
                 },
             );
         }
-        let names: Vec<String> = members.iter().map(IpAddr::to_string).collect();
-        Ok(
-            json!({"nodes": names, "results": results, "success_count": ok, "total_count": members.len()}),
-        )
+        Ok(json!({
+            "nodes": members,
+            "results": results,
+            "success_count": ok,
+            "total_count": members.len(),
+        }))
     }
 
     /// Leaves `cleanup-request.json` in the work directory for the root
