@@ -13,7 +13,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/sshd.rs"]
+mod sshd;
+
 const BIN: &str = env!("CARGO_BIN_EXE_pulse-sensor-proxy");
+
+/// Where a test's proxy keeps everything, for the daemon and the commands.
+fn proxy_env(d: &Path, socket: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("PULSE_SENSOR_PROXY_CONFIG", d.join("config.yaml")),
+        ("PULSE_SENSOR_PROXY_SOCKET", socket.to_path_buf()),
+        ("PULSE_SENSOR_PROXY_SSH_DIR", d.join("ssh")),
+        ("PULSE_SENSOR_PROXY_AUDIT_LOG", d.join("audit.log")),
+        ("PULSE_SENSOR_PROXY_USER", "root".into()),
+        ("PULSE_SENSOR_PROXY_PVE_DIR", d.join("pve")),
+        ("PULSE_SENSOR_PROXY_METRICS_ADDR", "disabled".into()),
+        ("PULSE_SENSOR_PROXY_WORK_DIR", d.to_path_buf()),
+    ]
+}
 
 /// A temp directory removed on drop.
 struct Temp(PathBuf);
@@ -82,6 +99,12 @@ impl Proxy {
     /// Starts the daemon with `config` as its config.yaml (and a root tree
     /// holding `/etc/subuid` and `/etc/subgid` for the container test).
     fn start(name: &str, config: &str) -> Proxy {
+        Proxy::start_with(name, config, true)
+    }
+
+    /// `tripwires`: ssh and ssh-keyscan first in PATH are fakes that record
+    /// being run (and fail); off, the real ones run.
+    fn start_with(name: &str, config: &str, trip: bool) -> Proxy {
         let dir = Temp::new(name);
         let d = &dir.0;
         std::fs::write(d.join("config.yaml"), config).unwrap();
@@ -92,13 +115,11 @@ impl Proxy {
         for f in ["subuid", "subgid"] {
             std::fs::write(root.join("etc").join(f), "root:100000:65536\n").unwrap();
         }
-        let bin = tripwires(d);
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if trip {
+            path = format!("{}:{path}", tripwires(d).display());
+        }
         let socket = d.join("run/pulse-sensor-proxy.sock");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         let child = Command::new(BIN)
             .arg("--config")
             .arg(d.join("config.yaml"))
@@ -106,14 +127,8 @@ impl Proxy {
             .arg(&root)
             .current_dir(d)
             .env_clear()
-            .env("PATH", path)
-            .env("PULSE_SENSOR_PROXY_SOCKET", &socket)
-            .env("PULSE_SENSOR_PROXY_SSH_DIR", d.join("ssh"))
-            .env("PULSE_SENSOR_PROXY_AUDIT_LOG", d.join("audit.log"))
-            .env("PULSE_SENSOR_PROXY_USER", "root")
-            .env("PULSE_SENSOR_PROXY_PVE_DIR", d.join("pve"))
-            .env("PULSE_SENSOR_PROXY_METRICS_ADDR", "disabled")
-            .env("PULSE_SENSOR_PROXY_WORK_DIR", d)
+            .env("PATH", &path)
+            .envs(proxy_env(d, &socket))
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(d.join("stderr")).unwrap(),
@@ -444,4 +459,198 @@ fn a_flood_from_one_peer_does_not_starve_another() {
         a.iter()
             .any(|e| e["event_type"] == "limiter.rejection" && e["limiter"] == "rate")
     );
+}
+
+/// `pulse-sensor-proxy COMMAND...` with the test proxy's environment.
+fn command(p: &Proxy, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(proxy_env(&p.dir.0, &p.socket))
+        .output()
+        .unwrap()
+}
+
+fn temperature(p: &Proxy) -> Value {
+    reply(&p.call_as(&[], "get_temperature", &["node=127.0.0.1"]))
+}
+
+fn proxy_lines(keys: &Path) -> Vec<String> {
+    std::fs::read_to_string(keys)
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(" pulse-sensor-proxy"))
+        .map(String::from)
+        .collect()
+}
+
+/// The whole life of a key against a real sshd playing a cluster node:
+/// the daemon refuses to guess before the key is installed, `keys install`
+/// puts it there, `get_temperature` returns the node's forced-command
+/// output, `keys rotate` and `--rollback` switch keys under the running
+/// daemon, `request_cleanup` + `keys cleanup` take it off again, and a
+/// changed host key is refused.
+#[test]
+fn temperatures_from_a_real_sshd_node_through_the_daemon() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor-free-tests/fixtures");
+    let node_sys = fixtures.join("proxy-ssh/node/sys");
+    let tmp = Temp::new("sshd-node");
+    let Some(mut node) = sshd::Sshd::start(&tmp.0.join("node"), Some(&node_sys)) else {
+        return;
+    };
+    let config = format!(
+        "allowed_nodes:\n  - 127.0.0.1\nallowed_source_subnets:\n  - 127.0.0.1/32\nssh_port: {}\n",
+        node.port
+    );
+    let p = Proxy::start_with("sshd", &config, false);
+    let expected = pulse_agent::proxy::sensors::render(
+        &pulse_agent::root::Root::new(node_sys.parent().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let admin = node.admin_key.display().to_string();
+
+    // Not installed yet: a failure, not a guess.
+    let r = temperature(&p);
+    assert_eq!(r["success"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed to get temperatures: "),
+        "{r}"
+    );
+
+    let o = command(
+        &p,
+        &[
+            "keys",
+            "install",
+            "--identity",
+            &admin,
+            "--node",
+            "127.0.0.1",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = proxy_lines(&node.authorized_keys());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with("from=\"127.0.0.1/32\",command=\""),
+        "{first:?}"
+    );
+
+    let r = temperature(&p);
+    assert_eq!(r["success"], true, "{r}");
+    assert_eq!(r["data"]["node"], "127.0.0.1");
+    assert_eq!(
+        r["data"]["temperature"].as_str().unwrap().trim(),
+        expected.trim()
+    );
+
+    // Latency of get_temperature to a loopback node, through the socket.
+    let mut took: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(temperature(&p)["success"], true);
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    eprintln!(
+        "get_temperature (debug build, `call` client): median {:?}, worst {:?} of {}",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        took.len()
+    );
+
+    // Rotation: a new key, the old one kept in ssh.d/prev and gone from
+    // the node; the running daemon uses the new one.
+    let ssh = p.dir.0.join("ssh");
+    let old_pub = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    let o = command(
+        &p,
+        &[
+            "keys",
+            "rotate",
+            "--identity",
+            &admin,
+            "--node",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let new_pub = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    assert_ne!(new_pub, old_pub);
+    assert_eq!(
+        std::fs::read_to_string(p.dir.0.join("ssh.d/prev/id_ed25519.pub")).unwrap(),
+        old_pub
+    );
+    let lines = proxy_lines(&node.authorized_keys());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(new_pub.split_whitespace().nth(1).unwrap()));
+    assert_eq!(temperature(&p)["success"], true);
+    // A dry run changes nothing.
+    let o = command(&p, &["keys", "rotate", "--dry-run", "--node", "127.0.0.1"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("[dry-run] "));
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap(),
+        new_pub
+    );
+
+    // Rollback: the previous key is back, on the node too.
+    let o = command(
+        &p,
+        &[
+            "keys",
+            "rotate",
+            "--rollback",
+            "--identity",
+            &admin,
+            "--node",
+            "127.0.0.1",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap(),
+        old_pub
+    );
+    let lines = proxy_lines(&node.authorized_keys());
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains(old_pub.split_whitespace().nth(1).unwrap()));
+    assert_eq!(temperature(&p)["success"], true);
+
+    // A changed host key: refused, nothing fetched.
+    node.new_host_key();
+    let r = temperature(&p);
+    assert_eq!(r["success"], false);
+    assert!(r["error"].as_str().unwrap().contains("changed"), "{r}");
+    let known = std::fs::read_to_string(ssh.join("known_hosts")).unwrap();
+    assert!(!known.contains(node.host_key().split_whitespace().nth(1).unwrap()));
+
+    // Cleanup: asked over the socket, done by `keys cleanup` (which trusts
+    // the node's new key only through the operator: re-learn it first).
+    std::fs::write(ssh.join("known_hosts"), "").unwrap();
+    let r = reply(&p.call_as(&[], "request_cleanup", &["host=127.0.0.1", "reason=test"]));
+    assert_eq!(r["data"]["queued"], true, "{r}");
+    let request: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.dir.0.join("cleanup-request.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(request["host"], "127.0.0.1");
+    let o = command(&p, &["keys", "cleanup", "--identity", &admin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(proxy_lines(&node.authorized_keys()).is_empty());
+    assert!(!p.dir.0.join("cleanup-request.json").exists());
 }

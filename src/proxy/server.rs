@@ -64,6 +64,7 @@ pub enum Error {
     Key(ssh::Error),
     Bind(PathBuf, io::Error),
     Metrics(String, io::Error),
+    Https(String),
 }
 
 impl fmt::Display for Error {
@@ -79,6 +80,7 @@ impl fmt::Display for Error {
             Error::Key(e) => write!(f, "SSH key: {e}"),
             Error::Bind(p, e) => write!(f, "cannot listen on {}: {e}", p.display()),
             Error::Metrics(a, e) => write!(f, "metrics listener {a}: {e}"),
+            Error::Https(e) => write!(f, "HTTPS mode: {e}"),
         }
     }
 }
@@ -99,6 +101,8 @@ pub struct Daemon {
     penalty: PenaltyBox,
     /// The `from=` clause of the keys the proxy installs.
     from: Vec<String>,
+    /// The same, parsed: who may use the HTTPS mode.
+    sources: Vec<nodes::Cidr>,
 }
 
 /// Starts the daemon and serves until SIGTERM or SIGINT.
@@ -167,8 +171,23 @@ pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
         metrics,
         validator,
         ssh,
+        sources: from.iter().filter_map(|c| nodes::Cidr::parse(c)).collect(),
         from,
     });
+    if let Some(http) = &daemon.cfg.http {
+        let settings = super::https::Settings {
+            listen: http.listen_addr.clone(),
+            cert: http.tls_cert.clone(),
+            key: http.tls_key.clone(),
+            token: http.auth_token.clone(),
+            read_timeout: daemon.cfg.read_timeout,
+            write_timeout: daemon.cfg.write_timeout,
+        };
+        let backend: Arc<dyn super::https::Backend> = Arc::clone(&daemon) as _;
+        super::https::serve(settings, backend, Arc::clone(&daemon.metrics))
+            .map_err(|e| Error::Https(e.to_string()))?;
+        log::info!("HTTPS mode on {}", http.listen_addr);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop), daemon.cfg.socket.clone());
     log::info!(
@@ -600,36 +619,40 @@ impl Daemon {
                 r.reason
             ));
         }
+        let out = self.temperature_of(node, deadline)?;
+        Ok(json!({"node": node, "temperature": out}))
+    }
+
+    /// One node's temperatures (a validated node): through the node's gate,
+    /// then ssh; this host's own sensors when ssh to itself fails.
+    fn temperature_of(&self, node: &str, deadline: Instant) -> Result<String, String> {
         let Some(_turn) = self.gate.enter(node, deadline) else {
-            return Err("request cancelled while waiting for node".into());
+            return Err(super::https::NODE_BUSY.into());
         };
         let started = Instant::now();
         let fetched = self
             .ssh
             .fetch_temperatures(node, deadline.min(started + SSH_BUDGET));
         self.metrics.ssh(node, fetched.is_ok(), started.elapsed());
-        let out = match fetched {
-            Ok(out) => out,
+        match fetched {
+            Ok(out) => Ok(out),
             Err(e) => {
                 match &e {
                     ssh::Error::HostKeyChanged { .. } => self.metrics.hostkey_change(node),
                     ssh::Error::OutputTooLarge { .. } => self.metrics.ssh_output_oversized(node),
                     _ => {}
                 }
-                match (is_local(&self.root, node), &e) {
-                    (
-                        true,
-                        ssh::Error::OutputTooLarge { .. } | ssh::Error::HostKeyChanged { .. },
-                    )
-                    | (false, _) => {
-                        return Err(format!("failed to get temperatures: {e}"));
-                    }
-                    (true, _) => sensors::render(&self.root)
-                        .map_err(|l| format!("failed to get temperatures: {e}; locally: {l}"))?,
+                let refused = matches!(
+                    e,
+                    ssh::Error::OutputTooLarge { .. } | ssh::Error::HostKeyChanged { .. }
+                );
+                if refused || !is_local(&self.root, node) {
+                    return Err(format!("failed to get temperatures: {e}"));
                 }
+                sensors::render(&self.root)
+                    .map_err(|l| format!("failed to get temperatures: {e}; locally: {l}"))
             }
-        };
-        Ok(json!({"node": node, "temperature": out}))
+        }
     }
 
     /// The cluster's nodes, for the admin methods.
@@ -755,6 +778,48 @@ impl Daemon {
         })?;
         log::info!("cleanup requested (host {host:?})");
         Ok(json!({"queued": true}))
+    }
+}
+
+/// The HTTPS mode (spec §12) asks the same limiter, validator, gate and
+/// audit log as the socket.
+impl super::https::Backend for Daemon {
+    fn source_allowed(&self, ip: IpAddr) -> bool {
+        self.sources.iter().any(|c| c.contains(ip))
+    }
+
+    fn admit(&self, synthetic_uid: u32) -> Result<Box<dyn Send>, &'static str> {
+        let key = format!("uid:{synthetic_uid}");
+        match self.limiter.admit(&key) {
+            Ok(p) => Ok(Box::new(p)),
+            Err(reason) => {
+                self.metrics.limiter_rejection(reason, &key);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Counted, not slept: a sleep would hold one of the listener's few
+    /// workers (the socket's penalty holds only the connection).
+    fn penalize(&self, synthetic_uid: u32, reason: &str) {
+        self.metrics
+            .penalty(reason, &format!("uid:{synthetic_uid}"));
+    }
+
+    fn valid_node_name(&self, node: &str) -> bool {
+        nodes::valid_name(node)
+    }
+
+    fn validate_node(&self, node: &str) -> Result<(), String> {
+        self.validator.check(node).map_err(|r| r.message)
+    }
+
+    fn temperature(&self, node: &str) -> Result<String, String> {
+        self.temperature_of(node, Instant::now() + HANDLER_BUDGET)
+    }
+
+    fn audit(&self, event: Event) {
+        self.audit.log(event);
     }
 }
 
