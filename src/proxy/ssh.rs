@@ -732,7 +732,7 @@ mod tests {
 
     #[test]
     fn the_push_script_quotes_the_line() {
-        let s = push_script("it's \"x\" $HOME `id`", false);
+        let s = push_script("it's \"x\" $HOME `id`", "", false);
         assert!(s.contains(r#"line='it'\''s "x" $HOME `id`'"#), "{s}");
         assert!(!s.contains("pulse-sensor-proxy.new"));
     }
