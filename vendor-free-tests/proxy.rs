@@ -99,12 +99,13 @@ impl Proxy {
     /// Starts the daemon with `config` as its config.yaml (and a root tree
     /// holding `/etc/subuid` and `/etc/subgid` for the container test).
     fn start(name: &str, config: &str) -> Proxy {
-        Proxy::start_with(name, config, true)
+        Proxy::start_with(name, config, true, &[])
     }
 
     /// `tripwires`: ssh and ssh-keyscan first in PATH are fakes that record
     /// being run (and fail); off, the real ones run.
-    fn start_with(name: &str, config: &str, trip: bool) -> Proxy {
+    /// `env`: set after the test's own variables (they win).
+    fn start_with(name: &str, config: &str, trip: bool, env: &[(&str, &str)]) -> Proxy {
         let dir = Temp::new(name);
         let d = &dir.0;
         std::fs::write(d.join("config.yaml"), config).unwrap();
@@ -129,6 +130,7 @@ impl Proxy {
             .env_clear()
             .env("PATH", &path)
             .envs(proxy_env(d, &socket))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(d.join("stderr")).unwrap(),
@@ -504,10 +506,12 @@ fn temperatures_from_a_real_sshd_node_through_the_daemon() {
         return;
     };
     let config = format!(
-        "allowed_nodes:\n  - 127.0.0.1\nallowed_source_subnets:\n  - 127.0.0.1/32\nssh_port: {}\n",
+        "allowed_nodes:\n  - 127.0.0.1\nallowed_source_subnets:\n  - 127.0.0.1/32\nssh_port: {}\n\
+         # Many calls in a row from one peer: above the default 2/s.\n\
+         rate_limit:\n  per_peer_interval_ms: 10\n  per_peer_burst: 100\n",
         node.port
     );
-    let p = Proxy::start_with("sshd", &config, false);
+    let p = Proxy::start_with("sshd", &config, false, &[]);
     let expected = pulse_agent::proxy::sensors::render(
         &pulse_agent::root::Root::new(node_sys.parent().unwrap()).unwrap(),
     )
@@ -653,4 +657,67 @@ fn temperatures_from_a_real_sshd_node_through_the_daemon() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(proxy_lines(&node.authorized_keys()).is_empty());
     assert!(!p.dir.0.join("cleanup-request.json").exists());
+}
+
+/// Started as root (outside its unit), the daemon becomes its user before
+/// it listens: the socket and key directories are made for that user, and
+/// the process keeps no root UID or capability.
+#[test]
+fn started_as_root_it_drops_to_its_user() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Proxy::start_with(
+        "drop",
+        CONFIG,
+        true,
+        &[("PULSE_SENSOR_PROXY_USER", "nobody")],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("Uid:"), ["65534"; 4], "{status}");
+    assert_eq!(field("Gid:"), ["65534"; 4], "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    use std::os::unix::fs::MetadataExt;
+    let key = std::fs::metadata(p.dir.0.join("ssh/id_ed25519")).unwrap();
+    assert_eq!((key.uid(), key.mode() & 0o777), (65534, 0o600));
+    // Root still gets in (always allowed), and is answered by the dropped
+    // process.
+    assert_eq!(reply(&p.call_as(&[], "get_status", &[]))["success"], true);
+    assert!(
+        p.stderr().contains("dropped privileges to nobody"),
+        "{}",
+        p.stderr()
+    );
+}
+
+/// A user that does not exist is a refusal to start as root, not a daemon
+/// left running as root.
+#[test]
+fn started_as_root_without_its_user_it_refuses() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let dir = Temp::new("nouser");
+    std::fs::write(dir.0.join("config.yaml"), "").unwrap();
+    let o = Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(proxy_env(&dir.0, &dir.0.join("s.sock")))
+        .env("PULSE_SENSOR_PROXY_USER", "no-such-user-psp")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("\"no-such-user-psp\" does not exist"), "{err}");
+    assert!(!dir.0.join("s.sock").exists());
 }

@@ -132,6 +132,23 @@ pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
             cfg.allowed_idmap_users
         );
     }
+    if cfg.control_plane.is_some() {
+        log::warn!(
+            "pulse_control_plane is set, but this proxy does not take its allow-list from Pulse (Pulse 5 disabled that API): nodes are checked against allowed_nodes and the cluster"
+        );
+    }
+    let in_container = [
+        "/.dockerenv",
+        "/run/.containerenv",
+        "/run/systemd/container",
+    ]
+    .iter()
+    .any(|p| root.exists(p));
+    if in_container && !cfg.suppress_container_warning {
+        log::warn!(
+            "running inside a container: the proxy belongs on the Proxmox host, where the keys stay out of reach of the container (PULSE_SENSOR_PROXY_SUPPRESS_CONTAINER_WARNING=true silences this)"
+        );
+    }
     let audit = Audit::open(&cfg.audit_log);
     let metrics = Arc::new(Metrics::new());
     let from = source_subnets(&cfg, &root);
