@@ -397,3 +397,111 @@ fn get_temperature_keeps_its_deadline_and_its_size_cap() {
     );
     assert!(matches!(r, Err(ProxyError::Missing(_))), "{r:?}");
 }
+
+#[path = "common/sshd.rs"]
+mod sshd;
+
+/// The agent and the real pulse-sensor-proxy together: the proxy's key
+/// installed on a real sshd playing peer `pve-b` (127.0.0.1), the agent
+/// asking the daemon's socket; `clusterSensors[]` carries the node's own
+/// readings, and the stand-in accepts the report. Needs root (sshd).
+#[test]
+fn the_real_proxy_answers_the_agent() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap();
+    if !uid {
+        eprintln!("SKIPPED: needs root for sshd");
+        return;
+    }
+    let proxy_bin = env!("CARGO_BIN_EXE_pulse-sensor-proxy");
+    let dir = Dir::new("cs-real");
+    let node_sys = common::fixtures_dir().join("proxy-ssh/node/sys");
+    let Some(node) = sshd::Sshd::start(&dir.0.join("node"), Some(&node_sys)) else {
+        return;
+    };
+    // The agent's host: pvesh names this node and the peer.
+    let root = proxmox_root(&dir);
+    std::fs::write(
+        root.join(".capture/cmd/pvesh get _cluster_status --output-format json"),
+        r#"[{"type":"node","name":"pve-a","ip":"10.0.0.1","local":1,"online":1},
+            {"type":"node","name":"PVE-B","ip":"127.0.0.1","local":0,"online":1}]"#,
+    )
+    .unwrap();
+    // The proxy, as root (PULSE_SENSOR_PROXY_USER=root), everything in `dir`.
+    let p = dir.0.join("proxy");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("config.yaml"),
+        format!(
+            "allowed_nodes: [127.0.0.1]\nallowed_source_subnets: [127.0.0.1/32]\nssh_port: {}\n",
+            node.port
+        ),
+    )
+    .unwrap();
+    let socket = p.join("proxy.sock");
+    let env = [
+        ("PULSE_SENSOR_PROXY_CONFIG", p.join("config.yaml")),
+        ("PULSE_SENSOR_PROXY_SOCKET", socket.clone()),
+        ("PULSE_SENSOR_PROXY_SSH_DIR", p.join("ssh")),
+        ("PULSE_SENSOR_PROXY_AUDIT_LOG", p.join("audit.log")),
+        ("PULSE_SENSOR_PROXY_USER", "root".into()),
+        ("PULSE_SENSOR_PROXY_PVE_DIR", p.join("pve")),
+        ("PULSE_SENSOR_PROXY_METRICS_ADDR", "disabled".into()),
+        ("PULSE_SENSOR_PROXY_WORK_DIR", p.clone()),
+    ];
+    let mut daemon = Command::new(proxy_bin)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < until, "the proxy did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = Command::new(proxy_bin)
+        .args(["keys", "install", "--node", "127.0.0.1", "--identity"])
+        .arg(&node.admin_key)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let s = StandIn::start();
+    let doc = report_once(
+        &s,
+        &dir,
+        &root,
+        &[&format!("--sensor-proxy-socket={}", socket.display())],
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let nodes = doc["clusterSensors"].as_array().expect("clusterSensors");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["nodeName"], "pve-b");
+    let chips = pulse_agent::collect::hwmon::read_sysfs(
+        &pulse_agent::root::Root::new(node_sys.parent().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let want = pulse_agent::collect::hwmon::map(&chips);
+    let got = nodes[0]["sensors"]["temperatureCelsius"]
+        .as_object()
+        .unwrap();
+    assert!(!want.temperatures.is_empty());
+    assert_eq!(
+        got.len(),
+        want.temperatures.len(),
+        "{got:?} vs {:?}",
+        want.temperatures
+    );
+    for (k, v) in &want.temperatures {
+        assert_eq!(got[k].as_f64(), Some(*v), "{k}");
+    }
+    assert_eq!(module(&doc)["state"], "running", "{}", module(&doc));
+}
