@@ -721,3 +721,108 @@ fn started_as_root_without_its_user_it_refuses() {
     assert!(err.contains("\"no-such-user-psp\" does not exist"), "{err}");
     assert!(!dir.0.join("s.sock").exists());
 }
+
+/// `curl` over HTTPS, trusting `ca`; (status, body).
+fn curl(ca: &Path, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "30",
+        "--cacert",
+    ])
+    .arg(ca)
+    .arg(url);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let o = c.output().expect("curl is needed (.ci/run installs it)");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The HTTPS mode of a running daemon (spec §12): the bearer token, the
+/// node checks and the SSH fetch are the socket's; the token never reaches
+/// the log.
+#[test]
+fn https_mode_serves_health_and_temps_behind_the_token() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let certs = Temp::new("https-certs");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt, pem_key) = (certs.0.join("server.crt"), certs.0.join("server.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    const TOKEN: &str = "s3cret-token-in-test";
+    let config = format!(
+        "allowed_nodes: [10.9.9.9]\nallowed_source_subnets: [127.0.0.1/32]\nhttp_enabled: true\n\
+         http_listen_addr: 127.0.0.1:{port}\nhttp_tls_cert: {}\nhttp_tls_key: {}\nhttp_auth_token: {TOKEN}\n",
+        crt.display(),
+        pem_key.display()
+    );
+    let p = Proxy::start("https", &config);
+    let base = format!("https://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "no HTTPS listener: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, body) = curl(&crt, &format!("{base}/health"), Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "ok"
+    );
+    let (code, body) = curl(&crt, &format!("{base}/health"), None);
+    assert_eq!(
+        (code, body.trim()),
+        (401, r#"{"error":"missing authorization header"}"#)
+    );
+    let (code, _) = curl(&crt, &format!("{base}/health"), Some("wrong"));
+    assert_eq!(code, 401);
+    let (code, body) = curl(&crt, &format!("{base}/temps?node=10.1.1.1"), Some(TOKEN));
+    assert_eq!(
+        (code, body.trim()),
+        (403, r#"{"error":"node not allowed"}"#)
+    );
+    let (code, _) = curl(
+        &crt,
+        &format!("{base}/temps?node=-oProxyCommand%3Dx"),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 400);
+    // Allowed, then ssh (the tripwire, which fails): a 500 with the cause.
+    let (code, body) = curl(&crt, &format!("{base}/temps?node=10.9.9.9"), Some(TOKEN));
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("failed to get temperatures"), "{body}");
+    let tripped = std::fs::read_to_string(p.dir.0.join("tripped")).unwrap_or_default();
+    assert!(
+        tripped.contains("10.9.9.9") && !tripped.contains("ProxyCommand"),
+        "{tripped}"
+    );
+    let audit = p.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event_type"] == "http_request" && e["reason"] == "invalid_token"),
+        "{audit:?}"
+    );
+    let logs = p.stderr() + &std::fs::read_to_string(p.dir.0.join("audit.log")).unwrap();
+    assert!(!logs.contains(TOKEN), "the token reached a log");
+}
