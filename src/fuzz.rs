@@ -114,6 +114,11 @@ pub const TARGETS: &[Target] = &[
         about: "pulse-sensor-proxy: config.yaml and allowed_nodes.yaml (the YAML subset, then the Config), pvecm status, pvesh get /cluster/status JSON, node names and CIDRs",
         run: proxy_config,
     },
+    Target {
+        name: "proxy-socket",
+        about: "pulse-sensor-proxy: a request on its socket (line reading, JSON, method, correlation ID), /etc/subuid and /etc/subgid, known_hosts",
+        run: proxy_socket,
+    },
 ];
 
 /// The target called `name`.
@@ -548,4 +553,20 @@ fn proxy_config(data: &[u8]) {
             let _ = c.contains(c.addr());
         }
     }
+}
+
+fn proxy_socket(data: &[u8]) {
+    use crate::proxy::{peer, protocol, ssh};
+    let limit = std::time::Duration::from_secs(1);
+    if let Ok(line) = protocol::read_request(&mut &data[..], limit, |_, _| Ok(())) {
+        if let Ok(req) = protocol::parse(&line) {
+            let corr = req.correlation_id.clone();
+            let _ = protocol::response(&corr, Ok(serde_json::Value::Object(req.params)));
+        }
+    }
+    let t = text(data);
+    let _ = protocol::canonical_uuid(&t);
+    let users = ["root".to_string()];
+    let _ = peer::parse_subid(&t, &users);
+    let _ = ssh::host_keys(&t, "pve1", 22);
 }
