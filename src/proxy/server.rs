@@ -107,6 +107,9 @@ pub struct Daemon {
 
 /// Starts the daemon and serves until SIGTERM or SIGINT.
 pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
+    // One malloc arena: a few short-lived threads, no contention worth
+    // 64 MiB of address space (and its resident pages) each.
+    sys::limit_malloc_arenas();
     sys::block_signals().map_err(Error::Signals)?;
     drop_privileges(&cfg)?;
     let read = |p: &str| root.read(p).ok();
