@@ -826,3 +826,32 @@ fn https_mode_serves_health_and_temps_behind_the_token() {
     let logs = p.stderr() + &std::fs::read_to_string(p.dir.0.join("audit.log")).unwrap();
     assert!(!logs.contains(TOKEN), "the token reached a log");
 }
+
+/// Found by hand: 50 `call`s in a row from one peer mostly ended in
+/// "Broken pipe": the accept loop answered "rate limit exceeded" and closed
+/// before the client had written its request. Refused connections now stay
+/// open a moment, and clients read the reply even when their write fails.
+#[test]
+fn a_refused_client_reads_its_refusal_not_a_broken_pipe() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Proxy::start("epipe", CONFIG);
+    let mut refused = 0;
+    for _ in 0..30 {
+        let o = p.call_as(&[], "get_status", &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("reset"),
+            "{err}"
+        );
+        let r = reply(&o);
+        if r["error"] == "rate limit exceeded" {
+            refused += 1;
+        } else {
+            assert_eq!(r["success"], true, "{r}");
+        }
+    }
+    assert!(refused > 0, "the burst of 10 was never exceeded");
+}

@@ -178,11 +178,15 @@ pub fn get_temperature(socket: &Path, node: &str, deadline: Instant) -> Result<S
     let mut line = request.to_string();
     line.push('\n');
     s.set_write_timeout(Some(left()?)).map_err(io)?;
-    s.write_all(line.as_bytes()).map_err(io)?;
-    s.shutdown(Shutdown::Write).map_err(io)?;
+    // The proxy refuses (unauthorized, rate limit) before it reads, and
+    // may close its side first: after a failed write, its reply is still
+    // there to read.
+    let sent = s.write_all(line.as_bytes());
+    let _ = s.shutdown(Shutdown::Write);
     let mut reply = Vec::new();
     let mut buf = [0u8; 16 * 1024];
-    loop {
+    // One line: the proxy may keep the connection open after it.
+    while !reply.ends_with(b"\n") {
         s.set_read_timeout(Some(left()?)).map_err(io)?;
         match s.read(&mut buf) {
             Ok(0) => break,
@@ -193,8 +197,12 @@ pub fn get_temperature(socket: &Path, node: &str, deadline: Instant) -> Result<S
             }
             Ok(n) => reply.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
+            Err(e) if reply.is_empty() => return Err(io(sent.err().unwrap_or(e))),
+            Err(_) => break,
         }
+    }
+    if let (Err(e), true) = (sent, reply.is_empty()) {
+        return Err(io(e));
     }
     parse_reply(&reply)
 }

@@ -279,8 +279,11 @@ fn call(o: &Opts, method: &str) -> Result<ExitCode, Usage> {
         let mut s = UnixStream::connect(&socket)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(&line)?;
-        s.shutdown(std::net::Shutdown::Write)?;
+        // A refusal (unauthorized, rate limit) can come before the request
+        // is read, and the daemon may have stopped reading: the reply is
+        // still there to read after a failed write.
+        let sent = s.write_all(&line);
+        let _ = s.shutdown(std::net::Shutdown::Write);
         // One line; the daemon may hold the connection open a while
         // after it (the penalty), so the newline ends the wait, not EOF.
         let mut reply = Vec::new();
@@ -289,11 +292,14 @@ fn call(o: &Opts, method: &str) -> Result<ExitCode, Usage> {
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => reply.extend_from_slice(&buf[..n]),
-                Err(e) if reply.is_empty() => return Err(e),
+                Err(e) if reply.is_empty() => return Err(sent.err().unwrap_or(e)),
                 Err(_) => break,
             }
         }
-        Ok(reply)
+        match sent {
+            Err(e) if reply.is_empty() => Err(e),
+            _ => Ok(reply),
+        }
     };
     Ok(match exchange() {
         Ok(reply) => {

@@ -15,7 +15,6 @@
 //! [`nodes::valid_name`] or the validator, or answer more than one request
 //! per connection.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -47,6 +46,8 @@ const HANDLER_BUDGET: Duration = Duration::from_secs(30);
 const SSH_BUDGET: Duration = Duration::from_secs(15);
 /// How long an invalid request's connection is held open.
 const PENALTY: Duration = Duration::from_secs(2);
+/// How long a refused connection stays open after its reply.
+const LINGER: Duration = Duration::from_secs(1);
 /// Connections held at once for penalties; past it they close at once.
 const PENALTY_SLOTS: usize = 256;
 /// Replies written from the accept loop must not stall it.
@@ -393,7 +394,7 @@ fn peer_event(event_type: &'static str, decision: &'static str, peer: Option<Pee
 
 impl Daemon {
     /// Spec §2 steps 1-5, on the accept thread: no read happens here.
-    fn accept(self: &Arc<Self>, mut stream: UnixStream) {
+    fn accept(self: &Arc<Self>, stream: UnixStream) {
         let peer = match sys::peer_cred(stream.as_raw_fd()) {
             Ok((pid, uid, gid)) => Peer { pid, uid, gid },
             Err(e) => {
@@ -401,10 +402,7 @@ impl Daemon {
                 let mut ev = peer_event("connection.denied", "denied", None);
                 ev.reason = "peer_credentials_unavailable".into();
                 self.audit.log(ev);
-                quick_reply(
-                    &mut stream,
-                    &protocol::response("", Err("unauthorized".into())),
-                );
+                self.refuse_early(stream, "unauthorized");
                 return;
             }
         };
@@ -420,10 +418,7 @@ impl Daemon {
                 let mut ev = peer_event("connection.denied", "denied", Some(peer));
                 ev.reason = reason;
                 self.audit.log(ev);
-                quick_reply(
-                    &mut stream,
-                    &protocol::response("", Err("unauthorized".into())),
-                );
+                self.refuse_early(stream, "unauthorized");
                 return;
             }
         };
@@ -437,10 +432,7 @@ impl Daemon {
                 ev.limiter = reason.into();
                 self.audit.log(ev);
                 self.metrics.limiter_rejection(reason, &key);
-                quick_reply(
-                    &mut stream,
-                    &protocol::response("", Err("rate limit exceeded".into())),
-                );
+                self.refuse_early(stream, "rate limit exceeded");
                 return;
             }
         };
@@ -462,6 +454,13 @@ impl Daemon {
             log::warn!("cannot start a request thread: {e}");
             self.metrics.queue_depth(-1);
         }
+    }
+
+    /// A refusal from the accept loop: the reply, then the connection is
+    /// held briefly (see [`PenaltyBox`]).
+    fn refuse_early(&self, mut stream: UnixStream, error: &str) {
+        quick_reply(&mut stream, &protocol::response("", Err(error.into())));
+        self.penalty.hold(stream, LINGER);
     }
 
     /// Spec §2 steps 6-11.
@@ -580,7 +579,7 @@ impl Daemon {
         self.reply(&mut stream, &protocol::response(corr, Err(reply.into())));
         drop(permit);
         self.metrics.penalty(reason, key);
-        self.penalty.hold(stream);
+        self.penalty.hold(stream, PENALTY);
     }
 
     fn call(
@@ -843,10 +842,13 @@ impl super::https::Backend for Daemon {
     }
 }
 
-/// Penalised connections and when each may close, oldest first.
-type Held = Arc<(Mutex<VecDeque<(Instant, UnixStream)>>, Condvar)>;
+/// Held connections and when each may close.
+type Held = Arc<(Mutex<Vec<(Instant, UnixStream)>>, Condvar)>;
 
-/// Connections held open until their penalty ends, by one thread.
+/// Connections held open for a while by one thread: penalised ones (two
+/// seconds), and refused ones (briefly, so a client that writes its
+/// request after the refusal was sent reads the refusal instead of
+/// failing with EPIPE).
 struct PenaltyBox {
     held: Held,
 }
@@ -863,12 +865,10 @@ impl PenaltyBox {
                 let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
                 loop {
                     let now = Instant::now();
-                    while q.front().is_some_and(|(until, _)| *until <= now) {
-                        q.pop_front();
-                    }
-                    q = match q.front().map(|(until, _)| *until - now) {
-                        Some(wait) => {
-                            cv.wait_timeout(q, wait)
+                    q.retain(|(until, _)| *until > now);
+                    q = match q.iter().map(|(until, _)| *until).min() {
+                        Some(next) => {
+                            cv.wait_timeout(q, next - now)
                                 .unwrap_or_else(|p| p.into_inner())
                                 .0
                         }
@@ -877,18 +877,18 @@ impl PenaltyBox {
                 }
             });
         if let Err(e) = spawned {
-            log::warn!(
-                "cannot start the penalty thread ({e}); penalised connections close at once"
-            );
+            log::warn!("cannot start the penalty thread ({e}); held connections close at once");
         }
         PenaltyBox { held }
     }
 
-    fn hold(&self, stream: UnixStream) {
+    /// Keeps `stream` open for `hold`; closes it at once when the box is
+    /// full (it never holds more than [`PENALTY_SLOTS`]).
+    fn hold(&self, stream: UnixStream, hold: Duration) {
         let (queue, cv) = &*self.held;
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() < PENALTY_SLOTS {
-            q.push_back((Instant::now() + PENALTY, stream));
+            q.push((Instant::now() + hold, stream));
             cv.notify_one();
         }
     }
