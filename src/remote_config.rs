@@ -494,6 +494,13 @@ fn go_number(n: &serde_json::Number) -> String {
 }
 
 fn go_string(s: &str, out: &mut String) {
+    json_string(s, out, true);
+}
+
+/// A JSON string as Go (≥ 1.22) encodes it: `\b \f \n \r \t` short,
+/// other controls `\u00XX`; with `html`, `encoding/json`'s HTML-safe escapes
+/// of `<`, `>`, `&`, U+2028 and U+2029 too (zerolog leaves those alone).
+pub(crate) fn json_string(s: &str, out: &mut String, html: bool) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -502,11 +509,10 @@ fn go_string(s: &str, out: &mut String) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c < ' ' || (html && matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}')) => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),
         }
@@ -612,6 +618,15 @@ fn digits(b: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Go 1.22 and later encode backspace and form feed as `\b` and `\f`
+    /// (the server is Go 1.26); we wrote `\u0008` and `\u000c`, so a config
+    /// value holding either would hash differently from the server's.
+    #[test]
+    fn go_json_escapes_backspace_and_form_feed_short() {
+        let v = serde_json::json!({"k": "a\u{8}b\u{c}c\u{1}<"});
+        assert_eq!(go_json(&v), r#"{"k":"a\bb\fc\u0001\u003c"}"#);
+    }
     use super::*;
     use serde_json::json;
 

@@ -261,26 +261,10 @@ impl Obj {
     }
 }
 
-/// A JSON string; `go` adds Go's HTML-safe escapes. Both escape controls as
-/// Go ≥ 1.22 and zerolog do (`\b \f \n \r \t`, else `\u00XX`).
+/// A JSON string; `go` adds Go's HTML-safe escapes (zerolog's lines have
+/// none).
 fn put_str(out: &mut String, s: &str, go: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if c < ' ' || (go && matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}')) => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::remote_config::json_string(s, out, go);
 }
 
 impl Record<'_> {

@@ -401,17 +401,7 @@ impl Ssh {
         if let Some(bad) = from.iter().find(|s| !is_from_pattern(s)) {
             return Err(Error::BadKey(format!("invalid source subnet {bad:?}")));
         }
-        let path = key_dir.join("id_ed25519.pub");
-        let public = std::fs::read_to_string(&path).map_err(|err| Error::Io {
-            path: path.clone(),
-            err,
-        })?;
-        if !is_public_key(&public) {
-            return Err(Error::BadKey(format!(
-                "{}: not an SSH public key",
-                path.display()
-            )));
-        }
+        let public = read_public_key(key_dir)?;
         let line = authorized_keys_line(&public, from, FORCED_COMMAND);
         self.ensure_host_key(node, deadline)?;
         let stdin = match &self.node_binary {
@@ -422,20 +412,11 @@ impl Ssh {
             None => None,
         };
         let keep = match keep {
-            Some(dir) => {
-                let path = dir.join("id_ed25519.pub");
-                let public = std::fs::read_to_string(&path).map_err(|err| Error::Io {
-                    path: path.clone(),
-                    err,
-                })?;
-                if !is_public_key(&public) {
-                    return Err(Error::BadKey(format!(
-                        "{}: not an SSH public key",
-                        path.display()
-                    )));
-                }
-                public.split_whitespace().nth(1).unwrap_or("").to_string()
-            }
+            Some(dir) => read_public_key(dir)?
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string(),
             None => String::new(),
         };
         let script = push_script(&line, &keep, stdin.is_some());
@@ -558,6 +539,22 @@ fn is_from_pattern(s: &str) -> bool {
         && s.chars().all(|c| {
             c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '/' | '*' | '?' | '!' | '-' | '_')
         })
+}
+
+/// `dir/id_ed25519.pub`, checked to be a public key.
+fn read_public_key(dir: &Path) -> Result<String, Error> {
+    let path = dir.join("id_ed25519.pub");
+    let public = std::fs::read_to_string(&path).map_err(|err| Error::Io {
+        path: path.clone(),
+        err,
+    })?;
+    if !is_public_key(&public) {
+        return Err(Error::BadKey(format!(
+            "{}: not an SSH public key",
+            path.display()
+        )));
+    }
+    Ok(public)
 }
 
 /// `type base64 [comment]` with a known type and base64 data.
