@@ -238,6 +238,7 @@ const CONFIG: &str = "\
 allowed_peers:
   - uid: 4243
     capabilities: [read]
+allowed_peer_gids: [3000]
 allowed_nodes:
   - 10.9.9.9
 ";
@@ -267,6 +268,14 @@ fn peers_are_told_apart_by_the_kernel() {
     assert_eq!(r["success"], true, "{r}");
     let r = reply(&p.call_as(AS_4243, "register_nodes", &[]));
     assert_eq!(r["error"], "method requires admin capability", "{r}");
+    // An unlisted UID whose group is listed: every capability (an admin
+    // method runs: here it finds no cluster, which is not a refusal).
+    let r = reply(&p.call_as(
+        &["setpriv", "--reuid", "4300", "--regid", "3000", "--clear-groups"],
+        "register_nodes",
+        &[],
+    ));
+    assert_eq!(r["error"], "not running on Proxmox host", "{r}");
     // A container's root (host uid 100000 via /etc/subuid): read only.
     let r = reply(&p.call_as(AS_CONTAINER_ROOT, "get_status", &[]));
     assert_eq!(r["success"], true, "{r}");
