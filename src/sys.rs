@@ -543,3 +543,23 @@ pub fn lock_exclusive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         }
     }
 }
+
+/// Sets the calling thread's filesystem UID and GID (`setfsgid(2)`,
+/// `setfsuid(2)`): file permission checks and new files' owners use them,
+/// everything else keeps the real and effective IDs. A root process works
+/// in a directory another user owns *as that user* this way, so a symlink
+/// planted there cannot aim root's writes elsewhere. `execve` resets them
+/// to the effective IDs, so children are unaffected.
+pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setfsgid/setfsuid take plain integers and touch no memory;
+    // called with -1 they change nothing and return the current value.
+    let (g, u) = unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX))
+    };
+    if g as u32 != gid || u as u32 != uid {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}

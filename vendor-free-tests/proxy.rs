@@ -271,7 +271,14 @@ fn peers_are_told_apart_by_the_kernel() {
     // An unlisted UID whose group is listed: every capability (an admin
     // method runs: here it finds no cluster, which is not a refusal).
     let r = reply(&p.call_as(
-        &["setpriv", "--reuid", "4300", "--regid", "3000", "--clear-groups"],
+        &[
+            "setpriv",
+            "--reuid",
+            "4300",
+            "--regid",
+            "3000",
+            "--clear-groups",
+        ],
         "register_nodes",
         &[],
     ));
@@ -642,6 +649,57 @@ fn temperatures_from_a_real_sshd_node_through_the_daemon() {
     let lines = proxy_lines(&node.authorized_keys());
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains(old_pub.split_whitespace().nth(1).unwrap()));
+    assert_eq!(temperature(&p)["success"], true);
+
+    // The key directories belong to the service user, who could plant
+    // symlinks there: root's `keys rotate` works in them as that user, so
+    // a `ssh.d` pointing at a directory of root's gets nothing written.
+    let chown = |uid: &str| {
+        let o = Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(&p.dir.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    };
+    chown("65534");
+    let victim = tmp.0.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::rename(p.dir.0.join("ssh.d"), p.dir.0.join("ssh.d.real")).unwrap();
+    std::os::unix::fs::symlink(&victim, p.dir.0.join("ssh.d")).unwrap();
+    let o = command(
+        &p,
+        &[
+            "keys",
+            "rotate",
+            "--identity",
+            &admin,
+            "--node",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "root wrote through the symlink"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap(),
+        old_pub
+    );
+    std::fs::remove_file(p.dir.0.join("ssh.d")).unwrap();
+    std::fs::rename(p.dir.0.join("ssh.d.real"), p.dir.0.join("ssh.d")).unwrap();
+    chown("0");
     assert_eq!(temperature(&p)["success"], true);
 
     // A changed host key: refused, nothing fetched.

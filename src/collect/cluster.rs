@@ -53,8 +53,10 @@ pub const SOCKETS: [&str; 2] = [
     "/run/pulse-sensor-proxy/pulse-sensor-proxy.sock",
     "/mnt/pulse-proxy/pulse-sensor-proxy.sock",
 ];
-/// Cap on one reply (the proxy's own cap on a peer's output is 1 MiB).
-pub const REPLY_CAP: usize = 1024 * 1024;
+/// Cap on one reply. The proxy passes up to 1 MiB of a peer's output, as
+/// a JSON string inside its reply: escaping (`"` → `\"`) makes that longer,
+/// so the cap leaves room for it.
+pub const REPLY_CAP: usize = 4 * 1024 * 1024;
 const BACKOFF_FIRST: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const PVESH_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];

@@ -539,10 +539,12 @@ impl Daemon {
             ev.error = e.clone();
         }
         self.audit.log(ev);
+        // The slots go back before the reply: a client that reads it and
+        // asks again at once must find them free.
+        drop(permit);
         self.reply(&mut stream, &protocol::response(corr, result));
         let result = if ok { "success" } else { "error" };
         self.metrics.rpc(method.name(), result, started.elapsed());
-        drop(permit);
     }
 
     fn reply(&self, stream: &mut UnixStream, line: &[u8]) {
@@ -628,16 +630,10 @@ impl Daemon {
         if !nodes::valid_name(node) {
             return Err("invalid node name".into());
         }
-        if let Err(r) = self.validator.check(node) {
-            log::warn!(
-                "potential SSRF attempt blocked: node {node:?} ({})",
-                r.message
-            );
-            return Err(format!(
-                "node \"{node}\" rejected by validator ({})",
-                r.reason
-            ));
-        }
+        // The validator logs and counts its refusals; its message is the
+        // spec's text (`node "x" rejected by validator (reason)`, or
+        // `resolve node "x": ...`).
+        self.validator.check(node).map_err(|r| r.message)?;
         let out = self.temperature_of(node, deadline)?;
         Ok(json!({"node": node, "temperature": out}))
     }
@@ -767,8 +763,13 @@ impl Daemon {
             Some(_) => Err(format!("'{k}' parameter must be a string")),
         };
         let (host, reason) = (text("host")?, text("reason")?);
-        if !host.is_empty() && !nodes::valid_name(&host) {
-            return Err("invalid node name".into());
+        // Root acts on this host (the cleanup unit logs in there): it must
+        // be one the proxy may reach at all.
+        if !host.is_empty() {
+            if !nodes::valid_name(&host) {
+                return Err("invalid node name".into());
+            }
+            self.validator.check(&host).map_err(|r| r.message)?;
         }
         let dir = &self.cfg.work_dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("ensure cleanup directory: {e}"))?;
@@ -779,12 +780,14 @@ impl Daemon {
         }))
         .expect("invariant: a Value encodes");
         body.push(b'\n');
-        let tmp = dir.join(format!(".cleanup-request.{}.tmp", std::process::id()));
+        // One temp file per request: two at once must not share one.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tmp = dir.join(format!(".cleanup-request.{}.{n}.tmp", std::process::id()));
         let write = || -> io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&body)?;

@@ -81,6 +81,10 @@ pub struct Ssh {
     /// The binary [`Ssh::push_key`] copies to each node (the proxy's own, so
     /// nodes need no lm-sensors); `None` copies nothing.
     pub node_binary: Option<PathBuf>,
+    /// `known_hosts` elsewhere than in [`Ssh::dir`]: the root-run key
+    /// commands keep theirs in a private directory, never in one the
+    /// service user can write.
+    pub known_hosts_file: Option<PathBuf>,
     /// Host keys refused because they changed (`hostkey_changes_total`).
     pub host_key_changes: AtomicU64,
     /// `known_hosts` names (`node` or `[node]:port`) already checked; the
@@ -168,6 +172,7 @@ impl Ssh {
             ssh_keyscan: "ssh-keyscan".into(),
             admin_identity: None,
             node_binary: None,
+            known_hosts_file: None,
             host_key_changes: AtomicU64::new(0),
             ensured: Mutex::new(HashSet::new()),
         }
@@ -178,7 +183,9 @@ impl Ssh {
     }
 
     fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
+        self.known_hosts_file
+            .clone()
+            .unwrap_or_else(|| self.dir.join("known_hosts"))
     }
 
     /// Makes the key pair if it is missing (dir 0700, key 0600, `.pub` 0640).
