@@ -82,18 +82,24 @@ impl Limiter {
     pub fn admit(self: &Arc<Self>, key: &str) -> Result<Permit, &'static str> {
         let now = Instant::now();
         let mut s = self.lock();
-        if now.duration_since(s.purged) >= PURGE_EVERY || s.peers.len() >= MAX_PEERS {
-            s.purged = now;
-            let idle = if s.peers.len() >= MAX_PEERS {
-                Duration::ZERO
-            } else {
-                IDLE
-            };
-            s.peers
-                .retain(|_, b| b.inflight > 0 || now.duration_since(b.refilled) < idle);
-        }
         let rate = self.interval.as_secs_f64();
         let burst = f64::from(self.burst);
+        let full = s.peers.len() >= MAX_PEERS && !s.peers.contains_key(key);
+        if now.duration_since(s.purged) >= PURGE_EVERY || full {
+            s.purged = now;
+            // Forgotten: idle peers, and (when the table is full) peers
+            // whose bucket has refilled, which come back the same. A peer
+            // still paying for a burst is kept, or forgetting it would
+            // give it a new one.
+            s.peers.retain(|_, b| {
+                let idle = now.duration_since(b.refilled);
+                let refilled = b.tokens + idle.as_secs_f64() / rate >= burst;
+                b.inflight > 0 || (idle < IDLE && !(full && refilled))
+            });
+            if s.peers.len() >= MAX_PEERS {
+                return Err("rate");
+            }
+        }
         let b = s.peers.entry(key.to_string()).or_insert(Bucket {
             tokens: burst,
             refilled: now,
@@ -159,7 +165,11 @@ impl Drop for NodeTurn<'_> {
 impl NodeGate {
     /// Waits for `node`'s turn; `None` once `deadline` passes.
     pub fn enter(&self, node: &str, deadline: Instant) -> Option<NodeTurn<'_>> {
-        let key = node.to_ascii_lowercase();
+        // One node, one turn, however it is written (`::ffff:10.0.0.1`).
+        let key = match node.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => node.to_ascii_lowercase(),
+        };
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         while busy.contains(&key) {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -204,6 +214,22 @@ mod tests {
         assert!(l.admit("other").is_ok());
         drop(a);
         assert_eq!(l.inflight(), GLOBAL - 3);
+    }
+
+    /// Review: with the table full, every peer not in flight was dropped,
+    /// so a rate-limited peer got a new burst from a flood of other keys.
+    #[test]
+    fn a_full_table_does_not_refill_a_rate_limited_peer() {
+        let l = Arc::new(Limiter::new(Duration::from_secs(3600), 2));
+        for _ in 0..2 {
+            drop(l.admit("victim").unwrap());
+        }
+        assert_eq!(l.admit("victim").err(), Some("rate"));
+        for i in 0..MAX_PEERS * 2 {
+            let _ = l.admit(&format!("k{i}"));
+        }
+        assert!(l.peers() <= MAX_PEERS);
+        assert_eq!(l.admit("victim").err(), Some("rate"));
     }
 
     #[test]
