@@ -367,12 +367,25 @@ fn bad_requests_are_refused_audited_and_penalised() {
         "-p22",
     ] {
         let line = serde_json::json!({"method": "get_temperature", "params": {"node": node}});
-        let (r, _) = p.raw(format!("{line}\n").as_bytes());
+        let (r, held) = p.raw(format!("{line}\n").as_bytes());
         let e = r["error"].as_str().unwrap();
+        if node.is_empty() {
+            assert_eq!(e, "missing 'node' parameter");
+            continue;
+        }
+        assert_eq!(e, "invalid node name", "{node:?}: {r}");
         assert!(
-            e == "invalid node name" || e == "missing 'node' parameter",
-            "{node:?}: {r}"
+            held >= Duration::from_millis(1800),
+            "{node:?}: penalty {held:?}"
         );
+        let a = p.audit();
+        let last = a
+            .iter()
+            .rev()
+            .find(|e| e["event_type"] == "command.finish")
+            .unwrap();
+        assert_eq!(last["error"], "invalid node name");
+        assert_eq!(last["decision"], "failed");
     }
     let (r, _) = p.raw(b"{\"method\":\"get_temperature\",\"params\":{\"node\":7}}\n");
     assert_eq!(r["error"], "'node' parameter must be a string");
@@ -390,6 +403,15 @@ fn bad_requests_are_refused_audited_and_penalised() {
         "ssh ran: {}",
         std::fs::read_to_string(p.dir.0.join("tripped")).unwrap_or_default()
     );
+    // Everything above is in an intact audit chain.
+    let log = p.dir.0.join("audit.log");
+    let o = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": intact, "));
 }
 
 /// VmRSS (KiB) and thread count of a process: our own child, not host data.

@@ -46,6 +46,8 @@ const HANDLER_BUDGET: Duration = Duration::from_secs(30);
 const SSH_BUDGET: Duration = Duration::from_secs(15);
 /// How long an invalid request's connection is held open.
 const PENALTY: Duration = Duration::from_secs(2);
+/// The reply to a node name that fails [`nodes::valid_name`].
+const INVALID_NODE: &str = "invalid node name";
 /// How long a refused connection stays open after its reply.
 const LINGER: Duration = Duration::from_secs(1);
 /// Connections held at once for penalties; past it they close at once.
@@ -542,9 +544,17 @@ impl Daemon {
         // The slots go back before the reply: a client that reads it and
         // asks again at once must find them free.
         drop(permit);
+        // A node name that could never be one (`-oProxyCommand=...`) is an
+        // attack, not a mistake: penalised like the malformed requests
+        // (the stock proxy penalises none of the handler's errors).
+        let hostile = matches!(&result, Err(e) if e == INVALID_NODE);
         self.reply(&mut stream, &protocol::response(corr, result));
         let result = if ok { "success" } else { "error" };
         self.metrics.rpc(method.name(), result, started.elapsed());
+        if hostile {
+            self.metrics.penalty("invalid_node_name", key);
+            self.penalty.hold(stream, PENALTY);
+        }
     }
 
     fn reply(&self, stream: &mut UnixStream, line: &[u8]) {
@@ -627,8 +637,11 @@ impl Daemon {
             Some(Value::String(s)) => s.trim(),
             Some(_) => return Err("'node' parameter must be a string".into()),
         };
+        if node.is_empty() {
+            return Err("missing 'node' parameter".into());
+        }
         if !nodes::valid_name(node) {
-            return Err("invalid node name".into());
+            return Err(INVALID_NODE.into());
         }
         // The validator logs and counts its refusals; its message is the
         // spec's text (`node "x" rejected by validator (reason)`, or
