@@ -139,7 +139,18 @@ impl Proxy {
             .unwrap();
         let mut p = Proxy { child, dir, socket };
         let until = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&p.socket).is_err() {
+        // Up when it answers a whole request: a bare connect would be an
+        // empty request, audited (and penalised) among the test's own.
+        let ready = |socket: &Path| -> bool {
+            let Ok(mut s) = UnixStream::connect(socket) else {
+                return false;
+            };
+            let mut reply = String::new();
+            s.write_all(b"{\"method\":\"get_status\"}\n").is_ok()
+                && s.read_to_string(&mut reply).is_ok()
+                && reply.contains("\"success\":true")
+        };
+        while !ready(&p.socket) {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("proxy exited {st}: {}", p.stderr());
             }

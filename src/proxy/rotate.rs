@@ -52,22 +52,9 @@ pub struct Setup<'a> {
 
 /// An ssh client with the key in `dir` and `work`'s private `known_hosts`.
 fn client(s: &Setup<'_>, work: &Work, dir: &Path) -> Ssh {
-    let mut ssh = Ssh::new(dir, &s.cfg.pve_dir);
+    let mut ssh = super::server::ssh_client(s.cfg, dir);
     ssh.known_hosts_file = Some(work.dir.join("known_hosts"));
-    ssh.port = s.cfg.ssh_port;
-    ssh.max_output = s.cfg.max_ssh_output_bytes;
-    ssh.require_proxmox_hostkeys = s.cfg.require_proxmox_hostkeys;
     ssh.admin_identity = s.identity.clone();
-    ssh.node_binary = std::env::current_exe().ok();
-    for (field, name) in [
-        (&mut ssh.ssh, "ssh"),
-        (&mut ssh.ssh_keygen, "ssh-keygen"),
-        (&mut ssh.ssh_keyscan, "ssh-keyscan"),
-    ] {
-        if let Some(p) = crate::exec::find_program(name) {
-            *field = p;
-        }
-    }
     ssh
 }
 

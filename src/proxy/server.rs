@@ -168,16 +168,7 @@ pub fn run(cfg: Config, root: Root) -> Result<(), Error> {
     validator.set_failure_hook(Box::new(move |reason| {
         hook_metrics.node_validation_failure(reason)
     }));
-    let mut ssh = Ssh::new(cfg.ssh_dir.clone(), &cfg.pve_dir);
-    ssh.port = cfg.ssh_port;
-    ssh.max_output = cfg.max_ssh_output_bytes;
-    ssh.require_proxmox_hostkeys = cfg.require_proxmox_hostkeys;
-    ssh.ssh = program("ssh");
-    ssh.ssh_keygen = program("ssh-keygen");
-    ssh.ssh_keyscan = program("ssh-keyscan");
-    // ensure_cluster_keys copies this program to the nodes: their forced
-    // command runs `pulse-sensor-proxy sensors`.
-    ssh.node_binary = std::env::current_exe().ok();
+    let ssh = ssh_client(&cfg, &cfg.ssh_dir);
     ssh.ensure_key().map_err(Error::Key)?;
     let listener = listen(&cfg.socket)?;
     if let Some(addr) = &cfg.metrics_address {
@@ -271,6 +262,21 @@ fn drop_privileges(cfg: &Config) -> Result<(), Error> {
     }
     log::info!("dropped privileges to {} (uid {})", user.name, user.uid);
     Ok(())
+}
+
+/// The ssh client as the configuration sets it up, with the key in `dir`.
+pub(crate) fn ssh_client(cfg: &Config, dir: &Path) -> Ssh {
+    let mut ssh = Ssh::new(dir, &cfg.pve_dir);
+    ssh.port = cfg.ssh_port;
+    ssh.max_output = cfg.max_ssh_output_bytes;
+    ssh.require_proxmox_hostkeys = cfg.require_proxmox_hostkeys;
+    ssh.ssh = program("ssh");
+    ssh.ssh_keygen = program("ssh-keygen");
+    ssh.ssh_keyscan = program("ssh-keyscan");
+    // Key pushes copy this program to the nodes: their forced command runs
+    // `pulse-sensor-proxy sensors`.
+    ssh.node_binary = std::env::current_exe().ok();
+    ssh
 }
 
 fn program(name: &str) -> PathBuf {
