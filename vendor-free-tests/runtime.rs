@@ -415,3 +415,27 @@ fn the_service_tells_systemd_it_is_ready_alive_and_stopping() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: with `pulse-sensor-proxy` as a second binary, the README's
+/// first command (`cargo run --release -- --once`) stopped working: cargo
+/// cannot tell which binary to run. `default-run` names the agent.
+#[test]
+fn cargo_run_in_the_readme_picks_the_agent_among_two_binaries() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let first = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run"))
+        .expect("the README's first command");
+    assert!(!first.contains("--bin"), "{first}");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let bins = manifest.matches("[[bin]]").count();
+    assert!(bins >= 2, "two binaries");
+    let package = manifest.split("\n[").next().unwrap();
+    assert!(
+        package
+            .lines()
+            .any(|l| l.replace(' ', "") == "default-run=\"pulse-agent\""),
+        "[package] has no default-run = \"pulse-agent\": `{first}` fails with {bins} binaries"
+    );
+}
