@@ -41,6 +41,14 @@ pub fn ensure_dir(dir: &Path) -> io::Result<Option<String>> {
 
 /// Writes `data` to `path` atomically and durably, mode 0600.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+/// [`write_atomic`] with the file ending as `mode`. Each call has its own
+/// temporary name, so threads writing the same path at once never share
+/// one (the last rename wins, whole).
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -50,7 +58,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -61,6 +70,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        if mode != 0o600 {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();

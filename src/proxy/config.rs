@@ -1538,7 +1538,7 @@ pub fn set_allowed_nodes(path: &Path, entries: &[String], replace: bool) -> Resu
     }
     all.extend(entries.iter().cloned());
     let text = render_allowed_nodes(&normalize_nodes(all));
-    atomic_write(&dir, path, text.as_bytes())
+    atomic_write(path, text.as_bytes())
 }
 
 /// Opens (creating) the lock file, forces it to 0600 (so no other user can
@@ -1561,35 +1561,9 @@ fn lock_file(path: &Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
-/// Temp file `.tmp-*` in `dir`, fsync, chmod 0644, rename over `path`, fsync `dir`.
-fn atomic_write(dir: &Path, path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut rnd = [0u8; 6];
-    let suffix = match crate::sys::getrandom(&mut rnd) {
-        Ok(()) => rnd.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        Err(_) => format!("{}", std::process::id()),
-    };
-    let tmp = dir.join(format!(".tmp-{suffix}"));
-    let write = || -> io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!("failed to write {}: {e}", path.display()));
-    }
-    // The rename is durable only once the directory is synced; a failure
-    // here leaves a correct file, so it is not an error.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+/// Temp file beside `path`, fsync, mode 0644, rename over `path`, fsync
+/// the directory (`state::write_atomic_mode`).
+fn atomic_write(path: &Path, data: &[u8]) -> Result<(), String> {
+    crate::state::write_atomic_mode(path, data, 0o644)
+        .map_err(|e| format!("failed to write {}: {e}", path.display()))
 }

@@ -19,7 +19,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -799,24 +799,9 @@ impl Daemon {
         }))
         .expect("invariant: a Value encodes");
         body.push(b'\n');
-        // One temp file per request: two at once must not share one.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let tmp = dir.join(format!(".cleanup-request.{}.{n}.tmp", std::process::id()));
-        let write = || -> io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()
-        };
-        write().map_err(|e| format!("write cleanup payload: {e}"))?;
-        std::fs::rename(&tmp, dir.join("cleanup-request.json")).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("activate cleanup payload: {e}")
-        })?;
+        // Atomic (a rename the cleanup unit's path watch sees once), 0600.
+        crate::state::write_atomic(&dir.join("cleanup-request.json"), &body)
+            .map_err(|e| format!("write cleanup payload: {e}"))?;
         log::info!("cleanup requested (host {host:?})");
         Ok(json!({"queued": true}))
     }
