@@ -42,6 +42,8 @@ pub struct Ticket {
     n: u64,
     /// A run was in progress when this was asked.
     pub behind: bool,
+    /// When it was asked.
+    pub asked: Instant,
 }
 
 /// What a wait produced.
@@ -122,7 +124,19 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
         Ticket {
             n: st.asked,
             behind,
+            asked: Instant::now(),
         }
+    }
+
+    /// The newest finished run, waiting until `wait` after the ask for the
+    /// one `ticket` asked for (not at all when an earlier run was still
+    /// going then: that run's lateness is not waited for twice).
+    pub fn latest_within(&self, ticket: Ticket, wait: Duration) -> Option<Arc<T>> {
+        let deadline = match ticket.behind {
+            true => Instant::now(),
+            false => ticket.asked + wait,
+        };
+        self.wait(ticket, deadline).latest
     }
 
     /// Waits until the run `ticket` asked for has finished or `deadline`

@@ -515,10 +515,7 @@ pub struct Service {
 }
 
 /// A request in flight.
-pub struct Pending {
-    ticket: Ticket,
-    asked: Instant,
-}
+pub type Pending = Ticket;
 
 impl Service {
     pub fn start(mut collector: Collector) -> std::io::Result<Service> {
@@ -527,20 +524,13 @@ impl Service {
     }
 
     pub fn ask(&self) -> Pending {
-        Pending {
-            ticket: self.worker.ask(()),
-            asked: Instant::now(),
-        }
+        self.worker.ask(())
     }
 
     /// The newest finished run, waiting until `wait` after the ask for the
     /// one asked for (not at all when an earlier one was still running).
     pub fn answer(&self, p: Pending, wait: Duration) -> Option<Arc<Run>> {
-        let deadline = match p.ticket.behind {
-            true => Instant::now(),
-            false => p.asked + wait,
-        };
-        self.worker.wait(p.ticket, deadline).latest
+        self.worker.latest_within(p, wait)
     }
 }
 
