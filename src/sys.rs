@@ -143,26 +143,7 @@ pub fn geteuid() -> u32 {
 
 /// The user name of `uid` from the system's user database, if it has one.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the sizes given; getpwuid_r writes
-    // strings into `buf` and points `pwd` fields into it.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: result is non-null, so `pwd` was filled and pw_name points into `buf`.
-    let name = unsafe { CStr::from_ptr((*result).pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    passwd(PasswdKey::Uid(uid)).map(|u| u.name)
 }
 
 /// Fills `buf` from the kernel's random source (`getrandom(2)`).
@@ -461,38 +442,44 @@ pub struct User {
 /// Looks `name` up in the user database (NSS).
 pub fn user_by_name(name: &str) -> Option<User> {
     let c = CString::new(name).ok()?;
+    passwd(PasswdKey::Name(&c))
+}
+
+/// What to look a user up by.
+enum PasswdKey<'a> {
+    Uid(u32),
+    Name(&'a CStr),
+}
+
+/// One entry of the user database (`getpwuid_r` / `getpwnam_r`).
+fn passwd(key: PasswdKey<'_>) -> Option<User> {
     let mut buf = vec![0u8; 4096];
     let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the sizes given; getpwnam_r writes
+    let (p, b, len) = (pwd.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len());
+    // SAFETY: all pointers are valid for the sizes given; the call writes
     // strings into `buf` and points `pwd` fields into it.
     let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
+        match key {
+            PasswdKey::Uid(uid) => libc::getpwuid_r(uid, p, b, len, &mut result),
+            PasswdKey::Name(name) => libc::getpwnam_r(name.as_ptr(), p, b, len, &mut result),
+        }
     };
     if rc != 0 || result.is_null() {
         return None;
     }
-    // SAFETY: result is non-null, so `pwd` was filled and its strings point into `buf`.
-    let (uid, gid, home) = unsafe {
+    // SAFETY: result is non-null, so `pwd` was filled and its strings point
+    // into `buf`, which is still alive.
+    let user = unsafe {
         let p = &*result;
-        (
-            p.pw_uid,
-            p.pw_gid,
-            CStr::from_ptr(p.pw_dir).to_string_lossy().into_owned(),
-        )
+        User {
+            name: CStr::from_ptr(p.pw_name).to_string_lossy().into_owned(),
+            uid: p.pw_uid,
+            gid: p.pw_gid,
+            home: CStr::from_ptr(p.pw_dir).to_string_lossy().into_owned(),
+        }
     };
-    Some(User {
-        name: name.to_string(),
-        uid,
-        gid,
-        home,
-    })
+    Some(user)
 }
 
 /// Becomes `user` for good: supplementary groups from the group database
