@@ -355,6 +355,73 @@ pub fn run_with_stdin(
     run_io(program, &args, &env, stdin.into(), deadline, cap)
 }
 
+/// A program that may hang: not started again while an earlier run of it
+/// is still stuck in the kernel.
+pub struct Tool {
+    pub name: &'static str,
+    stuck: Option<Stuck>,
+    /// A run since the last [`Tool::take_hung`] did not answer in time.
+    hung: bool,
+}
+
+impl Tool {
+    pub fn new(name: &'static str) -> Tool {
+        Tool {
+            name,
+            stuck: None,
+            hung: false,
+        }
+    }
+
+    pub fn take_hung(&mut self) -> bool {
+        std::mem::take(&mut self.hung)
+    }
+
+    pub fn run(
+        &mut self,
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<Output, String> {
+        let what = format!("{} {}", self.name, args.join(" "));
+        if self.stuck.as_ref().is_some_and(Stuck::is_stuck) {
+            self.hung = true;
+            return Err(format!(
+                "{what}: an earlier {} has not exited; not started again until it does",
+                self.name
+            ));
+        }
+        match run(program, args, Instant::now() + timeout, cap) {
+            Ok(o) => Ok(o),
+            Err(Error::Timeout(_, _, stuck)) => {
+                self.stuck = Some(stuck);
+                self.hung = true;
+                Err(format!("{what}: no answer within {} s", timeout.as_secs()))
+            }
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// The first line of what a failed program said.
+pub fn failure(o: &Output) -> String {
+    let text = if o.stderr.trim().is_empty() {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    } else {
+        o.stderr.clone()
+    };
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let code = o
+        .code
+        .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+    if line.is_empty() {
+        code
+    } else {
+        format!("{code}: {}", line.trim())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

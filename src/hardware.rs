@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::collect::{HostSnapshot, Outcome, SourceStatus, gpu, hwmon, power, raid, zfs};
-use crate::exec::{self, Stuck};
+use crate::exec::{self, Tool, failure};
 use crate::root::Root;
 use crate::smart::parse::Status;
 use crate::worker::{Answer, Ticket, Worker};
@@ -455,73 +455,6 @@ impl<I: Send + 'static, T: Hung + Send + Sync + 'static> Slot<I, T> {
             return Some(first);
         }
         Some(w.wait(t, deadline))
-    }
-}
-
-/// A program that may hang: not started again while an earlier run of it
-/// is still stuck in the kernel.
-struct Tool {
-    name: &'static str,
-    stuck: Option<Stuck>,
-    /// A run since the last [`Tool::take_hung`] did not answer in time.
-    hung: bool,
-}
-
-impl Tool {
-    fn new(name: &'static str) -> Tool {
-        Tool {
-            name,
-            stuck: None,
-            hung: false,
-        }
-    }
-
-    fn take_hung(&mut self) -> bool {
-        std::mem::take(&mut self.hung)
-    }
-
-    fn run(
-        &mut self,
-        program: &Path,
-        args: &[&str],
-        timeout: Duration,
-        cap: usize,
-    ) -> Result<exec::Output, String> {
-        let what = format!("{} {}", self.name, args.join(" "));
-        if self.stuck.as_ref().is_some_and(Stuck::is_stuck) {
-            self.hung = true;
-            return Err(format!(
-                "{what}: an earlier {} has not exited; not started again until it does",
-                self.name
-            ));
-        }
-        match exec::run(program, args, Instant::now() + timeout, cap) {
-            Ok(o) => Ok(o),
-            Err(exec::Error::Timeout(_, _, stuck)) => {
-                self.stuck = Some(stuck);
-                self.hung = true;
-                Err(format!("{what}: no answer within {} s", timeout.as_secs()))
-            }
-            Err(e) => Err(format!("{what}: {e}")),
-        }
-    }
-}
-
-/// The first line of what a failed program said.
-fn failure(o: &exec::Output) -> String {
-    let text = if o.stderr.trim().is_empty() {
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    } else {
-        o.stderr.clone()
-    };
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let code = o
-        .code
-        .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
-    if line.is_empty() {
-        code
-    } else {
-        format!("{code}: {}", line.trim())
     }
 }
 

@@ -640,6 +640,14 @@ fn memory(s: &HostSnapshot) -> Value {
     m.done()
 }
 
+// ---- unraid (§3.10): the Unraid helper's functions go below ----
+
+// ---- ceph (§3.10): the Ceph helper's functions go below ----
+
+// ---- proxmoxLxc (§3.10): the pct helper's functions go below ----
+
+// ---- host.packageUpdates and host.storageCleanup (§3.4): the packages helper's functions go below ----
+
 /// A JSON object built with Go `omitempty` rules.
 #[derive(Default)]
 struct Obj(Map<String, Value>);
