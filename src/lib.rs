@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod platform;
 pub mod privilege;
 pub mod proxy;
 pub mod remote_config;

@@ -139,6 +139,16 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
         self.wait(ticket, deadline).latest
     }
 
+    /// The latest finished run, without waiting.
+    pub fn peek(&self) -> Option<Arc<T>> {
+        lock(&self.shared.state).latest.clone()
+    }
+
+    /// Drops the latest result: until the next run ends there is none.
+    pub fn forget(&self) {
+        lock(&self.shared.state).latest = None;
+    }
+
     /// Waits until the run `ticket` asked for has finished or `deadline`
     /// passes, and returns the latest result either way.
     pub fn wait(&self, ticket: Ticket, deadline: Instant) -> Answer<T> {

@@ -131,6 +131,14 @@ impl Default for Options {
     }
 }
 
+/// A platform source's result and the agent's clock when its run ended
+/// (`collectedAt`, `checkedAt`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped<T> {
+    pub value: T,
+    pub at: std::time::SystemTime,
+}
+
 /// Everything one cycle of the host collectors produced.
 #[derive(Debug, Clone, Default)]
 pub struct HostSnapshot {

@@ -1,0 +1,423 @@
+//! The platform sources: what a NAS or hypervisor node adds to the report
+//! (`spec/pulse-collectors.md` §6.1, §6.2, §6.4; `spec/pulse-protocol.md`
+//! §3.4): the Unraid array, Ceph health, the disks of running Proxmox LXC
+//! containers, pending package updates and apt's package cache.
+//!
+//! Each source runs on its own [`Worker`] thread, started the first time it
+//! is asked, so a hung `ceph`, `pct`, `mdcmd` or `apt-get` holds only its
+//! own thread. A source is asked again only when its last result is older
+//! than its [`Policy::refresh`] (every cycle for Unraid, whose spin states
+//! and parity check move; minutes for the slow programs; 30 minutes for
+//! apt), and each run gets [`Policy::budget`] as its deadline.
+//!
+//! A report waits for the answers no longer than the hardware workers do
+//! ([`crate::hardware::WAIT`] after [`Platform::begin`], the two waits
+//! overlap), and not at all for a source that was still busy when asked,
+//! whose last run took longer than that, or met a program that did not
+//! answer: it takes the latest result instead. A result older than its
+//! refresh plus [`MAX_AGE`] is left out rather than sent as current.
+//!
+//! A source that finds no platform (`Ok(None)`) leaves its section and its
+//! module out. One that fails keeps its module (state `retrying`, the
+//! error) and sends nothing rather than stale data past [`MAX_AGE`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::collect::{Outcome, SourceStatus, Stamped};
+use crate::report::{Module, ModuleState};
+use crate::worker::{Ticket, Worker};
+
+/// A result older than its refresh plus this is not sent.
+pub const MAX_AGE: Duration = Duration::from_secs(300);
+
+/// One platform source's collector (`collect::{unraid, ceph, pct,
+/// packages}`): `Ok(None)` when the platform is not on this host, `Err`
+/// when it is and this run failed. A run never outlives `deadline`.
+pub trait Collect: Send + 'static {
+    type Data: Clone + Send + Sync + 'static;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String>;
+    /// The run met a program that did not answer (taken: reset by reading).
+    fn take_hung(&mut self) -> bool {
+        false
+    }
+}
+
+/// How often a source runs and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The source's name in `/status` and `/metrics`.
+    pub name: &'static str,
+    /// Its `agent.modules[]` entry while the platform is present (`None`:
+    /// it has none, like apt's package cache, which rides with the updates).
+    pub module: Option<&'static str>,
+    /// A result younger than this is reused without asking.
+    pub refresh: Duration,
+    /// One run's deadline.
+    pub budget: Duration,
+}
+
+/// One run's result, stamped when it ended.
+#[derive(Debug)]
+pub struct Run<T> {
+    pub result: Result<Option<T>, String>,
+    /// The agent's clock when the run ended (`collectedAt`, `checkedAt`).
+    pub at: SystemTime,
+    /// When it ended, for [`Policy::refresh`].
+    pub ended: Instant,
+    pub took: Duration,
+    pub hung: bool,
+}
+
+type Job<T> = Box<dyn FnMut(Instant) -> Run<T> + Send>;
+
+/// One source: its worker (started on the first ask) and what the report
+/// last learnt from it.
+pub struct Source<T> {
+    pub policy: Policy,
+    make: Option<Job<T>>,
+    worker: Option<Worker<Instant, Run<T>>>,
+    /// The first answer has been waited for.
+    waited: bool,
+}
+
+/// A request of one cycle.
+pub struct Asked {
+    started: Instant,
+    ticket: Option<Ticket>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Source<T> {
+    pub fn new<C: Collect<Data = T>>(
+        policy: Policy,
+        mut collector: C,
+        clock: fn() -> SystemTime,
+    ) -> Source<T> {
+        let job = move |deadline: Instant| {
+            let started = Instant::now();
+            let result = collector.collect(deadline);
+            Run {
+                result,
+                at: clock(),
+                ended: Instant::now(),
+                took: started.elapsed(),
+                hung: collector.take_hung(),
+            }
+        };
+        Source {
+            policy,
+            make: Some(Box::new(job)),
+            worker: None,
+            waited: false,
+        }
+    }
+
+    /// Asks for a run unless the latest result is younger than the refresh.
+    pub fn begin(&mut self, started: Instant) -> Asked {
+        let due = match self.worker.as_ref().and_then(|w| w.peek()) {
+            Some(r) => r.ended.elapsed() >= self.policy.refresh,
+            None => true,
+        };
+        let ticket = due.then(|| self.ask(started)).flatten();
+        Asked { started, ticket }
+    }
+
+    fn ask(&mut self, started: Instant) -> Option<Ticket> {
+        if self.worker.is_none() {
+            let job = self.make.take()?;
+            match Worker::start(&format!("pf-{}", self.policy.name), job) {
+                Ok(w) => self.worker = Some(w),
+                Err(e) => {
+                    log::warn!("{}: cannot start a thread: {e}", self.policy.name);
+                    return None;
+                }
+            }
+        }
+        let deadline = started + self.policy.budget;
+        self.worker.as_ref().map(|w| w.ask(deadline))
+    }
+
+    /// The result this report carries: this cycle's run if it answers
+    /// within `wait` of `begin` (the first report waits for the first run
+    /// that long too), else the latest one still young enough.
+    pub fn finish(&mut self, asked: Asked, wait: Duration) -> Option<Arc<Run<T>>> {
+        let w = self.worker.as_ref()?;
+        let latest = match asked.ticket {
+            None => w.peek(),
+            Some(t) => {
+                let last = w.peek();
+                let slow = last.as_ref().is_some_and(|r| r.hung || r.took > wait);
+                let deadline = if t.behind || slow {
+                    Instant::now()
+                } else {
+                    asked.started + wait
+                };
+                w.wait(t, deadline).latest
+            }
+        };
+        self.waited = true;
+        latest.filter(|r| r.ended.elapsed() <= self.policy.refresh + MAX_AGE)
+    }
+
+    /// The worker's thread exists (the source was asked at least once).
+    pub fn started(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Forgets the latest result (a source switched off), so switching it
+    /// on again never sends what it found before.
+    pub fn forget(&self) {
+        if let Some(w) = &self.worker {
+            w.forget();
+        }
+    }
+}
+
+/// What a finished source contributes: its status line, its data, and its
+/// module's state.
+pub fn apply<T: Clone>(
+    policy: &Policy,
+    run: Option<Arc<Run<T>>>,
+    took: Duration,
+    sources: &mut Vec<SourceStatus>,
+    modules: &mut Vec<Module>,
+    now: SystemTime,
+) -> Option<Stamped<T>> {
+    let mut status = SourceStatus {
+        name: policy.name,
+        outcome: Outcome::Ok,
+        duration: took,
+        warnings: Vec::new(),
+    };
+    let (data, module) = match run.as_deref() {
+        None => {
+            status.outcome = Outcome::Absent;
+            (None, None)
+        }
+        Some(Run {
+            result: Ok(None), ..
+        }) => {
+            status.outcome = Outcome::Absent;
+            (None, None)
+        }
+        Some(Run {
+            result: Ok(Some(v)),
+            at,
+            ..
+        }) => (
+            Some(Stamped {
+                value: v.clone(),
+                at: *at,
+            }),
+            Some((ModuleState::Running, None)),
+        ),
+        Some(Run { result: Err(e), .. }) => {
+            status.outcome = Outcome::Failed(e.clone());
+            (None, Some((ModuleState::Retrying, Some(e.clone()))))
+        }
+    };
+    sources.push(status);
+    if let Some(name) = policy.module {
+        match module {
+            Some((state, error)) => put_module(modules, name, true, state, error, now),
+            // Only a module that was listed goes: a platform that went away.
+            None => modules.retain(|m| m.name != name),
+        }
+    }
+    data
+}
+
+/// Adds or updates a module's entry; `updatedAt` moves only on a change.
+pub fn put_module(
+    modules: &mut Vec<Module>,
+    name: &'static str,
+    enabled: bool,
+    state: ModuleState,
+    last_error: Option<String>,
+    at: SystemTime,
+) {
+    match modules.iter_mut().find(|m| m.name == name) {
+        Some(m) => {
+            if m.enabled != enabled || m.state != state || m.last_error != last_error {
+                m.enabled = enabled;
+                m.state = state;
+                m.last_error = last_error;
+                m.updated_at = at;
+            }
+        }
+        None => modules.push(Module {
+            name,
+            enabled,
+            state,
+            last_error,
+            updated_at: at,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers from a script: each run takes the next step (the last repeats).
+    struct Scripted {
+        runs: Arc<AtomicUsize>,
+        steps: Vec<(Duration, Result<Option<u32>, String>)>,
+    }
+
+    impl Collect for Scripted {
+        type Data = u32;
+        fn collect(&mut self, deadline: Instant) -> Result<Option<u32>, String> {
+            let n = self.runs.fetch_add(1, Ordering::SeqCst);
+            let (sleep, r) = self.steps[n.min(self.steps.len() - 1)].clone();
+            std::thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
+            r
+        }
+    }
+
+    fn source(
+        refresh: Duration,
+        steps: Vec<(Duration, Result<Option<u32>, String>)>,
+    ) -> (Source<u32>, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let policy = Policy {
+            name: "test",
+            module: Some("test-module"),
+            refresh,
+            budget: Duration::from_secs(5),
+        };
+        let s = Source::new(
+            policy,
+            Scripted {
+                runs: runs.clone(),
+                steps,
+            },
+            SystemTime::now,
+        );
+        (s, runs)
+    }
+
+    fn cycle(s: &mut Source<u32>, wait: Duration, modules: &mut Vec<Module>) -> Option<u32> {
+        let asked = s.begin(Instant::now());
+        let started = Instant::now();
+        let run = s.finish(asked, wait);
+        let mut sources = Vec::new();
+        let policy = s.policy;
+        apply(
+            &policy,
+            run,
+            started.elapsed(),
+            &mut sources,
+            modules,
+            SystemTime::now(),
+        )
+        .map(|d| d.value)
+    }
+
+    #[test]
+    fn a_result_younger_than_the_refresh_is_reused_without_asking() {
+        let (mut s, runs) = source(
+            Duration::from_secs(3600),
+            vec![(Duration::ZERO, Ok(Some(7)))],
+        );
+        let mut modules = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(cycle(&mut s, Duration::from_secs(2), &mut modules), Some(7));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(modules.len(), 1);
+        assert_eq!(modules[0].state, ModuleState::Running);
+    }
+
+    #[test]
+    fn a_hung_source_costs_one_report_the_wait_and_later_ones_nothing() {
+        let hang = Duration::from_millis(1500);
+        let (mut s, _) = source(
+            Duration::ZERO,
+            vec![(Duration::ZERO, Ok(Some(1))), (hang, Ok(Some(2)))],
+        );
+        let mut modules = Vec::new();
+        let wait = Duration::from_millis(300);
+        assert_eq!(cycle(&mut s, wait, &mut modules), Some(1));
+        // The second run hangs: the report waits `wait`, then takes run 1.
+        let t = Instant::now();
+        assert_eq!(cycle(&mut s, wait, &mut modules), Some(1));
+        assert!(
+            t.elapsed() < wait + Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        // Asked while still busy: no wait at all.
+        let t = Instant::now();
+        assert_eq!(cycle(&mut s, wait, &mut modules), Some(1));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        // Once it answers, its result is used; its slowness (took > wait)
+        // means the report does not wait for the next one either.
+        std::thread::sleep(hang * 2 + Duration::from_millis(200));
+        let t = Instant::now();
+        assert_eq!(cycle(&mut s, wait, &mut modules), Some(2));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn module_follows_the_platform_absent_failing_and_gone() {
+        let (mut s, _) = source(
+            Duration::ZERO,
+            vec![
+                (Duration::ZERO, Ok(None)),
+                (
+                    Duration::ZERO,
+                    Err("ceph status: exit 1: no monitors".into()),
+                ),
+                (Duration::ZERO, Ok(Some(3))),
+                (Duration::ZERO, Ok(None)),
+            ],
+        );
+        let mut m = Vec::new();
+        let wait = Duration::from_secs(2);
+        assert_eq!(cycle(&mut s, wait, &mut m), None);
+        assert!(m.is_empty(), "an absent platform lists no module");
+        assert_eq!(cycle(&mut s, wait, &mut m), None);
+        assert_eq!(m[0].state, ModuleState::Retrying);
+        assert_eq!(
+            m[0].last_error.as_deref(),
+            Some("ceph status: exit 1: no monitors")
+        );
+        assert_eq!(cycle(&mut s, wait, &mut m), Some(3));
+        assert_eq!(
+            (m[0].state, m[0].last_error.as_deref()),
+            (ModuleState::Running, None)
+        );
+        assert_eq!(cycle(&mut s, wait, &mut m), None);
+        assert!(
+            m.is_empty(),
+            "a platform that went away takes its module along"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_result_is_not_sent_again() {
+        let (mut s, runs) = source(
+            Duration::from_secs(3600),
+            vec![(Duration::ZERO, Ok(Some(5)))],
+        );
+        let mut modules = Vec::new();
+        assert_eq!(cycle(&mut s, Duration::from_secs(2), &mut modules), Some(5));
+        s.forget();
+        assert_eq!(cycle(&mut s, Duration::from_secs(2), &mut modules), Some(5));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "forgetting makes the next cycle ask"
+        );
+    }
+}
