@@ -568,3 +568,29 @@ fn the_wire_schema_catches_a_wrong_section() {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
     }
 }
+
+/// The pve-ceph fixture case's answers through the collector: what its
+/// `proxmoxLxc` will hold once the platform sources run in `--once`.
+#[test]
+fn pve_ceph_case_containers() {
+    let root = common::case_root("pve-ceph");
+    let lxc = Collector::new(Root::new(&root).unwrap(), None)
+        .collect(Instant::now() + Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert_eq!(vmids(&lxc), [100, 101, 103], "102 is stopped");
+    assert!(lxc.skipped.is_empty(), "{:?}", lxc.skipped);
+    let names: Vec<&str> = lxc.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["dns", "nextcloud", "media"]);
+    let paths: Vec<&str> = lxc.containers[1]
+        .disks
+        .iter()
+        .map(|d| d.mountpoint.as_str())
+        .collect();
+    assert_eq!(paths, ["/", "/mnt/nextcloud data"]);
+    let errs = wire_errors(&pulse_agent::report::proxmox_lxc(
+        &lxc,
+        common::pinned_now(),
+    ));
+    assert!(errs.is_empty(), "{errs:?}");
+}
