@@ -646,6 +646,40 @@ fn memory(s: &HostSnapshot) -> Value {
 
 // ---- proxmoxLxc (§3.10): the pct helper's functions go below ----
 
+/// `proxmoxLxc`: `{containers[{vmid, name, disks[]}], collectedAt}`. The
+/// stock struct has no `omitempty` here, so `containers` is `[]` when none
+/// runs, and `name` is sent even when empty. Skipped containers are not sent.
+pub fn proxmox_lxc(l: &crate::collect::pct::Lxc, collected_at: SystemTime) -> Value {
+    let containers = l.containers.iter().map(|c| {
+        let mut o = Obj::default();
+        o.put("vmid", Value::Number(c.vmid.into()));
+        o.put("name", Value::String(c.name.clone()));
+        o.put(
+            "disks",
+            Value::Array(c.disks.iter().map(lxc_disk).collect()),
+        );
+        o.done()
+    });
+    let mut o = Obj::default();
+    o.put("containers", Value::Array(containers.collect()));
+    o.put("collectedAt", Value::String(rfc3339(collected_at)));
+    o.done()
+}
+
+/// A container filesystem in the §3.6 `Disk` shape: the stock agent fills
+/// `type` with the mount key (`rootfs`, `mp0`) and leaves `filesystem` out.
+fn lxc_disk(d: &crate::collect::pct::Disk) -> Value {
+    let mut o = Obj::default();
+    o.str("device", &d.device);
+    o.str("mountpoint", &d.mountpoint);
+    o.str("type", &d.kind);
+    o.uint("totalBytes", d.total);
+    o.uint("usedBytes", d.used);
+    o.uint("freeBytes", d.free);
+    o.float("usage", d.usage);
+    o.done()
+}
+
 // ---- host.packageUpdates and host.storageCleanup (§3.4): the packages helper's functions go below ----
 
 /// A JSON object built with Go `omitempty` rules.

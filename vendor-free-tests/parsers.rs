@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pulse_agent::collect::{
-    cpu, diskio, gpu, identity, loadavg, memory, mounts, network, raid, uptime, zfs,
+    cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, uptime, zfs,
 };
 use pulse_agent::root::parse_ip_addr;
 
@@ -85,6 +85,16 @@ const PARSERS: &[(&str, Parser, &str)] = &[
         "ip -o addr",
         |s| drop(parse_ip_addr(s)),
         "2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n",
+    ),
+    (
+        "pct list",
+        |s| drop(pct::parse_list(s)),
+        "VMID       Status     Lock         Name\n100        running                 web\n101        stopped    backup       db\n",
+    ),
+    (
+        "pct df",
+        |s| drop(pct::parse_df(s)),
+        "MP     Volume   Size  Used Avail Use% Path\nrootfs local:1 8.0G 2.0G 6.0G 25.0 /\nmp0 tank:2 1.0T 512G 512G 50.0 /srv/my data\n",
     ),
     (
         "unescape",
@@ -338,4 +348,27 @@ fn nvidia_smi_with_many_gpus_is_not_quadratic() {
     assert_eq!(gpus[rows - 1].id, (rows - 1).to_string());
     let ids: std::collections::HashSet<&str> = gpus.iter().map(|g| g.id.as_str()).collect();
     assert_eq!(ids.len(), rows);
+}
+
+/// `pct list` and `pct df` of megabytes: running rows with distinct VMIDs
+/// (each checked against the ones seen), df rows that all repeat one path
+/// in different cases and rows with distinct paths past the 257 kept: sets,
+/// not scans of what came before.
+#[test]
+fn pct_output_of_megabytes_is_linear() {
+    let mut list = String::from("VMID       Status     Lock         Name\n");
+    list.push_str(&megabytes(6, |i| {
+        format!("{:<10} running                 ct-{i}\n", 100 + i)
+    }));
+    let running = within("pct::parse_list", HANG, move || pct::parse_list(&list));
+    assert_eq!(running.unwrap().len(), pct::MAX_CONTAINERS);
+    let same = megabytes(6, |i| {
+        let p = if i % 2 == 0 { "/Srv/Data" } else { "/srv/data" };
+        format!("mp{} tank:{i} 1G 1G 0 100 {p}\n", i % 256)
+    });
+    let disks = within("pct::parse_df", HANG, move || pct::parse_df(&same));
+    assert_eq!(disks.len(), 1);
+    let distinct = megabytes(6, |i| format!("mp0 tank:{i} 1G 1G 0 100 /m/{i}/\n"));
+    let disks = within("pct::parse_df", HANG, move || pct::parse_df(&distinct));
+    assert!(disks.is_empty(), "a trailing slash is not clean");
 }

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod mounts;
 pub mod network;
 pub mod patterns;
+pub mod pct;
 pub mod power;
 pub mod raid;
 pub mod uptime;

@@ -237,6 +237,17 @@ const CLUSTER_NODE: &[F] = &[
     F("sensors", Obj(SENSORS), Always),
     F("collectedAt", Time, Opt),
 ];
+/// `proxmoxLxc.containers[]`: no `omitempty` in the stock struct.
+const LXC_CONTAINER: &[F] = &[
+    F("vmid", Int, Always),
+    F("name", Str, Always),
+    F("disks", Arr(&Obj(DISK)), Always),
+];
+/// `proxmoxLxc` (§3.10): `pct list` + `pct df`.
+const PROXMOX_LXC: &[F] = &[
+    F("containers", Arr(&Obj(LXC_CONTAINER)), Always),
+    F("collectedAt", Time, Always),
+];
 pub const HOST_REPORT: &[F] = &[
     F("agent", Obj(AGENT), Always),
     F("host", Obj(HOST), Always),
@@ -250,7 +261,7 @@ pub const HOST_REPORT: &[F] = &[
     F("ceph", Any, Opt),
     F("libvirt", Any, Opt),
     F("xcpng", Any, Opt),
-    F("proxmoxLxc", Any, Opt),
+    F("proxmoxLxc", Obj(PROXMOX_LXC), Opt),
     F("clusterSensors", Arr(&Obj(CLUSTER_NODE)), Opt),
     F("availabilityResults", Any, Opt),
     F("tags", Arr(&Str), Opt),
