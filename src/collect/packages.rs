@@ -164,7 +164,10 @@ pub fn parse(text: &str) -> Result<Vec<Package>, ParseError> {
     let mut summary = None;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if let Some(rest) = line.strip_prefix("Inst ") {
+        let inst = line
+            .strip_prefix("Inst")
+            .filter(|r| r.is_empty() || r.starts_with(char::is_whitespace));
+        if let Some(rest) = inst {
             pending.push(parse_inst(rest).map_err(|reason| ParseError::Line {
                 line: i + 1,
                 reason,
@@ -364,6 +367,7 @@ impl Collector {
             reboot_required: reboot_required(&self.root),
             ..Updates::default()
         };
+        self.hung = false;
         let result = match program {
             None => Err(format!(
                 "apt-get: the host below {} is not this machine; its updates are not checked",
@@ -371,7 +375,6 @@ impl Collector {
             )),
             Some(p) => self.simulate(&p, deadline),
         };
-        self.hung = self.tool.take_hung();
         match result {
             Ok(pending) => {
                 u.inventory_hash = inventory_hash(&pending);
@@ -387,10 +390,18 @@ impl Collector {
         if left.is_zero() {
             return Err("apt-get -s upgrade: no time left in this run".into());
         }
-        let o = self
-            .tool
-            .run(apt, &APT_ARGS, left.min(BUDGET), APT_OUTPUT_CAP)
-            .map_err(|e| e.replace(&APT_ARGS.join(" "), "-s upgrade"))?;
+        let timeout = left.min(BUDGET);
+        let o = match self.tool.run(apt, &APT_ARGS, timeout, APT_OUTPUT_CAP) {
+            Ok(o) => o,
+            Err(_) if self.tool.take_hung() => {
+                self.hung = true;
+                return Err(format!(
+                    "apt-get -s upgrade: no answer within {:.1} s",
+                    timeout.as_secs_f64()
+                ));
+            }
+            Err(e) => return Err(e.replace(&APT_ARGS.join(" "), "-s upgrade")),
+        };
         if o.code != Some(0) {
             return Err(format!("apt-get -s upgrade: {}", exec::failure(&o)));
         }
