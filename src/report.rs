@@ -682,6 +682,46 @@ fn lxc_disk(d: &crate::collect::pct::Disk) -> Value {
 
 // ---- host.packageUpdates and host.storageCleanup (§3.4): the packages helper's functions go below ----
 
+/// `host.packageUpdates`: `supported`, `pendingCount` and `checkedAt` always
+/// (Go: a bool, an int and a `time.Time` without `omitempty` effect); the
+/// first [`LISTED_MAX`](crate::collect::packages::LISTED_MAX) packages, as
+/// the stock agent lists them; the rest omitempty.
+pub fn package_updates(u: &crate::collect::packages::Updates, checked_at: SystemTime) -> Value {
+    use crate::collect::packages::LISTED_MAX;
+    let mut o = Obj::default();
+    o.put("supported", Value::Bool(u.supported));
+    o.str("manager", &u.manager);
+    o.str("inventoryHash", &u.inventory_hash);
+    o.put("pendingCount", Value::Number(u.pending.len().into()));
+    o.list(
+        "packages",
+        u.pending.iter().take(LISTED_MAX).map(|p| {
+            let mut po = Obj::default();
+            po.put("name", Value::String(p.name.clone()));
+            po.str("installedVersion", p.installed.as_deref().unwrap_or(""));
+            po.str("availableVersion", &p.available);
+            po.done()
+        }),
+    );
+    o.put("checkedAt", Value::String(rfc3339(checked_at)));
+    o.flag("rebootRequired", u.reboot_required);
+    o.str("error", u.error.as_deref().unwrap_or(""));
+    o.done()
+}
+
+/// `host.storageCleanup`: `supported`, `reclaimableBytes` and `checkedAt`
+/// always, the rest omitempty.
+pub fn storage_cleanup(c: &crate::collect::packages::Cleanup, checked_at: SystemTime) -> Value {
+    let mut o = Obj::default();
+    o.put("supported", Value::Bool(c.supported));
+    o.str("provider", &c.provider);
+    o.str("fingerprint", &c.fingerprint);
+    o.put("reclaimableBytes", Value::Number(c.reclaimable_bytes.into()));
+    o.put("checkedAt", Value::String(rfc3339(checked_at)));
+    o.str("error", c.error.as_deref().unwrap_or(""));
+    o.done()
+}
+
 /// A JSON object built with Go `omitempty` rules.
 #[derive(Default)]
 struct Obj(Map<String, Value>);

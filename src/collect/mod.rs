@@ -20,6 +20,7 @@ pub mod loadavg;
 pub mod memory;
 pub mod mounts;
 pub mod network;
+pub mod packages;
 pub mod patterns;
 pub mod pct;
 pub mod power;

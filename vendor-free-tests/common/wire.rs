@@ -95,8 +95,31 @@ const HOST: &[F] = &[
     F("uptimeSeconds", UInt, Opt),
     F("loadAverage", Arr(&Float), Opt),
     F("reportIp", Str, Opt),
-    F("packageUpdates", Any, Opt),
-    F("storageCleanup", Any, Opt),
+    F("packageUpdates", Obj(PACKAGE_UPDATES), Opt),
+    F("storageCleanup", Obj(STORAGE_CLEANUP), Opt),
+];
+const PACKAGE: &[F] = &[
+    F("name", Str, Always),
+    F("installedVersion", Str, Opt),
+    F("availableVersion", Str, Opt),
+];
+const PACKAGE_UPDATES: &[F] = &[
+    F("supported", Bool, Always),
+    F("manager", Str, Opt),
+    F("inventoryHash", Str, Opt),
+    F("pendingCount", UInt, Always),
+    F("packages", Arr(&Obj(PACKAGE)), Opt),
+    F("checkedAt", Time, Always),
+    F("rebootRequired", Bool, Opt),
+    F("error", Str, Opt),
+];
+const STORAGE_CLEANUP: &[F] = &[
+    F("supported", Bool, Always),
+    F("provider", Str, Opt),
+    F("fingerprint", Str, Opt),
+    F("reclaimableBytes", UInt, Always),
+    F("checkedAt", Time, Always),
+    F("error", Str, Opt),
 ];
 const MEMORY: &[F] = &[
     F("totalBytes", UInt, Opt),
