@@ -23,6 +23,7 @@ pub mod network;
 pub mod patterns;
 pub mod power;
 pub mod raid;
+pub mod unraid;
 pub mod uptime;
 pub mod zfs;
 
