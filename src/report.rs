@@ -642,6 +642,52 @@ fn memory(s: &HostSnapshot) -> Value {
 
 // ---- unraid (§3.10): the Unraid helper's functions go below ----
 
+/// `unraid` (§3.10): `arrayStarted` always, everything else `omitempty`;
+/// each member's `name` always.
+pub fn unraid(u: &crate::collect::unraid::Unraid) -> Value {
+    let int = |o: &mut Obj, k: &str, v: i64| {
+        if v != 0 {
+            o.put(k, Value::Number(v.into()));
+        }
+    };
+    let mut o = Obj::default();
+    o.put("arrayStarted", Value::Bool(u.array_started));
+    o.str("arrayState", &u.array_state);
+    o.str("syncAction", &u.sync_action);
+    o.float("syncProgress", u.sync_progress);
+    int(&mut o, "syncErrors", u.sync_errors);
+    int(&mut o, "numProtected", u.num_protected);
+    int(&mut o, "numDisabled", u.num_disabled);
+    int(&mut o, "numInvalid", u.num_invalid);
+    int(&mut o, "numMissing", u.num_missing);
+    o.list(
+        "disks",
+        u.disks.iter().map(|d| {
+            let mut m = Obj::default();
+            m.put("name", Value::String(d.name.clone()));
+            m.str("device", &d.device);
+            m.str("role", &d.role);
+            m.str("status", &d.status);
+            m.str("rawStatus", &d.raw_status);
+            m.str("model", &d.model);
+            m.str("serial", &d.serial);
+            m.str("filesystem", &d.filesystem);
+            m.str("transport", &d.transport);
+            m.uint("sizeBytes", d.size_bytes);
+            m.uint("usedBytes", d.used_bytes);
+            m.uint("freeBytes", d.free_bytes);
+            int(&mut m, "temperature", d.temperature);
+            m.flag("spunDown", d.spun_down);
+            int(&mut m, "readCount", d.read_count);
+            int(&mut m, "writeCount", d.write_count);
+            int(&mut m, "errorCount", d.error_count);
+            int(&mut m, "slot", d.slot);
+            m.done()
+        }),
+    );
+    o.done()
+}
+
 // ---- ceph (§3.10): the Ceph helper's functions go below ----
 
 // ---- proxmoxLxc (§3.10): the pct helper's functions go below ----

@@ -96,6 +96,43 @@ fn nas_smart() {
 }
 
 #[test]
+fn unraid_nas() {
+    let doc = golden("unraid-nas");
+    assert_eq!(doc["host"]["osName"], "Unraid");
+    let rows = doc["sensors"]["smart"].as_array().unwrap();
+    let devices: Vec<&str> = rows.iter().map(|r| r["device"].as_str().unwrap()).collect();
+    // Unraid's four spun-down members first, by device, from Unraid's facts
+    // alone (sdh is not even in the scan); then the probed disks; then the
+    // flash drive smartctl could not read.
+    assert_eq!(
+        devices,
+        ["sdc", "sde", "sdf", "sdh", "sdb", "sdd", "sdg", "nvme0n1", "nvme1n1", "sda"]
+    );
+    for r in &rows[..4] {
+        assert_eq!(r["standby"], true, "{r}");
+        assert_eq!(r["health"], "UNKNOWN", "{r}");
+        assert_eq!(r["type"], "sata", "{r}");
+        assert_eq!(r["temperature"], 0, "{r}");
+        assert_eq!(r["collection"]["temperature"]["source"], "unraid", "{r}");
+        assert_eq!(
+            r["collection"]["temperature"]["reason"], "disk is reported spun down",
+            "{r}"
+        );
+        assert_eq!(r["collection"]["serial"]["source"], "unraid", "{r}");
+    }
+    let sde = &rows[1];
+    assert_eq!(sde["model"], "WDC WD80EFZZ-68BTXN0");
+    assert_eq!(sde["serial"], "WD-CA0DISK2");
+    assert_eq!(sde["sizeBytes"], 15628053168u64 * 512);
+    for r in &rows[4..9] {
+        assert!(r["standby"].is_null(), "awake members are probed: {r}");
+        assert_eq!(r["health"], "PASSED", "{r}");
+    }
+    assert_eq!(rows[7]["type"], "nvme");
+    assert_eq!(rows[9]["type"], "usb", "Unraid's transport for the flash");
+}
+
+#[test]
 fn nas_truenas() {
     let doc = golden("nas-truenas");
     let zfs: Vec<&Value> = doc["disks"]

@@ -25,6 +25,7 @@ pub mod patterns;
 pub mod pct;
 pub mod power;
 pub mod raid;
+pub mod unraid;
 pub mod uptime;
 pub mod zfs;
 

@@ -24,6 +24,9 @@ pub struct Target {
     pub dtype: String,
     /// The block device in `/sys/block` this target is (`nvme0` → `nvme0n1`).
     pub block: String,
+    /// How Unraid says the disk is attached (`sata`, `sas`, `nvme`, `usb`):
+    /// for an array member it overrides what sysfs suggests.
+    pub native_transport: Option<&'static str>,
 }
 
 impl Target {
@@ -32,6 +35,12 @@ impl Target {
     /// read the array, not the disk.
     pub fn multiplexed(&self) -> bool {
         is_multiplexed(&self.dtype)
+    }
+
+    /// How the disk is attached: Unraid's word for a member, else sysfs's.
+    pub fn transport(&self, root: &Root) -> Option<&'static str> {
+        self.native_transport
+            .or_else(|| transport(root, &self.block))
     }
 
     /// One name for the cache: path and type.
@@ -228,6 +237,7 @@ pub fn union(
             path: path.clone(),
             dtype: dtype.clone(),
             block: canonical_block(root, path),
+            native_transport: None,
         })
         .filter(|t| t.multiplexed() || !excluded(exclude, &t.block))
         .collect();
@@ -240,6 +250,7 @@ pub fn union(
                 path: format!("/dev/{d}"),
                 dtype: String::new(),
                 block: d.clone(),
+                native_transport: None,
             });
         }
     }
@@ -484,6 +495,7 @@ mod tests {
             path: path.into(),
             dtype: dtype.into(),
             block: basename(path).into(),
+            native_transport: None,
         };
         assert_eq!(
             attempt_types(&t("/dev/sda", "scsi"), Some("sata")),

@@ -14,6 +14,13 @@
 //! disks alone and reports what it last saw. A disk found asleep is reported
 //! as asleep with its last known identity, health and counters.
 //!
+//! On Unraid the array's own view comes first (§1.7): each refresh reads it
+//! afresh (`disks.ini`, `mdcmd status`, at most 3 s), and a member Unraid
+//! says is spun down gets no smartctl command at all, whatever the idle and
+//! age rules would say; it is reported as asleep with Unraid's identity,
+//! ahead of every other row. Unraid's transport for the other members
+//! decides their `-d` types and row type.
+//!
 //! Probes run on at most [`PARALLEL`] threads, each disk's attempts within
 //! [`PROBE_DEADLINE`], the whole refresh within [`REFRESH_BUDGET`]. A
 //! smartctl that cannot be killed (stuck on a failing disk) keeps its disk out
@@ -30,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::collect::Outcome;
+use crate::collect::unraid;
 use crate::exec;
 use crate::root::{self, Root};
 use discover::Target;
@@ -117,11 +125,14 @@ pub struct Smart {
     settings: Settings,
     memory: HashMap<String, Memory>,
     missing_logged: bool,
+    /// Reads the Unraid array at the start of each refresh.
+    unraid: unraid::Collector,
 }
 
 impl Smart {
     pub fn new(root: Root, settings: Settings) -> Smart {
         Smart {
+            unraid: unraid::Collector::new(root.clone()),
             root,
             settings,
             memory: HashMap::new(),
@@ -148,6 +159,15 @@ impl Smart {
         let started = Instant::now();
         let mut warnings = Vec::new();
         let exclude = self.settings.exclude.clone();
+        // Unraid first, before anything could reach a disk it has spun down.
+        let native = match self.unraid.collect(Instant::now() + unraid::MDCMD_TIMEOUT) {
+            Ok(Some(u)) if !u.disks.is_empty() => Some(u),
+            Ok(_) => None,
+            Err(e) => {
+                warnings.push(format!("unraid: {e}"));
+                None
+            }
+        };
         let smartctl = self.smartctl();
 
         let scan = match &smartctl {
@@ -187,6 +207,10 @@ impl Smart {
             Err(_) => Vec::new(),
         };
         let targets = discover::union(&self.root, &scan, &disks, &exclude);
+        let (targets, spun_down) = match &native {
+            Some(u) => unraid_members(&self.root, targets, u, &exclude),
+            None => (targets, Vec::new()),
+        };
         let hosts = scsi_hosts(&self.root);
         let counters = read_activity(&self.root);
 
@@ -241,7 +265,7 @@ impl Smart {
         {
             let t = &targets[i];
             let sys = discover::sysfs_disk(&self.root, &t.block);
-            let transport = discover::transport(&self.root, &t.block);
+            let transport = t.transport(&self.root);
             let m = self.memory.entry(t.key()).or_default();
             let Some((result, activity)) = result else {
                 if smartctl.is_some() {
@@ -299,10 +323,11 @@ impl Smart {
             ));
         }
 
-        // Forget disks that are gone; list probed rows first, then sysfs-only ones.
+        // Forget disks that are gone (or asleep by Unraid's word); list
+        // Unraid's sleeping members first, then probed rows, then sysfs-only ones.
         let keys: Vec<String> = targets.iter().map(Target::key).collect();
         self.memory.retain(|k, _| keys.contains(k));
-        let mut rows = Vec::new();
+        let mut rows = spun_down;
         let mut identity = Vec::new();
         for k in &keys {
             if let Some(m) = self.memory.get(k) {
@@ -348,6 +373,82 @@ impl Smart {
             standby,
         }
     }
+}
+
+/// Sets Unraid's transport on its members' targets and takes the members it
+/// says are spun down out of `targets`: for those (and for sleeping members
+/// no scan found) it returns rows made from Unraid's facts alone, sorted by
+/// device. Excluded disks are left alone.
+fn unraid_members(
+    root: &Root,
+    targets: Vec<Target>,
+    array: &unraid::Unraid,
+    exclude: &[String],
+) -> (Vec<Target>, Vec<Disk>) {
+    let mut members: HashMap<String, &unraid::UnraidDisk> = HashMap::new();
+    for d in &array.disks {
+        let block = discover::canonical_block(root, &d.device);
+        let excluded = crate::collect::patterns::any_matches(
+            exclude,
+            &[block.as_str(), &format!("/dev/{block}")],
+        );
+        if !block.is_empty() && !excluded {
+            members.insert(block, d);
+        }
+    }
+    let mut kept = Vec::with_capacity(targets.len());
+    for mut t in targets {
+        match members.get(&t.block) {
+            Some(m) if m.spun_down => {
+                log::debug!("SMART {}: spun down by Unraid, not asked", t.key());
+            }
+            Some(m) => {
+                t.native_transport = smart_transport(&m.transport);
+                kept.push(t);
+            }
+            None => kept.push(t),
+        }
+    }
+    let mut asleep: Vec<Disk> = members
+        .iter()
+        .filter(|(_, m)| m.spun_down)
+        .map(|(block, m)| unraid_standby(block, m))
+        .collect();
+    asleep.sort_by(|a, b| a.device.cmp(&b.device));
+    (kept, asleep)
+}
+
+/// Unraid's transport as a SMART row's `type`, if it is one.
+fn smart_transport(t: &str) -> Option<&'static str> {
+    match t.trim().to_lowercase().as_str() {
+        "ata" | "sata" => Some("sata"),
+        "sas" => Some("sas"),
+        "usb" => Some("usb"),
+        "nvme" => Some("nvme"),
+        _ => None,
+    }
+}
+
+/// The row of a member Unraid has spun down: nothing was asked of the disk.
+fn unraid_standby(block: &str, m: &unraid::UnraidDisk) -> Disk {
+    let mut d = Disk {
+        device: block.to_string(),
+        model: m.model.trim().to_string(),
+        serial: m.serial.trim().to_string(),
+        kind: smart_transport(&m.transport).unwrap_or("").to_string(),
+        size_bytes: m.size_bytes,
+        health: parse::Health::Unknown,
+        standby: true,
+        ..Disk::default()
+    };
+    d.collection.serial = if d.serial.is_empty() {
+        parse::Status::new("missing", "unraid", "disk serial was not reported")
+    } else {
+        parse::Status::new("available", "unraid", "")
+    };
+    d.collection.temperature =
+        parse::Status::new("unavailable", "unraid", "disk is reported spun down");
+    d
 }
 
 /// A sleeping disk's row: its last known values, marked asleep, without a

@@ -57,7 +57,7 @@ pub fn needs_guard(root: &Root, target: &Target) -> bool {
 /// Probes `target` until a row with a temperature, the attempts run out, or
 /// `deadline`.
 pub fn probe(smartctl: &Path, root: &Root, target: &Target, deadline: Instant) -> Probe {
-    let transport = discover::transport(root, &target.block);
+    let transport = target.transport(root);
     let guard = needs_guard(root, target);
     let mut merged: Option<Disk> = None;
     let mut last_error = String::from("no attempt was made");
@@ -257,7 +257,10 @@ pub fn refine(d: &mut Disk, target: &Target, sys: &SysfsDisk, transport: Option<
     d.controller.clone_from(&sys.controller);
     d.target.clone_from(&sys.target);
     d.collection.controller = controller_status(sys);
-    if d.kind.is_empty() || d.kind == "scsi" {
+    if let Some(t) = target.native_transport {
+        // Unraid's word for an array member wins over smartctl's.
+        d.kind = t.to_string();
+    } else if d.kind.is_empty() || d.kind == "scsi" {
         if let Some(t) = transport {
             d.kind = t.to_string();
         }

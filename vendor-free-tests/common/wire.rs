@@ -271,6 +271,40 @@ const PROXMOX_LXC: &[F] = &[
     F("containers", Arr(&Obj(LXC_CONTAINER)), Always),
     F("collectedAt", Time, Always),
 ];
+/// `unraid` (§3.10): `arrayStarted` has no `omitempty`; counts and slots
+/// are Go ints, sizes int64 that are never negative here.
+const UNRAID_DISK: &[F] = &[
+    F("name", Str, Always),
+    F("device", Str, Opt),
+    F("role", Str, Opt),
+    F("status", Str, Opt),
+    F("rawStatus", Str, Opt),
+    F("model", Str, Opt),
+    F("serial", Str, Opt),
+    F("filesystem", Str, Opt),
+    F("transport", Str, Opt),
+    F("sizeBytes", UInt, Opt),
+    F("usedBytes", UInt, Opt),
+    F("freeBytes", UInt, Opt),
+    F("temperature", Int, Opt),
+    F("spunDown", Bool, Opt),
+    F("readCount", Int, Opt),
+    F("writeCount", Int, Opt),
+    F("errorCount", Int, Opt),
+    F("slot", Int, Opt),
+];
+pub const UNRAID: &[F] = &[
+    F("arrayStarted", Bool, Always),
+    F("arrayState", Str, Opt),
+    F("syncAction", Str, Opt),
+    F("syncProgress", Float, Opt),
+    F("syncErrors", Int, Opt),
+    F("numProtected", Int, Opt),
+    F("numDisabled", Int, Opt),
+    F("numInvalid", Int, Opt),
+    F("numMissing", Int, Opt),
+    F("disks", Arr(&Obj(UNRAID_DISK)), Opt),
+];
 pub const HOST_REPORT: &[F] = &[
     F("agent", Obj(AGENT), Always),
     F("host", Obj(HOST), Always),
@@ -280,7 +314,7 @@ pub const HOST_REPORT: &[F] = &[
     F("network", Arr(&Obj(NETWORK)), Opt),
     F("sensors", Obj(SENSORS), Always),
     F("raid", Arr(&Obj(RAID)), Opt),
-    F("unraid", Any, Opt),
+    F("unraid", Obj(UNRAID), Opt),
     F("ceph", Any, Opt),
     F("libvirt", Any, Opt),
     F("xcpng", Any, Opt),
