@@ -37,6 +37,7 @@ use crate::hardware::Hardware;
 use crate::health::{self, Published, Snapshot};
 use crate::metrics::{self, DeliveryState};
 use crate::outbox::{Outbox, Stream};
+use crate::platform::Platform;
 use crate::remote_config::{self, Trust};
 use crate::report::{self, Module, ModuleState, Privilege, Sequence};
 use crate::root::Root;
@@ -551,6 +552,8 @@ struct Agent {
     smart: Option<smart::Service>,
     smart_waited: bool,
     hardware: Hardware,
+    /// Unraid, Ceph, Proxmox LXC, package updates (`platform.rs`).
+    platform: Platform,
     /// `--enable-proxmox`: the peers' temperatures through pulse-sensor-proxy.
     cluster: Option<cluster::Service>,
     /// The first report waited for the first cluster run.
@@ -587,6 +590,14 @@ impl Agent {
         opts.zfs_arc_is_cache = identity.container.is_none();
         let smart = start_smart(config, &root);
         let hardware = Hardware::new(root.clone());
+        let platform = Platform::new(
+            root.clone(),
+            crate::platform::Settings {
+                pct_path: config.pct_path.clone(),
+                clock,
+                once: config.once,
+            },
+        );
         let cluster = start_cluster(config, &root);
         let root_for_docker = root.clone();
         let host = collect::Host::new(root, opts);
@@ -676,6 +687,7 @@ impl Agent {
             smart,
             smart_waited: false,
             hardware,
+            platform,
             cluster,
             cluster_waited: false,
             log_file: logging::LogFile::default(),
@@ -729,12 +741,16 @@ impl Agent {
     fn collect(&mut self) -> collect::HostSnapshot {
         // The hardware workers run while the host collectors do.
         let pending = self.hardware.begin();
+        let platform = self.platform.begin();
         let cluster = self.cluster.as_ref().map(cluster::Service::ask);
         let mut snapshot = self.host.collect();
         self.keepalive();
         self.add_smart(&mut snapshot);
         self.keepalive();
         self.hardware.finish(pending, &mut snapshot);
+        let now = (self.clock)();
+        self.platform
+            .finish(platform, &mut snapshot, &mut self.modules, now);
         if let Some(p) = cluster {
             self.add_cluster(p, &mut snapshot);
         }

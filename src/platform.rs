@@ -24,8 +24,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::collect::{Outcome, SourceStatus, Stamped};
+use std::path::PathBuf;
+
+use crate::collect::{HostSnapshot, Outcome, SourceStatus, Stamped, packages, pct, unraid};
+use crate::hardware::WAIT;
 use crate::report::{Module, ModuleState};
+use crate::root::Root;
 use crate::worker::{Ticket, Worker};
 
 /// A result older than its refresh plus this is not sent.
@@ -40,6 +44,177 @@ pub trait Collect: Send + 'static {
     /// The run met a program that did not answer (taken: reset by reading).
     fn take_hung(&mut self) -> bool {
         false
+    }
+    /// What went wrong in a run that still produced its section (a
+    /// container skipped, apt's simulation failing): warnings in `/status`,
+    /// and the module's `lastError`.
+    fn warnings(&self, _data: Option<&Self::Data>) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Unraid: every cycle (a file and `mdcmd status`, both cheap); the spin
+/// states and the parity check's progress move between cycles.
+pub const UNRAID: Policy = Policy {
+    name: unraid::MODULE,
+    module: Some(unraid::MODULE),
+    refresh: Duration::ZERO,
+    budget: Duration::from_secs(5),
+};
+/// Proxmox LXC filesystems: `pct` is a Perl program that costs about a
+/// third of a second of CPU per call, one call per running container; the
+/// containers' disk usage moves slowly, so at most once every two minutes.
+pub const LXC: Policy = Policy {
+    name: pct::MODULE,
+    module: Some(pct::MODULE),
+    refresh: Duration::from_secs(120),
+    budget: pct::BUDGET,
+};
+/// Package updates: apt's simulation, cached 30 minutes, 20 s per run.
+pub const UPDATES: Policy = Policy {
+    name: packages::MODULE,
+    module: Some(packages::MODULE),
+    refresh: Duration::from_secs(30 * 60),
+    budget: packages::BUDGET,
+};
+/// apt's package cache (`storageCleanup`), cached 30 minutes.
+pub const CLEANUP: Policy = Policy {
+    name: "storage-cleanup",
+    module: None,
+    refresh: Duration::from_secs(30 * 60),
+    budget: Duration::from_secs(10),
+};
+
+/// What the platform sources need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `PULSE_PCT_PATH`.
+    pub pct_path: Option<PathBuf>,
+    /// The agent's clock, for `collectedAt` and `checkedAt`.
+    pub clock: fn() -> SystemTime,
+    /// `--once`: the one report waits for every source's run, up to its
+    /// budget (there is no later report to carry a late answer).
+    pub once: bool,
+}
+
+/// Every platform source.
+pub struct Platform {
+    once: bool,
+    unraid: Source<unraid::Unraid>,
+    lxc: Source<pct::Lxc>,
+    updates: Source<packages::Updates>,
+    cleanup: Source<packages::Cleanup>,
+}
+
+/// The requests of one cycle.
+pub struct Pending {
+    unraid: Asked,
+    lxc: Asked,
+    updates: Asked,
+    cleanup: Asked,
+}
+
+impl Platform {
+    pub fn new(root: Root, settings: Settings) -> Platform {
+        let clock = settings.clock;
+        Platform {
+            once: settings.once,
+            unraid: Source::new(UNRAID, unraid::Collector::new(root.clone()), clock),
+            lxc: Source::new(
+                LXC,
+                pct::Collector::new(root.clone(), settings.pct_path),
+                clock,
+            ),
+            updates: Source::new(UPDATES, packages::Collector::new(root.clone()), clock),
+            cleanup: Source::new(CLEANUP, packages::CleanupCollector::new(root), clock),
+        }
+    }
+
+    /// Asks every source whose result is due.
+    pub fn begin(&mut self) -> Pending {
+        let now = Instant::now();
+        Pending {
+            unraid: self.unraid.begin(now),
+            lxc: self.lxc.begin(now),
+            updates: self.updates.begin(now),
+            cleanup: self.cleanup.begin(now),
+        }
+    }
+
+    /// Waits (within [`WAIT`] of `begin`) and puts every answer into `snap`
+    /// and the module list.
+    pub fn finish(
+        &mut self,
+        p: Pending,
+        snap: &mut HostSnapshot,
+        modules: &mut Vec<Module>,
+        now: SystemTime,
+    ) {
+        let wait = |policy: Policy| match self.once {
+            true => policy.budget,
+            false => WAIT,
+        };
+        let src = &mut snap.sources;
+        let w = wait(UNRAID);
+        snap.unraid = self.unraid.take(p.unraid, w, src, modules, now);
+        let w = wait(LXC);
+        snap.lxc = self.lxc.take(p.lxc, w, src, modules, now);
+        let w = wait(UPDATES);
+        snap.packages = self.updates.take(p.updates, w, src, modules, now);
+        let w = wait(CLEANUP);
+        snap.cleanup = self.cleanup.take(p.cleanup, w, src, modules, now);
+    }
+}
+
+impl Collect for unraid::Collector {
+    type Data = unraid::Unraid;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
+        unraid::Collector::collect(self, deadline)
+    }
+    fn warnings(&self, _: Option<&Self::Data>) -> Vec<String> {
+        self.note().map(str::to_string).into_iter().collect()
+    }
+}
+
+impl Collect for pct::Collector {
+    type Data = pct::Lxc;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
+        pct::Collector::collect(self, deadline)
+    }
+    fn take_hung(&mut self) -> bool {
+        pct::Collector::take_hung(self)
+    }
+    fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
+        data.map(|l| {
+            l.skipped
+                .iter()
+                .map(|s| format!("container {} ({}): {}", s.vmid, s.name, s.reason))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl Collect for packages::Collector {
+    type Data = packages::Updates;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
+        packages::Collector::collect(self, deadline)
+    }
+    fn take_hung(&mut self) -> bool {
+        self.hung()
+    }
+    fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
+        data.and_then(|u| u.error.clone()).into_iter().collect()
+    }
+}
+
+impl Collect for packages::CleanupCollector {
+    type Data = packages::Cleanup;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
+        packages::CleanupCollector::collect(self, deadline)
+    }
+    fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
+        data.and_then(|c| c.error.clone()).into_iter().collect()
     }
 }
 
@@ -67,6 +242,7 @@ pub struct Run<T> {
     pub ended: Instant,
     pub took: Duration,
     pub hung: bool,
+    pub warnings: Vec<String>,
 }
 
 type Job<T> = Box<dyn FnMut(Instant) -> Run<T> + Send>;
@@ -96,8 +272,10 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
         let job = move |deadline: Instant| {
             let started = Instant::now();
             let result = collector.collect(deadline);
+            let warnings = collector.warnings(result.as_ref().ok().and_then(Option::as_ref));
             Run {
                 result,
+                warnings,
                 at: clock(),
                 ended: Instant::now(),
                 took: started.elapsed(),
@@ -159,9 +337,21 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
         latest.filter(|r| r.ended.elapsed() <= self.policy.refresh + MAX_AGE)
     }
 
-    /// The worker's thread exists (the source was asked at least once).
-    pub fn started(&self) -> bool {
-        self.worker.is_some()
+    /// [`Source::finish`], then [`apply`]: the report's data, its status
+    /// line and module entry.
+    pub fn take(
+        &mut self,
+        asked: Asked,
+        wait: Duration,
+        sources: &mut Vec<SourceStatus>,
+        modules: &mut Vec<Module>,
+        now: SystemTime,
+    ) -> Option<Stamped<T>> {
+        let begun = asked.started;
+        let run = self.finish(asked, wait);
+        let pending = (run.is_none() && self.worker.is_some()).then(|| begun.elapsed());
+        let took = run.as_ref().map_or(Duration::ZERO, |r| r.took);
+        apply(&self.policy, run, pending, took, sources, modules, now)
     }
 
     /// Forgets the latest result (a source switched off), so switching it
@@ -178,6 +368,7 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
 pub fn apply<T: Clone>(
     policy: &Policy,
     run: Option<Arc<Run<T>>>,
+    pending: Option<Duration>,
     took: Duration,
     sources: &mut Vec<SourceStatus>,
     modules: &mut Vec<Module>,
@@ -190,6 +381,17 @@ pub fn apply<T: Clone>(
         warnings: Vec::new(),
     };
     let (data, module) = match run.as_deref() {
+        // Asked, and nothing yet: the platform's presence is not known, so
+        // its module is left as it is.
+        None if pending.is_some() => {
+            let waited = pending.unwrap_or_default();
+            status.outcome = Outcome::Failed(format!(
+                "the first run has not finished (waited {:.1} s)",
+                waited.as_secs_f64()
+            ));
+            sources.push(status);
+            return None;
+        }
         None => {
             status.outcome = Outcome::Absent;
             (None, None)
@@ -203,14 +405,19 @@ pub fn apply<T: Clone>(
         Some(Run {
             result: Ok(Some(v)),
             at,
+            warnings,
             ..
-        }) => (
-            Some(Stamped {
-                value: v.clone(),
-                at: *at,
-            }),
-            Some((ModuleState::Running, None)),
-        ),
+        }) => {
+            status.warnings.clone_from(warnings);
+            let error = (!warnings.is_empty()).then(|| warnings.join("; "));
+            (
+                Some(Stamped {
+                    value: v.clone(),
+                    at: *at,
+                }),
+                Some((ModuleState::Running, error)),
+            )
+        }
         Some(Run { result: Err(e), .. }) => {
             status.outcome = Outcome::Failed(e.clone());
             (None, Some((ModuleState::Retrying, Some(e.clone()))))

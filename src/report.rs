@@ -132,6 +132,12 @@ pub fn host(r: &HostReport) -> Value {
     );
     doc.put("sensors", sensors.done());
     doc.list("raid", s.raid.iter().map(raid));
+    if let Some(u) = &s.unraid {
+        doc.put("unraid", unraid(&u.value));
+    }
+    if let Some(l) = &s.lxc {
+        doc.put("proxmoxLxc", proxmox_lxc(&l.value, l.at));
+    }
     doc.list("clusterSensors", s.cluster.iter().map(cluster_node));
     doc.strs("tags", r.tags);
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
@@ -615,6 +621,12 @@ fn host_info(r: &HostReport) -> Value {
     o.uint("uptimeSeconds", s.uptime_seconds.unwrap_or(0));
     o.load_average(s);
     o.str("reportIp", r.report_ip.unwrap_or(""));
+    if let Some(p) = &s.packages {
+        o.put("packageUpdates", package_updates(&p.value, p.at));
+    }
+    if let Some(c) = &s.cleanup {
+        o.put("storageCleanup", storage_cleanup(&c.value, c.at));
+    }
     o.done()
 }
 
@@ -762,7 +774,10 @@ pub fn storage_cleanup(c: &crate::collect::packages::Cleanup, checked_at: System
     o.put("supported", Value::Bool(c.supported));
     o.str("provider", &c.provider);
     o.str("fingerprint", &c.fingerprint);
-    o.put("reclaimableBytes", Value::Number(c.reclaimable_bytes.into()));
+    o.put(
+        "reclaimableBytes",
+        Value::Number(c.reclaimable_bytes.into()),
+    );
     o.put("checkedAt", Value::String(rfc3339(checked_at)));
     o.str("error", c.error.as_deref().unwrap_or(""));
     o.done()

@@ -161,6 +161,13 @@ pub struct HostSnapshot {
     pub gpus: Vec<gpu::Gpu>,
     /// Cluster peers' temperatures (`clusterSensors[]`, `--enable-proxmox`).
     pub cluster: Vec<cluster::NodeSensors>,
+    /// The platform sources (`platform.rs`): the Unraid array, the disks
+    /// of running Proxmox LXC containers, pending package updates and
+    /// apt's package cache, each with the time its run ended.
+    pub unraid: Option<Stamped<unraid::Unraid>>,
+    pub lxc: Option<Stamped<pct::Lxc>>,
+    pub packages: Option<Stamped<packages::Updates>>,
+    pub cleanup: Option<Stamped<packages::Cleanup>>,
     pub sources: Vec<SourceStatus>,
 }
 
