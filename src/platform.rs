@@ -51,6 +51,12 @@ pub trait Collect: Send + 'static {
     fn warnings(&self, _data: Option<&Self::Data>) -> Vec<String> {
         Vec::new()
     }
+    /// The result is worth a module entry (package updates without a
+    /// package manager this agent knows send their section, `supported:
+    /// false`, but list no module).
+    fn listed(_data: &Self::Data) -> bool {
+        true
+    }
 }
 
 /// Unraid: every cycle (a file and `mdcmd status`, both cheap); the spin
@@ -206,6 +212,9 @@ impl Collect for packages::Collector {
     fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
         data.and_then(|u| u.error.clone()).into_iter().collect()
     }
+    fn listed(u: &Self::Data) -> bool {
+        u.supported
+    }
 }
 
 impl Collect for packages::CleanupCollector {
@@ -243,6 +252,8 @@ pub struct Run<T> {
     pub took: Duration,
     pub hung: bool,
     pub warnings: Vec<String>,
+    /// [`Collect::listed`].
+    pub listed: bool,
 }
 
 type Job<T> = Box<dyn FnMut(Instant) -> Run<T> + Send>;
@@ -272,10 +283,13 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
         let job = move |deadline: Instant| {
             let started = Instant::now();
             let result = collector.collect(deadline);
-            let warnings = collector.warnings(result.as_ref().ok().and_then(Option::as_ref));
+            let data = result.as_ref().ok().and_then(Option::as_ref);
+            let warnings = collector.warnings(data);
+            let listed = data.is_none_or(C::listed);
             Run {
                 result,
                 warnings,
+                listed,
                 at: clock(),
                 ended: Instant::now(),
                 took: started.elapsed(),
@@ -406,6 +420,7 @@ pub fn apply<T: Clone>(
             result: Ok(Some(v)),
             at,
             warnings,
+            listed,
             ..
         }) => {
             status.warnings.clone_from(warnings);
@@ -415,7 +430,7 @@ pub fn apply<T: Clone>(
                     value: v.clone(),
                     at: *at,
                 }),
-                Some((ModuleState::Running, error)),
+                listed.then_some((ModuleState::Running, error)),
             )
         }
         Some(Run { result: Err(e), .. }) => {
