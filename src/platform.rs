@@ -522,19 +522,9 @@ mod tests {
 
     fn cycle(s: &mut Source<u32>, wait: Duration, modules: &mut Vec<Module>) -> Option<u32> {
         let asked = s.begin(Instant::now());
-        let started = Instant::now();
-        let run = s.finish(asked, wait);
         let mut sources = Vec::new();
-        let policy = s.policy;
-        apply(
-            &policy,
-            run,
-            started.elapsed(),
-            &mut sources,
-            modules,
-            SystemTime::now(),
-        )
-        .map(|d| d.value)
+        s.take(asked, wait, &mut sources, modules, SystemTime::now())
+            .map(|d| d.value)
     }
 
     #[test]
