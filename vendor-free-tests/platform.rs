@@ -1,0 +1,135 @@
+//! The platform sources as the report sees them (`src/platform.rs`): a
+//! hung `apt-get` or `pct` costs one report the hardware wait and later
+//! reports nothing; apt is asked once per half hour; `--disable-ceph` and
+//! the remote `disable_ceph` really switch Ceph.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use pulse_agent::collect::{HostSnapshot, Outcome};
+use pulse_agent::hardware::WAIT;
+use pulse_agent::platform::{Platform, Settings};
+use pulse_agent::report::Module;
+use pulse_agent::root::Root;
+
+/// fake-program's key for the package check (see `packages::APT_ARGS`).
+fn apt_key() -> String {
+    let mut key = String::from("apt-get");
+    for a in pulse_agent::collect::packages::APT_ARGS {
+        key.push(' ');
+        key.push_str(a);
+    }
+    key
+}
+
+/// A copy of the debian12-vm case with fake `apt-get`, `pct` and `ceph`,
+/// answering from `answers` (key, file suffix, content).
+fn host(name: &str, answers: &[(&str, &str, &str)]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("platform-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_tree(&common::case_root("debian12-vm"), &dir);
+    let bin = dir.join(".capture/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for p in ["apt-get", "pct", "ceph"] {
+        let _ = std::fs::remove_file(bin.join(p));
+        std::os::unix::fs::symlink(common::fake_program(), bin.join(p)).unwrap();
+    }
+    let cmd = dir.join(".capture/cmd");
+    std::fs::create_dir_all(&cmd).unwrap();
+    std::fs::write(cmd.join("calls.log"), "").unwrap();
+    for (key, suffix, text) in answers {
+        std::fs::write(cmd.join(format!("{key}{suffix}")), text).unwrap();
+    }
+    dir
+}
+
+fn platform(dir: &Path) -> Platform {
+    Platform::new(
+        Root::new(dir).unwrap(),
+        Settings {
+            pct_path: None,
+            clock: SystemTime::now,
+            once: false,
+        },
+    )
+}
+
+/// One cycle: its snapshot, modules and how long the report waited.
+fn cycle(p: &mut Platform, modules: &mut Vec<Module>, ceph: bool) -> (HostSnapshot, Duration) {
+    let started = Instant::now();
+    let pending = p.begin(ceph);
+    let mut snap = HostSnapshot::default();
+    p.finish(pending, &mut snap, modules, SystemTime::now());
+    (snap, started.elapsed())
+}
+
+fn outcome<'a>(snap: &'a HostSnapshot, name: &str) -> &'a Outcome {
+    &snap
+        .sources
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no status for {name}: {:?}", snap.sources))
+        .outcome
+}
+
+fn calls(dir: &Path, program: &str) -> usize {
+    std::fs::read_to_string(dir.join(".capture/cmd/calls.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{program} ")))
+        .count()
+}
+
+#[test]
+fn a_hung_apt_get_and_pct_cost_one_report_the_wait_and_later_ones_nothing() {
+    let dir = host(
+        "hung",
+        &[(&apt_key(), ".hang", ""), ("pct list", ".hang", "")],
+    );
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    let (snap, took) = cycle(&mut p, &mut modules, true);
+    assert!(took >= WAIT, "the first report waits for the first runs: {took:?}");
+    assert!(took < WAIT + Duration::from_millis(700), "{took:?}");
+    assert!(snap.packages.is_none() && snap.lxc.is_none());
+    for name in ["package-updates", "proxmox-lxc-filesystems"] {
+        match outcome(&snap, name) {
+            Outcome::Failed(e) => assert!(e.contains("first run has not finished"), "{e}"),
+            o => panic!("{name}: {o:?}"),
+        }
+    }
+    // The runs are still going: the next reports do not wait for them.
+    for _ in 0..2 {
+        let (snap, took) = cycle(&mut p, &mut modules, true);
+        assert!(took < Duration::from_millis(300), "{took:?}");
+        assert!(snap.packages.is_none());
+    }
+}
+
+#[test]
+fn apt_is_asked_once_per_half_hour_and_the_answer_rides_with_every_report() {
+    let dir = host(
+        "cached",
+        &[(
+            &apt_key(),
+            "",
+            "Inst openssl [3.0.15-1~deb12u1] (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])\n\
+             Conf openssl (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])\n\
+             1 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n",
+        )],
+    );
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    let mut first_at = None;
+    for _ in 0..3 {
+        let (snap, _) = cycle(&mut p, &mut modules, true);
+        let pk = snap.packages.expect("packageUpdates in every report");
+        assert_eq!(pk.value.pending.len(), 1);
+        // The time it was checked, not the time of each report.
+        assert_eq!(*first_at.get_or_insert(pk.at), pk.at);
+    }
+    assert_eq!(calls(&dir, "apt-get"), 1);
+    assert!(modules.iter().any(|m| m.name == "package-updates"));
+}
