@@ -265,9 +265,15 @@ pub fn parse_status(text: &str) -> Result<Ceph, Error> {
     let standbys = count(at("/mgrmap/num_standbys")).max(len("/mgrmap/standbys"));
     let num_mgrs = active + standbys;
 
-    let osds = count(at("/osdmap/num_osds"));
-    let up = count(at("/osdmap/num_up_osds"));
-    let inside = count(at("/osdmap/num_in_osds"));
+    // Nautilus and older nest the counts one level down (`osdmap.osdmap`).
+    let osdmap = match at("/osdmap/osdmap") {
+        Some(Value::Object(_)) => "/osdmap/osdmap",
+        _ => "/osdmap",
+    };
+    let osd = |key: &str| count(at(&format!("{osdmap}/{key}")));
+    let osds = osd("num_osds");
+    let up = osd("num_up_osds");
+    let inside = osd("num_in_osds");
 
     let total = count(at("/pgmap/bytes_total"));
     let used = count(at("/pgmap/bytes_used"));
@@ -326,7 +332,7 @@ pub fn parse_status(text: &str) -> Result<Ceph, Error> {
             standbys,
         },
         osd_map: OsdMap {
-            epoch: count(at("/osdmap/epoch")),
+            epoch: osd("epoch"),
             num_osds: osds,
             num_up: up,
             num_in: inside,
