@@ -702,6 +702,116 @@ pub fn unraid(u: &crate::collect::unraid::Unraid) -> Value {
 
 // ---- ceph (§3.10): the Ceph helper's functions go below ----
 
+/// The `ceph` section (§3.10), as the stock agent's `CephCluster`:
+/// `monMap` and `mgrMap` are structs (Go's `omitempty` never drops them),
+/// every count without `omitempty` is sent even when 0, `usagePercent`
+/// always; `collectedAt` is `time.RFC3339`, whole seconds in UTC.
+pub fn ceph(c: &crate::collect::ceph::Ceph, collected_at: SystemTime) -> Value {
+    let int = |v: u64| Value::Number(v.into());
+    let mut o = Obj::default();
+    o.put("fsid", Value::String(c.fsid.clone()));
+
+    let mut health = Obj::default();
+    health.put("status", Value::String(c.health.status.clone()));
+    if !c.health.checks.is_empty() {
+        let checks = c
+            .health
+            .checks
+            .iter()
+            .map(|(name, check)| {
+                let mut k = Obj::default();
+                k.put("severity", Value::String(check.severity.clone()));
+                k.str("message", &check.message);
+                k.strs("detail", &check.detail);
+                (name.clone(), k.done())
+            })
+            .collect();
+        health.put("checks", Value::Object(checks));
+    }
+    o.put("health", health.done());
+
+    let mut mon = Obj::default();
+    mon.put("epoch", int(c.mon_map.epoch));
+    mon.put("numMons", int(c.mon_map.num_mons));
+    mon.list(
+        "monitors",
+        c.mon_map.monitors.iter().map(|m| {
+            let mut e = Obj::default();
+            e.put("name", Value::String(m.name.clone()));
+            e.put("rank", int(m.rank));
+            e.str("addr", &m.addr);
+            e.done()
+        }),
+    );
+    o.put("monMap", mon.done());
+
+    let mut mgr = Obj::default();
+    mgr.put("available", Value::Bool(c.mgr_map.available));
+    mgr.put("numMgrs", int(c.mgr_map.num_mgrs));
+    mgr.str("activeMgr", &c.mgr_map.active_mgr);
+    mgr.put("standbys", int(c.mgr_map.standbys));
+    o.put("mgrMap", mgr.done());
+
+    let osd = &c.osd_map;
+    let mut m = Obj::default();
+    m.put("epoch", int(osd.epoch));
+    m.put("numOsds", int(osd.num_osds));
+    m.put("numUp", int(osd.num_up));
+    m.put("numIn", int(osd.num_in));
+    m.uint("numDown", osd.num_down);
+    m.uint("numOut", osd.num_out);
+    o.put("osdMap", m.done());
+
+    let pg = &c.pg_map;
+    let mut p = Obj::default();
+    p.put("numPgs", int(pg.num_pgs));
+    p.put("bytesTotal", int(pg.bytes_total));
+    p.put("bytesUsed", int(pg.bytes_used));
+    p.put("bytesAvailable", int(pg.bytes_available));
+    p.uint("dataBytes", pg.data_bytes);
+    p.put("usagePercent", float(pg.usage_percent));
+    p.float("degradedRatio", pg.degraded_ratio);
+    p.float("misplacedRatio", pg.misplaced_ratio);
+    p.uint("readBytesPerSec", pg.read_bytes_per_sec);
+    p.uint("writeBytesPerSec", pg.write_bytes_per_sec);
+    p.uint("readOpsPerSec", pg.read_ops_per_sec);
+    p.uint("writeOpsPerSec", pg.write_ops_per_sec);
+    o.put("pgMap", p.done());
+
+    o.list(
+        "pools",
+        c.pools.iter().map(|pool| {
+            let mut e = Obj::default();
+            e.put("id", int(pool.id));
+            e.put("name", Value::String(pool.name.clone()));
+            e.put("bytesUsed", int(pool.bytes_used));
+            e.put("bytesAvailable", int(pool.bytes_available));
+            e.put("objects", int(pool.objects));
+            e.put("percentUsed", float(pool.percent_used));
+            e.done()
+        }),
+    );
+    o.list(
+        "services",
+        c.services.iter().map(|s| {
+            let mut e = Obj::default();
+            e.put("type", Value::String(s.kind.to_string()));
+            e.put("running", int(s.running));
+            e.put("total", int(s.total));
+            e.done()
+        }),
+    );
+    let secs = collected_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    o.put(
+        "collectedAt",
+        Value::String(rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs))),
+    );
+    o.done()
+}
+
 // ---- proxmoxLxc (§3.10): the pct helper's functions go below ----
 
 /// `proxmoxLxc`: `{containers[{vmid, name, disks[]}], collectedAt}`. The

@@ -9,6 +9,7 @@
 //!
 //! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
 
+pub mod ceph;
 pub mod cluster;
 pub mod cpu;
 pub mod diskio;

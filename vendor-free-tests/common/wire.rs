@@ -305,6 +305,83 @@ pub const UNRAID: &[F] = &[
     F("numMissing", Int, Opt),
     F("disks", Arr(&Obj(UNRAID_DISK)), Opt),
 ];
+/// `ceph` (§3.10; the stock agent's `CephCluster`): `monMap` and `mgrMap`
+/// are structs, which Go's `omitempty` never drops.
+const CEPH_CHECK: &[F] = &[
+    F("severity", Str, Always),
+    F("message", Str, Opt),
+    F("detail", Arr(&Str), Opt),
+];
+const CEPH_SUMMARY: &[F] = &[F("severity", Str, Always), F("message", Str, Always)];
+const CEPH_HEALTH: &[F] = &[
+    F("status", Str, Always),
+    F("checks", Map(&Obj(CEPH_CHECK)), Opt),
+    F("summary", Arr(&Obj(CEPH_SUMMARY)), Opt),
+];
+const CEPH_MONITOR: &[F] = &[
+    F("name", Str, Always),
+    F("rank", Int, Always),
+    F("addr", Str, Opt),
+    F("status", Str, Opt),
+];
+const CEPH_MON_MAP: &[F] = &[
+    F("epoch", Int, Always),
+    F("numMons", Int, Always),
+    F("monitors", Arr(&Obj(CEPH_MONITOR)), Opt),
+];
+const CEPH_MGR_MAP: &[F] = &[
+    F("available", Bool, Always),
+    F("numMgrs", Int, Always),
+    F("activeMgr", Str, Opt),
+    F("standbys", Int, Always),
+];
+const CEPH_OSD_MAP: &[F] = &[
+    F("epoch", Int, Always),
+    F("numOsds", Int, Always),
+    F("numUp", Int, Always),
+    F("numIn", Int, Always),
+    F("numDown", Int, Opt),
+    F("numOut", Int, Opt),
+];
+const CEPH_PG_MAP: &[F] = &[
+    F("numPgs", Int, Always),
+    F("bytesTotal", UInt, Always),
+    F("bytesUsed", UInt, Always),
+    F("bytesAvailable", UInt, Always),
+    F("dataBytes", UInt, Opt),
+    F("usagePercent", Float, Always),
+    F("degradedRatio", Float, Opt),
+    F("misplacedRatio", Float, Opt),
+    F("readBytesPerSec", UInt, Opt),
+    F("writeBytesPerSec", UInt, Opt),
+    F("readOpsPerSec", UInt, Opt),
+    F("writeOpsPerSec", UInt, Opt),
+];
+const CEPH_POOL: &[F] = &[
+    F("id", Int, Always),
+    F("name", Str, Always),
+    F("bytesUsed", UInt, Always),
+    F("bytesAvailable", UInt, Always),
+    F("objects", UInt, Always),
+    F("percentUsed", Float, Always),
+];
+const CEPH_SERVICE: &[F] = &[
+    F("type", Str, Always),
+    F("running", Int, Always),
+    F("total", Int, Always),
+    F("daemons", Arr(&Str), Opt),
+];
+const CEPH: &[F] = &[
+    F("fsid", Str, Always),
+    F("health", Obj(CEPH_HEALTH), Always),
+    F("monMap", Obj(CEPH_MON_MAP), Always),
+    F("mgrMap", Obj(CEPH_MGR_MAP), Always),
+    F("osdMap", Obj(CEPH_OSD_MAP), Always),
+    F("pgMap", Obj(CEPH_PG_MAP), Always),
+    F("pools", Arr(&Obj(CEPH_POOL)), Opt),
+    F("services", Arr(&Obj(CEPH_SERVICE)), Opt),
+    F("collectedAt", Time, Always),
+];
 pub const HOST_REPORT: &[F] = &[
     F("agent", Obj(AGENT), Always),
     F("host", Obj(HOST), Always),
@@ -315,7 +392,7 @@ pub const HOST_REPORT: &[F] = &[
     F("sensors", Obj(SENSORS), Always),
     F("raid", Arr(&Obj(RAID)), Opt),
     F("unraid", Obj(UNRAID), Opt),
-    F("ceph", Any, Opt),
+    F("ceph", Obj(CEPH), Opt),
     F("libvirt", Any, Opt),
     F("xcpng", Any, Opt),
     F("proxmoxLxc", Obj(PROXMOX_LXC), Opt),
@@ -479,6 +556,18 @@ pub fn check_host_report(doc: &Value) -> Vec<String> {
         if !ok {
             errs.push(format!("$.sequenceId: {seq:?} is not v1:<32 hex>:<n>"));
         }
+    }
+    errs
+}
+
+/// Every way `v` departs from the schema of the host report's top-level
+/// section `name` (`ceph`, `unraid`, ...); the paths start at `$.name`.
+/// An unknown section name is itself a departure.
+pub fn check_section(name: &str, v: &Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    match HOST_REPORT.iter().find(|F(n, ..)| *n == name) {
+        Some(F(_, t, _)) => check(v, t, &format!("$.{name}"), &mut errs),
+        None => errs.push(format!("$.{name}: not a section of the host report")),
     }
     errs
 }
