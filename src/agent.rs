@@ -741,7 +741,7 @@ impl Agent {
     fn collect(&mut self) -> collect::HostSnapshot {
         // The hardware workers run while the host collectors do.
         let pending = self.hardware.begin();
-        let platform = self.platform.begin();
+        let platform = self.platform.begin(!self.config.disable_ceph);
         let cluster = self.cluster.as_ref().map(cluster::Service::ask);
         let mut snapshot = self.host.collect();
         self.keepalive();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::path::PathBuf;
 
-use crate::collect::{HostSnapshot, Outcome, SourceStatus, Stamped, packages, pct, unraid};
+use crate::collect::{HostSnapshot, Outcome, SourceStatus, Stamped, ceph, packages, pct, unraid};
 use crate::hardware::WAIT;
 use crate::report::{Module, ModuleState};
 use crate::root::Root;
@@ -67,6 +67,15 @@ pub const UNRAID: Policy = Policy {
     refresh: Duration::ZERO,
     budget: Duration::from_secs(5),
 };
+/// Ceph: `ceph status` and `ceph df` are Python programs of about a
+/// quarter of a second of CPU each; the cluster's health is worth a minute
+/// of staleness at most. Each command has 10 s (§6.1), the run 15 s.
+pub const CEPH: Policy = Policy {
+    name: ceph::MODULE,
+    module: Some(ceph::MODULE),
+    refresh: Duration::from_secs(60),
+    budget: Duration::from_secs(15),
+};
 /// Proxmox LXC filesystems: `pct` is a Perl program that costs about a
 /// third of a second of CPU per call, one call per running container; the
 /// containers' disk usage moves slowly, so at most once every two minutes.
@@ -105,8 +114,10 @@ pub struct Settings {
 
 /// Every platform source.
 pub struct Platform {
+    root: Root,
     once: bool,
     unraid: Source<unraid::Unraid>,
+    ceph: Source<ceph::Ceph>,
     lxc: Source<pct::Lxc>,
     updates: Source<packages::Updates>,
     cleanup: Source<packages::Cleanup>,
@@ -115,6 +126,8 @@ pub struct Platform {
 /// The requests of one cycle.
 pub struct Pending {
     unraid: Asked,
+    /// `None`: Ceph is switched off.
+    ceph: Option<Asked>,
     lxc: Asked,
     updates: Asked,
     cleanup: Asked,
@@ -126,21 +139,33 @@ impl Platform {
         Platform {
             once: settings.once,
             unraid: Source::new(UNRAID, unraid::Collector::new(root.clone()), clock),
+            ceph: Source::new(CEPH, ceph::Collector::new(root.clone()), clock),
             lxc: Source::new(
                 LXC,
                 pct::Collector::new(root.clone(), settings.pct_path),
                 clock,
             ),
             updates: Source::new(UPDATES, packages::Collector::new(root.clone()), clock),
-            cleanup: Source::new(CLEANUP, packages::CleanupCollector::new(root), clock),
+            cleanup: Source::new(
+                CLEANUP,
+                packages::CleanupCollector::new(root.clone()),
+                clock,
+            ),
+            root,
         }
     }
 
-    /// Asks every source whose result is due.
-    pub fn begin(&mut self) -> Pending {
+    /// Asks every source whose result is due; Ceph only while `ceph` is on
+    /// (`--disable-ceph`, the remote `disable_ceph`).
+    pub fn begin(&mut self, ceph: bool) -> Pending {
         let now = Instant::now();
+        if !ceph {
+            // Switched on again later, it starts from a new run.
+            self.ceph.forget();
+        }
         Pending {
             unraid: self.unraid.begin(now),
+            ceph: ceph.then(|| self.ceph.begin(now)),
             lxc: self.lxc.begin(now),
             updates: self.updates.begin(now),
             cleanup: self.cleanup.begin(now),
@@ -163,6 +188,32 @@ impl Platform {
         let src = &mut snap.sources;
         let w = wait(UNRAID);
         snap.unraid = self.unraid.take(p.unraid, w, src, modules, now);
+        match p.ceph {
+            Some(asked) => {
+                let w = wait(CEPH);
+                snap.ceph = self.ceph.take(asked, w, src, modules, now);
+            }
+            None => {
+                src.push(SourceStatus {
+                    name: ceph::MODULE,
+                    outcome: Outcome::Absent,
+                    duration: Duration::ZERO,
+                    warnings: Vec::new(),
+                });
+                // Listed as switched off where Ceph is installed.
+                match self.root.program("ceph", ceph::DIRS) {
+                    Some(_) => put_module(
+                        modules,
+                        ceph::MODULE,
+                        false,
+                        ModuleState::Disabled,
+                        None,
+                        now,
+                    ),
+                    None => modules.retain(|m| m.name != ceph::MODULE),
+                }
+            }
+        }
         let w = wait(LXC);
         snap.lxc = self.lxc.take(p.lxc, w, src, modules, now);
         let w = wait(UPDATES);
@@ -179,6 +230,23 @@ impl Collect for unraid::Collector {
     }
     fn warnings(&self, _: Option<&Self::Data>) -> Vec<String> {
         self.note().map(str::to_string).into_iter().collect()
+    }
+}
+
+impl Collect for ceph::Collector {
+    type Data = ceph::Ceph;
+    fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
+        ceph::Collector::collect(self, deadline)
+    }
+    fn take_hung(&mut self) -> bool {
+        ceph::Collector::take_hung(self)
+    }
+    /// A section without its pools says why (`ceph df` failed).
+    fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
+        match data {
+            Some(_) => self.last_reason().map(str::to_string).into_iter().collect(),
+            None => Vec::new(),
+        }
     }
 }
 

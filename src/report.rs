@@ -135,6 +135,9 @@ pub fn host(r: &HostReport) -> Value {
     if let Some(u) = &s.unraid {
         doc.put("unraid", unraid(&u.value));
     }
+    if let Some(c) = &s.ceph {
+        doc.put("ceph", ceph(&c.value, c.at));
+    }
     if let Some(l) = &s.lxc {
         doc.put("proxmoxLxc", proxmox_lxc(&l.value, l.at));
     }

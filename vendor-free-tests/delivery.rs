@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::proc::{Agent, Dir, args, free_port, with_listener};
 use common::standin::{Mode, REPORT_TOKEN, StandIn, split_seq};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn seqs(s: &StandIn) -> Vec<u64> {
     s.accepted_sequence().into_iter().map(|(_, n)| n).collect()
@@ -1178,4 +1178,71 @@ fn enrollment_waiting_for_the_server_is_ready_and_feeds_the_watchdog() {
         .count();
     assert_eq!(ready, 1, "{:?}", n.got());
     assert!(n.longest_silence() < watchdog, "{:?}", n.got());
+}
+
+/// The Proxmox node of the pve-ceph case, reporting through `s`, with the
+/// server's settings `settings` and the command line's `extra`: the
+/// reports' `ceph` sections and `ceph` module.
+fn ceph_reports(name: &str, settings: Value, extra: &[&str]) -> Vec<(bool, Value)> {
+    let s = StandIn::start();
+    let dir = Dir::new(name);
+    let root = dir.0.join("root");
+    common::copy_case("pve-ceph", &root);
+    let mut a = args(&s, &dir, extra);
+    a[0] = format!("--root={}", root.display());
+    // The host is known to the server, with a profile.
+    let mut seed = a.clone();
+    seed.push("--once".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_pulse-agent"))
+        .args(&seed)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    s.set_settings(Some(settings));
+    let _agent = Agent::start(&dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 4));
+    s.reports()[1..]
+        .iter()
+        .map(|r| {
+            let doc = r.doc.clone().unwrap();
+            let module = doc["agent"]["modules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "ceph")
+                .cloned()
+                .unwrap_or(Value::Null);
+            (doc.get("ceph").is_some(), module)
+        })
+        .collect()
+}
+
+#[test]
+fn remote_disable_ceph_switches_ceph_off() {
+    let reports = ceph_reports("ceph-off", json!({"disable_ceph": true}), &[]);
+    for (has_ceph, module) in reports {
+        assert!(
+            !has_ceph,
+            "no ceph section once the server says disable_ceph"
+        );
+        assert_eq!(module["enabled"], false);
+        assert_eq!(module["state"], "disabled");
+    }
+}
+
+#[test]
+fn remote_disable_ceph_false_overrides_the_flag() {
+    let reports = ceph_reports(
+        "ceph-on",
+        json!({"disable_ceph": false}),
+        &["--disable-ceph"],
+    );
+    for (has_ceph, module) in reports {
+        assert!(
+            has_ceph,
+            "the server's disable_ceph: false switches Ceph on"
+        );
+        assert_eq!(module["state"], "running");
+    }
 }

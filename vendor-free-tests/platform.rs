@@ -91,7 +91,10 @@ fn a_hung_apt_get_and_pct_cost_one_report_the_wait_and_later_ones_nothing() {
     let mut p = platform(&dir);
     let mut modules = Vec::new();
     let (snap, took) = cycle(&mut p, &mut modules, true);
-    assert!(took >= WAIT, "the first report waits for the first runs: {took:?}");
+    assert!(
+        took >= WAIT,
+        "the first report waits for the first runs: {took:?}"
+    );
     assert!(took < WAIT + Duration::from_millis(700), "{took:?}");
     assert!(snap.packages.is_none() && snap.lxc.is_none());
     for name in ["package-updates", "proxmox-lxc-filesystems"] {
@@ -132,4 +135,69 @@ fn apt_is_asked_once_per_half_hour_and_the_answer_rides_with_every_report() {
     }
     assert_eq!(calls(&dir, "apt-get"), 1);
     assert!(modules.iter().any(|m| m.name == "package-updates"));
+}
+
+#[test]
+fn switching_ceph_off_stops_asking_it_and_on_again_starts_from_a_new_run() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-ceph-switch");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_case("pve-ceph", &dir);
+    std::fs::write(dir.join(".capture/cmd/calls.log"), "").unwrap();
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    let state = |modules: &[Module]| {
+        let m = modules
+            .iter()
+            .find(|m| m.name == "ceph")
+            .expect("ceph module");
+        (m.enabled, m.state.as_str())
+    };
+
+    let (snap, _) = cycle(&mut p, &mut modules, true);
+    assert_eq!(
+        snap.ceph
+            .expect("ceph on a Ceph node")
+            .value
+            .osd_map
+            .num_osds,
+        6
+    );
+    assert_eq!(state(&modules), (true, "running"));
+    let asked = calls(&dir, "ceph");
+    assert_eq!(asked, 2, "ceph status and ceph df");
+
+    for _ in 0..2 {
+        let (snap, _) = cycle(&mut p, &mut modules, false);
+        assert!(snap.ceph.is_none());
+        assert_eq!(state(&modules), (false, "disabled"));
+    }
+    assert_eq!(
+        calls(&dir, "ceph"),
+        asked,
+        "ceph is not run while switched off"
+    );
+
+    // On again within the refresh: a new run, not the result from before.
+    let (snap, _) = cycle(&mut p, &mut modules, true);
+    assert!(snap.ceph.is_some());
+    assert_eq!(state(&modules), (true, "running"));
+    assert_eq!(calls(&dir, "ceph"), asked + 2);
+}
+
+#[test]
+fn a_host_without_ceph_lists_no_ceph_module_even_switched_off() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-no-ceph");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_tree(&common::case_root("debian12-vm"), &dir);
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    for on in [true, false] {
+        let (snap, _) = cycle(&mut p, &mut modules, on);
+        assert!(snap.ceph.is_none() && snap.unraid.is_none() && snap.lxc.is_none());
+        assert!(
+            modules.is_empty(),
+            "no module for a platform that is not here: {modules:?}"
+        );
+        assert_eq!(outcome(&snap, "ceph"), &Outcome::Absent);
+    }
 }

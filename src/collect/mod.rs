@@ -166,6 +166,7 @@ pub struct HostSnapshot {
     /// of running Proxmox LXC containers, pending package updates and
     /// apt's package cache, each with the time its run ended.
     pub unraid: Option<Stamped<unraid::Unraid>>,
+    pub ceph: Option<Stamped<ceph::Ceph>>,
     pub lxc: Option<Stamped<pct::Lxc>>,
     pub packages: Option<Stamped<packages::Updates>>,
     pub cleanup: Option<Stamped<packages::Cleanup>>,

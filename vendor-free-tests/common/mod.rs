@@ -256,6 +256,19 @@ pub fn hung_tools_root(dest: &Path) {
     }
 }
 
+/// A copy of the fixture case's root at `dest`, its captured programs
+/// linked to fake-program by absolute path (the case's relative links
+/// would point nowhere from a temporary directory).
+pub fn copy_case(case: &str, dest: &Path) {
+    copy_tree(&case_root(case), dest);
+    let bin = dest.join(".capture/bin");
+    for e in std::fs::read_dir(&bin).into_iter().flatten() {
+        let p = e.unwrap().path();
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(fake_program(), &p).unwrap();
+    }
+}
+
 /// `cp -a` of a tree of files, directories and symlinks.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
