@@ -174,9 +174,20 @@ pub fn online_cpus() -> Option<u64> {
 
 /// CPU time (user + system) this process has used so far.
 pub fn process_cpu_time() -> std::time::Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of this process's children that have been
+/// waited for (the programs the collectors ran), for the benchmarks.
+pub fn children_cpu_time() -> std::time::Duration {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu(who: libc::c_int) -> std::time::Duration {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct; RUSAGE_SELF is always valid.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    // SAFETY: getrusage fills the struct; `who` is RUSAGE_SELF or
+    // RUSAGE_CHILDREN, both always valid.
+    let rc = unsafe { libc::getrusage(who, ru.as_mut_ptr()) };
     if rc != 0 {
         return std::time::Duration::ZERO;
     }
