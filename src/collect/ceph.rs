@@ -18,6 +18,8 @@
 //! document that is not a JSON object, or holds none of the sections a status
 //! has, is refused. Lists are capped ([`MAX_ITEMS`], [`MAX_DETAIL`]) and
 //! strings cut ([`MAX_TEXT`]) so a runaway answer cannot outgrow the report.
+//! Beyond the stock agent: Nautilus and older nest the OSD counts in
+//! `osdmap.osdmap`, which is read when there (the stock agent sends zeros).
 //! Nothing here changes the cluster: both commands only read.
 
 use std::collections::BTreeMap;
