@@ -411,8 +411,8 @@ fn cut(s: &str) -> String {
 }
 
 /// A count or size: a non-negative integer (a float is truncated, a decimal
-/// string read); negative, fractional below 1, past int64 or of another
-/// type is absent (0).
+/// string read); negative, not finite, past int64 or of another type is
+/// absent (0).
 fn count(v: Option<&Value>) -> u64 {
     let n = match v {
         Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().and_then(whole)),
