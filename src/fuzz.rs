@@ -110,6 +110,11 @@ pub const TARGETS: &[Target] = &[
         run: pct,
     },
     Target {
+        name: "ceph",
+        about: "ceph status --format json and ceph df --format json, and the ceph section built from them",
+        run: ceph,
+    },
+    Target {
         name: "proxy-http",
         about: "an HTTP/1.1 request head sent to pulse-sensor-proxy's HTTPS or metrics listener: request line, headers, the node query and the bearer token",
         run: proxy_http,
@@ -545,6 +550,24 @@ fn pct(data: &[u8]) {
     };
     let doc = crate::report::proxmox_lxc(&lxc, UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let _ = serde_json::to_vec(&doc);
+}
+
+fn ceph(data: &[u8]) {
+    use crate::collect::ceph;
+    let t = text(data);
+    let df = ceph::parse_df(&t);
+    let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    if let Ok(mut c) = ceph::parse_status(&t) {
+        let _ = crate::report::ceph(&c, at);
+        if let Ok(df) = df {
+            c.apply_df(df);
+            let _ = crate::report::ceph(&c, at);
+        }
+    } else if let Ok(df) = df {
+        let mut c = ceph::Ceph::default();
+        c.apply_df(df);
+        let _ = crate::report::ceph(&c, at);
+    }
 }
 
 fn proxy_http(data: &[u8]) {

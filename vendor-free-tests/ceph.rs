@@ -538,6 +538,16 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
 }
 
+/// The platform worker moves the collector and its result to its thread.
+#[test]
+fn the_collector_and_its_result_can_move_to_a_worker_thread() {
+    fn send<T: Send + 'static>() {}
+    fn shared<T: Send + Sync + Clone + PartialEq + std::fmt::Debug + 'static>() {}
+    send::<Collector>();
+    shared::<Ceph>();
+    assert_eq!(ceph::MODULE, "ceph");
+}
+
 #[test]
 fn no_ceph_program_is_no_section() {
     let dir = scratch("absent");

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pulse_agent::collect::{
-    cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, uptime, zfs,
+    ceph, cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, uptime, zfs,
 };
 use pulse_agent::root::parse_ip_addr;
 
@@ -100,6 +100,22 @@ const PARSERS: &[(&str, Parser, &str)] = &[
         "unescape",
         |s| drop(mounts::unescape(s)),
         "/a\\040b\\011c\\134",
+    ),
+    (
+        "ceph status",
+        |s| {
+            if let Ok(mut c) = ceph::parse_status(s) {
+                if let Ok(df) = ceph::parse_df(s) {
+                    c.apply_df(df);
+                }
+            }
+        },
+        r#"{"fsid":"f","health":{"status":"HEALTH_WARN","checks":{"OSD_DOWN":{"severity":"HEALTH_WARN","summary":{"message":"1 osds down"},"detail":[{"message":"osd.1 is down"}]}}},"quorum":[0,1],"monmap":{"epoch":3,"num_mons":2},"mgrmap":{"available":true,"num_standbys":1},"osdmap":{"epoch":9,"num_osds":3,"num_up_osds":2,"num_in_osds":3},"pgmap":{"num_pgs":64,"bytes_total":1000,"bytes_used":250,"bytes_avail":750,"degraded_ratio":0.5}}"#,
+    ),
+    (
+        "ceph df",
+        |s| drop(ceph::parse_df(s)),
+        r#"{"stats":{"percent_used":0.25},"pools":[{"name":"rbd","id":1,"stats":{"bytes_used":10,"max_avail":90,"objects":1,"percent_used":0.1}}]}"#,
     ),
 ];
 

@@ -18,6 +18,8 @@
 //! document that is not a JSON object, or holds none of the sections a status
 //! has, is refused. Lists are capped ([`MAX_ITEMS`], [`MAX_DETAIL`]) and
 //! strings cut ([`MAX_TEXT`]) so a runaway answer cannot outgrow the report.
+//! Beyond the stock agent: Nautilus and older nest the OSD counts in
+//! `osdmap.osdmap`, which is read when there (the stock agent sends zeros).
 //! Nothing here changes the cluster: both commands only read.
 
 use std::collections::BTreeMap;
@@ -409,8 +411,8 @@ fn cut(s: &str) -> String {
 }
 
 /// A count or size: a non-negative integer (a float is truncated, a decimal
-/// string read); negative, fractional below 1, past int64 or of another
-/// type is absent (0).
+/// string read); negative, not finite, past int64 or of another type is
+/// absent (0).
 fn count(v: Option<&Value>) -> u64 {
     let n = match v {
         Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().and_then(whole)),
