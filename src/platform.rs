@@ -139,7 +139,7 @@ impl Platform {
         Platform {
             once: settings.once,
             unraid: Source::new(UNRAID, unraid::Collector::new(root.clone()), clock),
-            ceph: Source::new(CEPH, ceph::Collector::new(root.clone()), clock),
+            ceph: Source::new(CEPH, CephSource::new(root.clone()), clock),
             lxc: Source::new(
                 LXC,
                 pct::Collector::new(root.clone(), settings.pct_path),
@@ -233,20 +233,65 @@ impl Collect for unraid::Collector {
     }
 }
 
-impl Collect for ceph::Collector {
+/// Ceph as the platform runs it. `ceph status` failing means "not a Ceph
+/// node" (§6.1), which is the usual answer on a Proxmox VE node: every one
+/// has the `ceph` client. But on a node that has answered before, it means
+/// the monitors are gone, which is worth a module error rather than a
+/// section that silently disappears.
+pub struct CephSource {
+    inner: ceph::Collector,
+    /// A run has returned a section.
+    seen: bool,
+}
+
+impl CephSource {
+    pub fn new(root: Root) -> CephSource {
+        CephSource {
+            inner: ceph::Collector::new(root),
+            seen: false,
+        }
+    }
+}
+
+impl Collect for CephSource {
     type Data = ceph::Ceph;
     fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
-        ceph::Collector::collect(self, deadline)
+        match self.inner.collect(deadline) {
+            Ok(Some(c)) => {
+                self.seen = true;
+                Ok(Some(c))
+            }
+            Ok(None) if self.seen => match self.inner.last_reason() {
+                Some(why) if self.inner_installed() => Err(why.to_string()),
+                _ => {
+                    self.seen = false;
+                    Ok(None)
+                }
+            },
+            other => other,
+        }
     }
     fn take_hung(&mut self) -> bool {
-        ceph::Collector::take_hung(self)
+        self.inner.take_hung()
     }
     /// A section without its pools says why (`ceph df` failed).
     fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
         match data {
-            Some(_) => self.last_reason().map(str::to_string).into_iter().collect(),
+            Some(_) => self
+                .inner
+                .last_reason()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
             None => Vec::new(),
         }
+    }
+}
+
+impl CephSource {
+    /// The last run found a `ceph` program (it was not uninstalled).
+    fn inner_installed(&self) -> bool {
+        self.inner.last_reason() != Some(ceph::NOT_INSTALLED)
     }
 }
 

@@ -201,3 +201,35 @@ fn a_host_without_ceph_lists_no_ceph_module_even_switched_off() {
         assert_eq!(outcome(&snap, "ceph"), &Outcome::Absent);
     }
 }
+
+#[test]
+fn a_ceph_node_whose_monitors_stop_answering_says_so_instead_of_vanishing() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-ceph-lost");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_case("pve-ceph", &dir);
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    let (snap, _) = cycle(&mut p, &mut modules, true);
+    assert!(snap.ceph.is_some());
+
+    let cmd = dir.join(".capture/cmd");
+    std::fs::remove_file(cmd.join("ceph status --format json")).unwrap();
+    std::fs::write(cmd.join("ceph status --format json.exit"), "1").unwrap();
+    std::fs::write(
+        cmd.join("ceph status --format json.stderr"),
+        "monclient(hunting): authenticate timed out after 300\n",
+    )
+    .unwrap();
+    // Off and on again: a new run now, not in a minute.
+    cycle(&mut p, &mut modules, false);
+    let (snap, _) = cycle(&mut p, &mut modules, true);
+    assert!(snap.ceph.is_none());
+    let m = modules.iter().find(|m| m.name == "ceph").unwrap();
+    assert_eq!(m.state.as_str(), "retrying");
+    let e = m.last_error.as_deref().unwrap();
+    assert!(e.contains("authenticate timed out"), "{e}");
+    match outcome(&snap, "ceph") {
+        Outcome::Failed(e) => assert!(e.contains("ceph status")),
+        o => panic!("{o:?}"),
+    }
+}

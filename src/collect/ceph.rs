@@ -33,6 +33,8 @@ use crate::root::Root;
 
 /// The module's name in `agent.modules[]`, `/status` and the collectors.
 pub const MODULE: &str = "ceph";
+/// [`Collector::last_reason`] when there is no `ceph` program.
+pub const NOT_INSTALLED: &str = "ceph is not installed";
 /// Where `ceph` is installed, before `PATH`.
 pub const DIRS: &[&str] = &["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin", "/sbin"];
 /// The exact arguments of the status command.
@@ -466,7 +468,7 @@ impl Collector {
     pub fn collect(&mut self, deadline: Instant) -> Result<Option<Ceph>, String> {
         self.reason = None;
         let Some(ceph) = self.root.program("ceph", DIRS) else {
-            self.reason = Some("ceph is not installed".into());
+            self.reason = Some(NOT_INSTALLED.into());
             return Ok(None);
         };
         let status = match self.run(&ceph, &STATUS_ARGS, deadline) {
