@@ -22,8 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use pulse_agent::collect::{HostSnapshot, ceph, packages, pct, unraid};
-use pulse_agent::platform::{Collect, Platform, Settings};
+use pulse_agent::collect::{HostSnapshot, packages, pct, unraid};
+use pulse_agent::platform::{CephSource, Collect, Platform, Settings};
 use pulse_agent::root::Root;
 use pulse_agent::sys::{children_cpu_time, process_cpu_time};
 
@@ -168,7 +168,7 @@ fn main() {
             let _ = std::fs::remove_dir_all(&ceph_root);
             c.captured_root(&ceph_root);
             cold("ceph status + df (real Pacific monitor)", || {
-                ceph::Collector::new(Root::new(&ceph_root).unwrap())
+                CephSource::new(Root::new(&ceph_root).unwrap())
             });
             Some(c)
         }
@@ -181,7 +181,7 @@ fn main() {
         unraid::Collector::new(Root::new(&unraid_nas).unwrap())
     });
     cold("ceph status + df (pve-ceph, fake ceph)", || {
-        ceph::Collector::new(Root::new(&pve_ceph).unwrap())
+        CephSource::new(Root::new(&pve_ceph).unwrap())
     });
     cold("pct list + 3 x pct df (pve-ceph, fake pct)", || {
         pct::Collector::new(Root::new(&pve_ceph).unwrap(), None)
