@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::wire::check_host_report;
 use pulse_agent::collect::{self, Host, Options, Outcome};
 use pulse_agent::root::Root;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn golden(case: &str) -> Value {
     let doc = common::pinned_report(case);
@@ -132,6 +132,34 @@ fn unraid_nas() {
     }
     assert_eq!(rows[7]["type"], "nvme");
     assert_eq!(rows[9]["type"], "usb", "Unraid's transport for the flash");
+
+    // The array itself: a parity check at 50 %; the counts are the members'
+    // own (mdcmd's stale mdNumMissing=3 is not sent).
+    let u = &doc["unraid"];
+    assert_eq!(u["arrayStarted"], true);
+    assert_eq!(u["syncAction"], "check p q");
+    assert_eq!(u["syncProgress"], 50.0);
+    assert_eq!(
+        (&u["numDisabled"], &u["numMissing"]),
+        (&json!(1), &json!(1))
+    );
+    let members = u["disks"].as_array().unwrap();
+    assert_eq!(members.len(), 11);
+    let spun: Vec<&str> = members
+        .iter()
+        .filter(|d| d["spunDown"] == true)
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(spun, ["/dev/sde", "/dev/sdf", "/dev/sdh", "/dev/sdc"]);
+    let cache: Vec<&Value> = members.iter().filter(|d| d["role"] == "cache").collect();
+    assert!(cache.len() == 2 && cache.iter().all(|d| d["transport"] == "nvme"));
+    assert!(
+        doc["agent"]["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "unraid" && m["state"] == "running")
+    );
 }
 
 #[test]
@@ -202,10 +230,8 @@ fn pve_ceph() {
     assert_eq!(doc["host"]["osName"], "Proxmox VE");
     assert_eq!(doc["host"]["osVersion"], "8.3.2");
     assert_eq!(doc["host"]["hostname"], "pve1");
-    // The `ceph` and `proxmoxLxc` sections appear once src/platform.rs runs
-    // the Ceph and pct sources in `--once`; until then the golden report is
-    // the host alone, and these check what the case's answers promise
-    // (README.md). The lead extends this test with the sections.
+    // What the case's answers promise (README.md), then what the report
+    // makes of them.
     let cmd = common::case_root("pve-ceph").join(".capture/cmd");
     let json = |key: &str| -> Value {
         serde_json::from_str(&std::fs::read_to_string(cmd.join(key)).unwrap()).unwrap()
@@ -230,6 +256,46 @@ fn pve_ceph() {
         [100, 101, 103],
         "102 is stopped"
     );
+
+    let c = &doc["ceph"];
+    assert_eq!(c["health"]["status"], "HEALTH_WARN");
+    assert_eq!(c["monMap"]["numMons"], 3, "counted from the quorum (Squid)");
+    assert_eq!(
+        (&c["mgrMap"]["numMgrs"], &c["mgrMap"]["standbys"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(
+        (&c["osdMap"]["numUp"], &c["osdMap"]["numDown"]),
+        (&json!(5), &json!(1))
+    );
+    assert_eq!(c["pools"].as_array().unwrap().len(), 3);
+    let lxc = &doc["proxmoxLxc"]["containers"];
+    let got: Vec<(u64, Vec<&str>)> = lxc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mounts = c["disks"].as_array().unwrap();
+            let paths = mounts.iter().map(|d| d["mountpoint"].as_str().unwrap());
+            (c["vmid"].as_u64().unwrap(), paths.collect())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (100, vec!["/"]),
+            (101, vec!["/", "/mnt/nextcloud data"]),
+            (103, vec!["/", "/srv/media"])
+        ]
+    );
+    let modules: Vec<(&str, &str)> = doc["agent"]["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["state"].as_str().unwrap()))
+        .collect();
+    assert!(modules.contains(&("ceph", "running")), "{modules:?}");
+    assert!(modules.contains(&("proxmox-lxc-filesystems", "running")));
 }
 
 /// Every case directory has a named test above.

@@ -38,7 +38,7 @@ fn cpu() -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
+    format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
 /// min / median / max of three or more.
