@@ -106,7 +106,9 @@ fn unraid_nas() {
     // flash drive smartctl could not read.
     assert_eq!(
         devices,
-        ["sdc", "sde", "sdf", "sdh", "sdb", "sdd", "sdg", "nvme0n1", "nvme1n1", "sda"]
+        [
+            "sdc", "sde", "sdf", "sdh", "sdb", "sdd", "sdg", "nvme0n1", "nvme1n1", "sda"
+        ]
     );
     for r in &rows[..4] {
         assert_eq!(r["standby"], true, "{r}");

@@ -15,8 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pulse_agent::collect::unraid::{
-    self, Collector, ParseError, Unraid, UnraidDisk, merge, parse_disks_ini, parse_mdcmd,
-    reconcile,
+    self, Collector, ParseError, Unraid, UnraidDisk, merge, parse_disks_ini, parse_mdcmd, reconcile,
 };
 use pulse_agent::report;
 use pulse_agent::root::Root;
@@ -116,7 +115,10 @@ fn legacy_mdcmd_key_names() {
     assert_eq!(p["serial"], "ZA1SERIAL0", "diskSerial");
     assert_eq!(p["sizeBytes"], 976762584u64 * 1024, "rdevSize in KiB");
     let d1 = disk(&doc, "disk1");
-    assert_eq!(d1["serial"], "ST1000DM003_Z1D0SER1", "diskId is the serial as a whole");
+    assert_eq!(
+        d1["serial"], "ST1000DM003_Z1D0SER1",
+        "diskId is the serial as a whole"
+    );
     assert_eq!(d1["filesystem"], "xfs");
     assert_eq!(d1["status"], "invalid");
     assert_eq!(disk(&doc, "disk2")["status"], "wrong");
@@ -132,7 +134,12 @@ fn legacy_mdcmd_key_names() {
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["parity", "disk1", "disk2", "disk3", "disk4", "disk5", "disk7"]);
+    assert_eq!(
+        names,
+        [
+            "parity", "disk1", "disk2", "disk3", "disk4", "disk5", "disk7"
+        ]
+    );
     // Re-counted: disk3 disabled, disk1 invalid, disk5 missing.
     assert_eq!(
         (&doc["numDisabled"], &doc["numInvalid"], &doc["numMissing"]),
@@ -145,7 +152,10 @@ fn without_member_states_mdcmd_counts_stand() {
     let doc = golden("aggregates-only");
     assert_eq!(doc["arrayStarted"], false);
     assert_eq!(doc["arrayState"], "STOPPED");
-    assert!(doc.get("syncAction").is_none(), "mdResyncPos 0: no sync runs");
+    assert!(
+        doc.get("syncAction").is_none(),
+        "mdResyncPos 0: no sync runs"
+    );
     assert!(doc.get("syncProgress").is_none());
     assert_eq!(
         (&doc["numDisabled"], &doc["numInvalid"], &doc["numMissing"]),
@@ -165,27 +175,39 @@ fn disks_ini_alone_follows_every_rule() {
     assert_eq!(p["sizeBytes"], 23437770752u64 * 512);
     assert_eq!(p["temperature"], 38);
     assert!(p.get("spunDown").is_none(), "no");
-    assert_eq!((&p["readCount"], &p["writeCount"]), (&json!(123), &json!(45)));
+    assert_eq!(
+        (&p["readCount"], &p["writeCount"]),
+        (&json!(123), &json!(45))
+    );
     let d1 = disk(&doc, "disk1");
     assert_eq!(d1["device"], "/dev/sdc");
     assert_eq!(d1["serial"], "D7H1EFGH", "idSb");
     assert_eq!(d1["role"], "data", "array");
     assert_eq!(d1["status"], "disabled");
     assert_eq!(d1["sizeBytes"], 11718885376u64 * 1024, "size in KiB");
-    assert_eq!((&d1["usedBytes"], &d1["freeBytes"]), (&json!(1024000), &json!(2048000)));
+    assert_eq!(
+        (&d1["usedBytes"], &d1["freeBytes"]),
+        (&json!(1024000), &json!(2048000))
+    );
     assert!(d1.get("temperature").is_none(), "na");
     assert_eq!(d1["spunDown"], true);
     assert_eq!(d1["errorCount"], 7);
     let d2 = disk(&doc, "disk2");
     assert_eq!(d2["model"], "NOUNDERSCORESERIAL");
-    assert_eq!(d2["serial"], "NOUNDERSCORESERIAL", "no underscore: the whole id");
+    assert_eq!(
+        d2["serial"], "NOUNDERSCORESERIAL",
+        "no underscore: the whole id"
+    );
     assert_eq!(d2["status"], "missing");
     assert_eq!(d2["transport"], "ssd", "rotational 0");
     assert_eq!(d2["sizeBytes"], 1024 * 1024, "sizeSb in KiB");
     assert_eq!(d2["spunDown"], true, "on");
     assert_eq!(d2["role"], "data", "from the name");
     let cache = disk(&doc, "cache");
-    assert_eq!((&cache["role"], &cache["transport"]), (&json!("cache"), &json!("nvme")));
+    assert_eq!(
+        (&cache["role"], &cache["transport"]),
+        (&json!("cache"), &json!("nvme"))
+    );
     assert_eq!(cache["model"], "Samsung SSD 980 PRO 2TB");
     let pool2 = disk(&doc, "pool2");
     assert_eq!(pool2["role"], "cache", "pool*");
@@ -194,20 +216,39 @@ fn disks_ini_alone_follows_every_rule() {
     assert!(pool2.get("sizeBytes").is_none() && pool2.get("temperature").is_none());
     // Two sections in slot 9: the later one's set fields win.
     let d9 = disk(&doc, "disk9");
-    assert_eq!((&d9["status"], &d9["rawStatus"]), (&json!("wrong"), &json!("DISK_WRONG")));
-    assert_eq!((&d9["device"], &d9["temperature"]), (&json!("/dev/sdi"), &json!(33)));
+    assert_eq!(
+        (&d9["status"], &d9["rawStatus"]),
+        (&json!("wrong"), &json!("DISK_WRONG"))
+    );
+    assert_eq!(
+        (&d9["device"], &d9["temperature"]),
+        (&json!("/dev/sdi"), &json!(33))
+    );
     let flash = disk(&doc, "flash");
-    assert_eq!((&flash["role"], &flash["transport"]), (&json!("flash"), &json!("usb")));
-    assert_eq!(flash["serial"], "raw\\tid", "a raw `...` literal keeps its backslash");
+    assert_eq!(
+        (&flash["role"], &flash["transport"]),
+        (&json!("flash"), &json!("usb"))
+    );
+    assert_eq!(
+        flash["serial"], "raw\\tid",
+        "a raw `...` literal keeps its backslash"
+    );
     let q = disk(&doc, "tab\there");
     assert_eq!(q["status"], "online", "unquoted OK");
     assert_eq!(q["role"], "c", "a 'c' rune literal");
     assert!(
-        !doc["disks"].as_array().unwrap().iter().any(|d| d["name"] == "nameless"),
+        !doc["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "nameless"),
         "a section without a name is no member"
     );
     // Counts: disk1 disabled, disk2 missing; the flash and the rest online.
-    assert_eq!((&doc["numDisabled"], &doc["numMissing"]), (&json!(1), &json!(1)));
+    assert_eq!(
+        (&doc["numDisabled"], &doc["numMissing"]),
+        (&json!(1), &json!(1))
+    );
 }
 
 /// Every `status` mapping of the spec's table, through mdcmd's per-slot
@@ -257,8 +298,10 @@ fn every_role_mapping() {
         } else {
             format!("type=\"{typ}\"\n")
         };
-        let d = parse_disks_ini(&format!("[\"{name}\"]\nidx=\"{idx}\"\ndevice=\"sdx\"\n{typ}"))
-            .unwrap();
+        let d = parse_disks_ini(&format!(
+            "[\"{name}\"]\nidx=\"{idx}\"\ndevice=\"sdx\"\n{typ}"
+        ))
+        .unwrap();
         d[0].role.clone()
     };
     for (name, idx, typ, want) in [
@@ -283,7 +326,8 @@ fn every_role_mapping() {
         assert_eq!(ini(name, idx, typ), want, "{name} {idx} {typ}");
     }
     // mdcmd: no type, and unnamed slots get their default names.
-    let md = parse_mdcmd("rdevName.0=sda\nrdevName.29=sdb\nrdevName.4=sdc\nrdevName.31=sdd\n").unwrap();
+    let md =
+        parse_mdcmd("rdevName.0=sda\nrdevName.29=sdb\nrdevName.4=sdc\nrdevName.31=sdd\n").unwrap();
     let got: Vec<(&str, &str)> = md
         .disks
         .iter()
@@ -291,7 +335,12 @@ fn every_role_mapping() {
         .collect();
     assert_eq!(
         got,
-        [("parity", "parity"), ("disk4", "data"), ("parity29", "parity"), ("", "cache")]
+        [
+            ("parity", "parity"),
+            ("disk4", "data"),
+            ("parity29", "parity"),
+            ("", "cache")
+        ]
     );
 }
 
@@ -320,18 +369,42 @@ fn every_transport_mapping() {
 
 #[test]
 fn size_temperature_and_identity_rules() {
-    let one = |body: &str| parse_disks_ini(&format!("[\"d\"]\ndevice=\"sdb\"\n{body}")).unwrap()[0].clone();
-    assert_eq!(one("sectors=\"10\"\nsector_size=\"4096\"\nsize=\"1\"").size_bytes, 40960);
-    assert_eq!(one("sectors=\"10\"\nsize=\"3\"").size_bytes, 3072, "no sector size");
+    let one = |body: &str| {
+        parse_disks_ini(&format!("[\"d\"]\ndevice=\"sdb\"\n{body}")).unwrap()[0].clone()
+    };
+    assert_eq!(
+        one("sectors=\"10\"\nsector_size=\"4096\"\nsize=\"1\"").size_bytes,
+        40960
+    );
+    assert_eq!(
+        one("sectors=\"10\"\nsize=\"3\"").size_bytes,
+        3072,
+        "no sector size"
+    );
     assert_eq!(one("size=\"\"\nsizeSb=\"2\"").size_bytes, 2048);
     // A product past 2^63 is not a disk: the KiB size stands in.
     assert_eq!(
         one("sectors=\"9223372036854775807\"\nsector_size=\"512\"\nsize=\"5\"").size_bytes,
         5120
     );
-    assert_eq!(one("size=\"9223372036854775807\"").size_bytes, 0, "KiB past 2^63 bytes");
-    assert_eq!(one("fsUsed=\"99999999999999999999\"").used_bytes, 0, "past i64");
-    for (t, want) in [("*", 0), ("na", 0), ("NA", 0), ("-4", 0), ("x", 0), ("45", 45)] {
+    assert_eq!(
+        one("size=\"9223372036854775807\"").size_bytes,
+        0,
+        "KiB past 2^63 bytes"
+    );
+    assert_eq!(
+        one("fsUsed=\"99999999999999999999\"").used_bytes,
+        0,
+        "past i64"
+    );
+    for (t, want) in [
+        ("*", 0),
+        ("na", 0),
+        ("NA", 0),
+        ("-4", 0),
+        ("x", 0),
+        ("45", 45),
+    ] {
         assert_eq!(one(&format!("temp=\"{t}\"")).temperature, want, "{t}");
     }
     for (v, want) in [
@@ -346,7 +419,10 @@ fn size_temperature_and_identity_rules() {
         assert_eq!(one(&format!("spundown=\"{v}\"")).spun_down, want, "{v}");
     }
     let d = one("id=\"Hitachi_HUS724040ALE641_PK1334PBH0XXXX\"");
-    assert_eq!((d.model.as_str(), d.serial.as_str()), ("Hitachi HUS724040ALE641", "PK1334PBH0XXXX"));
+    assert_eq!(
+        (d.model.as_str(), d.serial.as_str()),
+        ("Hitachi HUS724040ALE641", "PK1334PBH0XXXX")
+    );
     let d = one("id=\"ENDS_\"");
     assert_eq!((d.model.as_str(), d.serial.as_str()), ("ENDS ", "ENDS_"));
 }
@@ -368,8 +444,14 @@ fn merge_by_slot_ini_wins_for_set_fields_and_for_spin_state() {
     let names: Vec<&str> = u.disks.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["disk1", "disk2", "cache"], "by slot");
     let d1 = &u.disks[0];
-    assert_eq!(d1.device, "/dev/sdb", "disks.ini had no device: mdcmd's stays");
-    assert_eq!(d1.status, "disabled", "disks.ini's empty status does not win");
+    assert_eq!(
+        d1.device, "/dev/sdb",
+        "disks.ini had no device: mdcmd's stays"
+    );
+    assert_eq!(
+        d1.status, "disabled",
+        "disks.ini's empty status does not win"
+    );
     assert_eq!(d1.serial, "INISERIAL", "disks.ini's serial wins");
     assert_eq!(d1.model, "M");
     assert_eq!((d1.filesystem.as_str(), d1.size_bytes), ("xfs", 102400));
@@ -387,7 +469,13 @@ fn merge_by_slot_ini_wins_for_set_fields_and_for_spin_state() {
 
 #[test]
 fn mdcmd_without_key_value_lines_is_an_error() {
-    for text in ["", "\n\n", "garbage\nno equals here\n", "=value\n", "\0\0\0"] {
+    for text in [
+        "",
+        "\n\n",
+        "garbage\nno equals here\n",
+        "=value\n",
+        "\0\0\0",
+    ] {
         assert_eq!(parse_mdcmd(text), Err(ParseError::NoFields), "{text:?}");
     }
     assert_eq!(ParseError::NoFields.to_string(), "no key=value fields");
@@ -397,7 +485,11 @@ fn mdcmd_without_key_value_lines_is_an_error() {
 
 /// Runs `f` on a thread; it must finish within `limit` (a hang or
 /// quadratic time would not).
-fn within<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -410,15 +502,21 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_million_sections_or_slots_are_refused_quickly() {
-    let ini: String = (0..1_000_000).map(|i| format!("[\"d{i}\"]\nidx=\"{i}\"\n")).collect();
+    let ini: String = (0..1_000_000)
+        .map(|i| format!("[\"d{i}\"]\nidx=\"{i}\"\n"))
+        .collect();
     let r = within("1e6 sections", LIMIT, move || parse_disks_ini(&ini));
     assert_eq!(r, Err(ParseError::TooManyMembers));
     assert!(ParseError::TooManyMembers.to_string().contains("4096"));
-    let md: String = (0..1_000_000).map(|i| format!("diskName.{i}=d\n")).collect();
+    let md: String = (0..1_000_000)
+        .map(|i| format!("diskName.{i}=d\n"))
+        .collect();
     let r = within("1e6 slots", LIMIT, move || parse_mdcmd(&md));
     assert_eq!(r, Err(ParseError::TooManyMembers));
     // A million sections sharing 100 slots is just as many: refused too.
-    let shared: String = (0..1_000_000).map(|i| format!("[d]\nidx=\"{}\"\n", i % 100)).collect();
+    let shared: String = (0..1_000_000)
+        .map(|i| format!("[d]\nidx=\"{}\"\n", i % 100))
+        .collect();
     assert!(within("1e6 shared", LIMIT, move || parse_disks_ini(&shared)).is_err());
 }
 
@@ -429,7 +527,9 @@ fn duplicate_slots_and_keys_fold_in_linear_time() {
         .map(|i| format!("[\"disk7\"]\nidx=\"7\"\ntemp=\"{}\"\n", i % 50 + 1))
         .collect();
     ini.push_str("[\"disk7\"]\nidx=\"7\"\ndevice=\"sdq\"\n");
-    let disks = within("dup sections", LIMIT, move || parse_disks_ini(&ini).unwrap());
+    let disks = within("dup sections", LIMIT, move || {
+        parse_disks_ini(&ini).unwrap()
+    });
     assert_eq!(disks.len(), unraid::MAX_MEMBERS);
     let u = merge(None, disks);
     assert_eq!(u.disks.len(), 1);
@@ -470,13 +570,20 @@ fn long_lines_nul_bytes_and_huge_numbers_do_not_panic() {
          diskName.{huge}=x\ndiskName.1=d\ndiskSize.1={huge}\n"
     ))
     .unwrap();
-    assert_eq!((u.sync_action.as_str(), u.sync_progress), ("", 0.0), "no valid position");
+    assert_eq!(
+        (u.sync_action.as_str(), u.sync_progress),
+        ("", 0.0),
+        "no valid position"
+    );
     assert_eq!((u.num_missing, u.sync_errors), (0, 0));
     assert_eq!(u.disks.len(), 1);
     assert_eq!(u.disks[0].size_bytes, 0);
     // A progress past 100 %, negative, or NaN is clamped or left out.
     for (pct, want) in [("250", 100.0), ("-3", 0.0), ("NaN", 0.0), ("inf", 100.0)] {
-        let u = parse_mdcmd(&format!("mdResync=1\nmdResyncAction=check\nmdResyncPct={pct}\n")).unwrap();
+        let u = parse_mdcmd(&format!(
+            "mdResync=1\nmdResyncAction=check\nmdResyncPct={pct}\n"
+        ))
+        .unwrap();
         assert_eq!(u.sync_progress, want, "{pct}");
         assert_schema(&report::unraid(&u));
     }
@@ -494,7 +601,8 @@ fn long_lines_nul_bytes_and_huge_numbers_do_not_panic() {
     let _ = parse_disks_ini(&g);
     let _ = parse_mdcmd(&g);
     // Broken quoting and escapes are kept as written.
-    let d = parse_disks_ini("[\"d\"]\nname=\"a\\\"\nid=\"\\xZZ_\\777\"\ntype=\"\\u00e9\"\n").unwrap();
+    let d =
+        parse_disks_ini("[\"d\"]\nname=\"a\\\"\nid=\"\\xZZ_\\777\"\ntype=\"\\u00e9\"\n").unwrap();
     assert_eq!(d[0].name, "\"a\\\"");
     assert_eq!(d[0].role, "é");
 }
@@ -503,7 +611,10 @@ fn long_lines_nul_bytes_and_huge_numbers_do_not_panic() {
 
 #[test]
 fn report_omits_empty_fields_and_always_sends_array_started() {
-    assert_eq!(report::unraid(&Unraid::default()), json!({"arrayStarted": false}));
+    assert_eq!(
+        report::unraid(&Unraid::default()),
+        json!({"arrayStarted": false})
+    );
     let u = Unraid {
         array_started: true,
         array_state: "STARTED".into(),
@@ -555,7 +666,10 @@ fn report_omits_empty_fields_and_always_sends_array_started() {
         })
     );
     let text = serde_json::to_string(&v).unwrap();
-    assert!(text.contains("\"sizeBytes\":8001563222016"), "integers: {text}");
+    assert!(
+        text.contains("\"sizeBytes\":8001563222016"),
+        "integers: {text}"
+    );
 }
 
 #[test]
@@ -566,8 +680,12 @@ fn wire_schema_rejects_a_mistyped_unraid() {
         "unraid": {"disks": [{"sizeBytes": 1.5, "bogus": 1}]},
     });
     let errs = common::wire::check_host_report(&doc).join("\n");
-    for want in ["$.unraid.arrayStarted: missing", "$.unraid.disks[0].name: missing",
-                 "$.unraid.disks[0].sizeBytes", "$.unraid.disks[0].bogus"] {
+    for want in [
+        "$.unraid.arrayStarted: missing",
+        "$.unraid.disks[0].name: missing",
+        "$.unraid.disks[0].sizeBytes",
+        "$.unraid.disks[0].bogus",
+    ] {
         assert!(errs.contains(want), "{want} not in:\n{errs}");
     }
 }
@@ -592,7 +710,8 @@ impl Scratch {
         std::fs::write(p, text).unwrap();
     }
     fn with_mdcmd(&self) {
-        std::os::unix::fs::symlink(common::fake_program(), self.0.join(".capture/bin/mdcmd")).unwrap();
+        std::os::unix::fs::symlink(common::fake_program(), self.0.join(".capture/bin/mdcmd"))
+            .unwrap();
     }
     fn collector(&self) -> Collector {
         Collector::new(Root::new(&self.0).unwrap())
@@ -618,7 +737,10 @@ fn not_unraid_is_absent_without_running_anything() {
     s.write(".capture/cmd/calls.log", "");
     s.write("var/local/emhttp/disks.ini", INI);
     assert_eq!(s.collector().collect(soon()), Ok(None));
-    assert_eq!(std::fs::read_to_string(s.0.join(".capture/cmd/calls.log")).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(s.0.join(".capture/cmd/calls.log")).unwrap(),
+        ""
+    );
     assert_eq!(unraid::MODULE, "unraid");
 }
 
@@ -636,7 +758,10 @@ fn mdcmd_and_disks_ini_are_merged() {
     s.write("etc/unraid-version", "version=\"7.1.4\"\n");
     s.write("var/local/emhttp/disks.ini", INI);
     s.with_mdcmd();
-    s.write(".capture/cmd/mdcmd status", "mdState=STARTED\ndiskName.1=disk1\nrdevStatus.1=DISK_DSBL\nmdNumDisabled=0\n");
+    s.write(
+        ".capture/cmd/mdcmd status",
+        "mdState=STARTED\ndiskName.1=disk1\nrdevStatus.1=DISK_DSBL\nmdNumDisabled=0\n",
+    );
     let mut c = s.collector();
     let u = c.collect(soon()).unwrap().unwrap();
     assert!(u.array_started);
@@ -654,14 +779,22 @@ fn mdcmd_failing_leaves_disks_ini_alone_with_a_note() {
     let mut c = s.collector();
     let u = c.collect(soon()).unwrap().unwrap();
     assert_eq!((u.array_started, u.disks.len()), (false, 1));
-    assert!(c.note().unwrap().contains("mdcmd not found"), "{:?}", c.note());
+    assert!(
+        c.note().unwrap().contains("mdcmd not found"),
+        "{:?}",
+        c.note()
+    );
     // mdcmd exits 1.
     s.with_mdcmd();
     s.write(".capture/cmd/mdcmd status.exit", "1\n");
     s.write(".capture/cmd/mdcmd status.stderr", "md: not ready\n");
     let u = c.collect(soon()).unwrap().unwrap();
     assert_eq!(u.disks.len(), 1);
-    assert!(c.note().unwrap().contains("exit 1: md: not ready"), "{:?}", c.note());
+    assert!(
+        c.note().unwrap().contains("exit 1: md: not ready"),
+        "{:?}",
+        c.note()
+    );
     // Without disks.ini, the failure is the run's error.
     std::fs::remove_file(s.0.join("var/local/emhttp/disks.ini")).unwrap();
     let e = c.collect(soon()).unwrap_err();
@@ -677,11 +810,21 @@ fn a_hung_mdcmd_costs_at_most_its_timeout() {
     s.write(".capture/cmd/mdcmd status.hang", "");
     let mut c = s.collector();
     let started = Instant::now();
-    let u = c.collect(started + Duration::from_secs(30)).unwrap().unwrap();
+    let u = c
+        .collect(started + Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
     let took = started.elapsed();
-    assert!(took < unraid::MDCMD_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took < unraid::MDCMD_TIMEOUT + Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_eq!(u.disks.len(), 1);
-    assert!(c.note().unwrap().contains("no answer within 3 s"), "{:?}", c.note());
+    assert!(
+        c.note().unwrap().contains("no answer within 3 s"),
+        "{:?}",
+        c.note()
+    );
     // A deadline nearer than the timeout is kept.
     std::fs::remove_file(s.0.join("var/local/emhttp/disks.ini")).unwrap();
     let started = Instant::now();
@@ -695,7 +838,10 @@ fn mdcmd_output_on_stderr_counts_and_an_oversized_disks_ini_is_not_used() {
     s.write("etc/unraid-version", "version=\"7.1.4\"\n");
     s.with_mdcmd();
     s.write(".capture/cmd/mdcmd status", "mdState=STARTED\n");
-    s.write(".capture/cmd/mdcmd status.stderr", "diskName.2=disk2\nrdevName.2=sdc\n");
+    s.write(
+        ".capture/cmd/mdcmd status.stderr",
+        "diskName.2=disk2\nrdevName.2=sdc\n",
+    );
     s.write(
         "var/local/emhttp/disks.ini",
         &format!("{INI}; {}\n", "x".repeat(unraid::DISKS_INI_CAP)),
@@ -725,7 +871,13 @@ impl Tower {
             std::fs::remove_file(&link).unwrap();
             std::os::unix::fs::symlink(to, &link).unwrap();
         };
-        fix(dir.join("smartctl/smartctl"), common::fixtures_dir().parent().unwrap().join("fake-smartctl"));
+        fix(
+            dir.join("smartctl/smartctl"),
+            common::fixtures_dir()
+                .parent()
+                .unwrap()
+                .join("fake-smartctl"),
+        );
         fix(dir.join("root/.capture/bin/mdcmd"), common::fake_program());
         std::fs::write(dir.join("smartctl/calls.log"), "").unwrap();
         std::fs::write(dir.join("root/.capture/cmd/calls.log"), "").unwrap();
@@ -789,7 +941,11 @@ fn disks_unraid_spun_down_receive_no_smartctl_command() {
     let r = smart.refresh(Instant::now());
     let calls = t.take("smartctl/calls.log");
     for dev in SPUN_DOWN {
-        assert!(naming(&calls, dev).is_empty(), "{dev} was asked: {:?}", naming(&calls, dev));
+        assert!(
+            naming(&calls, dev).is_empty(),
+            "{dev} was asked: {:?}",
+            naming(&calls, dev)
+        );
     }
     assert_eq!(t.take("smartctl/woken.log"), "");
     // The awake members were asked, with Unraid's transport (SATA: `-d sat`).
@@ -800,15 +956,25 @@ fn disks_unraid_spun_down_receive_no_smartctl_command() {
             "{calls}"
         );
     }
-    assert!(calls.contains("/dev/nvme0") && !calls.contains("--scan-open"), "{calls}");
+    assert!(
+        calls.contains("/dev/nvme0") && !calls.contains("--scan-open"),
+        "{calls}"
+    );
     assert_eq!(t.take("root/.capture/cmd/calls.log"), "mdcmd status\n");
     let devices: Vec<&str> = r.rows.iter().map(|d| d.device.as_str()).collect();
-    assert_eq!(&devices[..4], SPUN_DOWN, "Unraid's sleeping members first, by device");
+    assert_eq!(
+        &devices[..4],
+        SPUN_DOWN,
+        "Unraid's sleeping members first, by device"
+    );
     for d in &r.rows[..4] {
         assert!(d.standby);
         assert_eq!(d.health.as_str(), "UNKNOWN");
         assert_eq!(d.collection.temperature.source, "unraid");
-        assert_eq!(d.collection.temperature.reason, "disk is reported spun down");
+        assert_eq!(
+            d.collection.temperature.reason,
+            "disk is reported spun down"
+        );
     }
     assert_eq!(r.rows.iter().filter(|d| d.standby).count(), 4);
     assert_eq!(r.standby, 4);
@@ -819,14 +985,26 @@ fn disks_unraid_spun_down_receive_no_smartctl_command() {
     let mut eager = t.smart(&[], Duration::ZERO);
     for _ in 0..2 {
         let r = eager.refresh(Instant::now());
-        assert_eq!(&r.rows.iter().map(|d| d.device.as_str()).collect::<Vec<_>>()[..4], SPUN_DOWN);
+        assert_eq!(
+            &r.rows.iter().map(|d| d.device.as_str()).collect::<Vec<_>>()[..4],
+            SPUN_DOWN
+        );
     }
     let calls = t.take("smartctl/calls.log");
     for dev in SPUN_DOWN {
-        assert!(naming(&calls, dev).is_empty(), "{dev} was asked later: {calls}");
+        assert!(
+            naming(&calls, dev).is_empty(),
+            "{dev} was asked later: {calls}"
+        );
     }
-    assert!(!naming(&calls, "sdb").is_empty(), "awake disks are asked again");
-    assert_eq!(t.take("root/.capture/cmd/calls.log"), "mdcmd status\nmdcmd status\n");
+    assert!(
+        !naming(&calls, "sdb").is_empty(),
+        "awake disks are asked again"
+    );
+    assert_eq!(
+        t.take("root/.capture/cmd/calls.log"),
+        "mdcmd status\nmdcmd status\n"
+    );
     assert_eq!(t.take("smartctl/woken.log"), "");
 }
 
@@ -843,7 +1021,10 @@ fn a_sleeping_member_nobody_lists_still_gets_its_row_and_excluded_ones_none() {
     assert_eq!(&devices[..4], ["sdc", "sdf", "sdh", "sdz"]);
     assert!(!devices.contains(&"sde"), "excluded: {devices:?}");
     let sdz = &r.rows[3];
-    assert_eq!((sdz.kind.as_str(), sdz.size_bytes, sdz.serial.as_str()), ("sas", 4096, ""));
+    assert_eq!(
+        (sdz.kind.as_str(), sdz.size_bytes, sdz.serial.as_str()),
+        ("sas", 4096, "")
+    );
     assert_eq!(sdz.collection.serial.state, "missing");
     let calls = t.take("smartctl/calls.log");
     for dev in ["sdc", "sde", "sdf", "sdh", "sdz"] {
@@ -855,7 +1036,9 @@ fn a_sleeping_member_nobody_lists_still_gets_its_row_and_excluded_ones_none() {
 fn without_mdcmd_disks_ini_still_keeps_smartctl_away() {
     let t = Tower::new("no-mdcmd");
     std::fs::write(t.0.join("root/.capture/cmd/mdcmd status.exit"), "1\n").unwrap();
-    let r = t.smart(&[], Duration::from_secs(3600)).refresh(Instant::now());
+    let r = t
+        .smart(&[], Duration::from_secs(3600))
+        .refresh(Instant::now());
     assert!(r.rows[..4].iter().all(|d| d.standby));
     let calls = t.take("smartctl/calls.log");
     for dev in SPUN_DOWN {

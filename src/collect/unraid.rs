@@ -346,9 +346,7 @@ pub fn parse_mdcmd(text: &str) -> Result<Unraid, ParseError> {
         if size > 0 {
             clamp_percent(pos as f64 / size as f64 * 100.0)
         } else {
-            g("mdResyncPct")
-                .parse::<f64>()
-                .map_or(0.0, clamp_percent)
+            g("mdResyncPct").parse::<f64>().map_or(0.0, clamp_percent)
         }
     };
     let state = g("mdState");
@@ -777,7 +775,10 @@ fn unquote_char(s: &str, quote: char) -> Option<(Vec<u8>, &str)> {
     let c = s.chars().next()?;
     if c != '\\' {
         let mut buf = [0u8; 4];
-        return Some((c.encode_utf8(&mut buf).as_bytes().to_vec(), &s[c.len_utf8()..]));
+        return Some((
+            c.encode_utf8(&mut buf).as_bytes().to_vec(),
+            &s[c.len_utf8()..],
+        ));
     }
     let rest = &s[1..];
     let e = rest.chars().next()?;
@@ -929,10 +930,21 @@ mod tests {
     #[test]
     fn go_unquote_rules() {
         assert_eq!(go_unquote(r#""sdb""#).as_deref(), Some("sdb"));
-        assert_eq!(go_unquote(r#""a\tb\x41\101\u00e9""#).as_deref(), Some("a\tbAAé"));
+        assert_eq!(
+            go_unquote(r#""a\tb\x41\101\u00e9""#).as_deref(),
+            Some("a\tbAAé")
+        );
         assert_eq!(go_unquote("`raw\\n`").as_deref(), Some("raw\\n"));
         assert_eq!(go_unquote("'x'").as_deref(), Some("x"));
-        for bad in [r#""open"#, r#""a"b""#, r#""\q""#, "'xy'", "plain", "\"", r#""\400""#] {
+        for bad in [
+            r#""open"#,
+            r#""a"b""#,
+            r#""\q""#,
+            "'xy'",
+            "plain",
+            "\"",
+            r#""\400""#,
+        ] {
             assert_eq!(go_unquote(bad), None, "{bad}");
         }
     }
