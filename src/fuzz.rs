@@ -50,6 +50,11 @@ pub const TARGETS: &[Target] = &[
         run: smartctl,
     },
     Target {
+        name: "unraid",
+        about: "Unraid's disks.ini and mdcmd status, their merge by slot and count reconciliation, the unraid JSON",
+        run: unraid_inputs,
+    },
+    Target {
         name: "sensors",
         about: "sensors -j, and the key mapping of its chips",
         run: sensors,
@@ -198,6 +203,15 @@ fn mdadm(data: &[u8]) {
         raid: merged,
         ..Default::default()
     });
+}
+
+fn unraid_inputs(data: &[u8]) {
+    use crate::collect::unraid;
+    let t = text(data);
+    let ini = unraid::parse_disks_ini(&t).unwrap_or_default();
+    let status = unraid::parse_mdcmd(&t).ok();
+    let u = unraid::reconcile(unraid::merge(status, ini));
+    let _ = crate::report::unraid(&u);
 }
 
 fn smartctl(data: &[u8]) {

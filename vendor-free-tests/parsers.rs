@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pulse_agent::collect::{
-    ceph, cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, uptime, zfs,
+    ceph, cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, unraid, uptime,
+    zfs,
 };
 use pulse_agent::root::parse_ip_addr;
 
@@ -16,6 +17,16 @@ type Parser = fn(&str);
 
 /// (name, parser, a realistic sample)
 const PARSERS: &[(&str, Parser, &str)] = &[
+    (
+        "disks.ini",
+        |s| drop(unraid::parse_disks_ini(s)),
+        "[\"disk1\"]\nidx=\"1\"\nname=\"disk1\"\ndevice=\"sdb\"\nid=\"WDC_WD80EFZZ_WD-1\"\nsectors=\"15628053168\"\nsector_size=\"512\"\nstatus=\"DISK_OK\"\ntemp=\"*\"\nspundown=\"1\"\n",
+    ),
+    (
+        "mdcmd status",
+        |s| drop(unraid::parse_mdcmd(s)),
+        "mdState=STARTED\nmdResyncPos=5\nmdResyncSize=10\nmdResyncAction=check\nmdNumMissing=3\ndiskName.1=disk1\nrdevName.1=sdb\nrdevStatus.1=DISK_OK\ndiskSize.1=976762584\n",
+    ),
     (
         "uptime",
         |s| drop(uptime::parse(s)),
@@ -387,4 +398,32 @@ fn pct_output_of_megabytes_is_linear() {
     let distinct = megabytes(6, |i| format!("mp0 tank:{i} 1G 1G 0 100 /m/{i}/\n"));
     let disks = within("pct::parse_df", HANG, move || pct::parse_df(&distinct));
     assert!(disks.is_empty(), "a trailing slash is not clean");
+}
+
+/// Unraid: 6 MB of escapes in one quoted `disks.ini` value, every slot an
+/// `mdcmd status` may have with megabytes of values, and megabytes of
+/// sections folding into a few slots, each in linear time.
+#[test]
+fn unraid_escapes_and_slots_of_megabytes_are_not_quadratic() {
+    let escapes = format!("[\"d\"]\nid=\"{}\"\n", "\\n\\x41\\101".repeat(1 << 19));
+    let d = within("disks.ini escapes", HANG, move || {
+        unraid::parse_disks_ini(&escapes)
+    });
+    assert_eq!(d.map(|d| d.len()), Ok(1));
+    let slots = megabytes(6, |i| {
+        format!("diskName.{}=disk{i}\n", i % unraid::MAX_MEMBERS)
+    });
+    let u = within("mdcmd slots", HANG, move || unraid::parse_mdcmd(&slots));
+    assert_eq!(u.map(|u| u.disks.len()), Ok(unraid::MAX_MEMBERS));
+    let sections = megabytes(6, |i| {
+        if i < unraid::MAX_MEMBERS {
+            format!("[\"d{i}\"]\nidx=\"{}\"\n", i % 8)
+        } else {
+            "temp=\"1\"\n".into()
+        }
+    });
+    let d = within("disks.ini sections", HANG, move || {
+        unraid::merge(None, unraid::parse_disks_ini(&sections).unwrap())
+    });
+    assert_eq!(d.disks.len(), 8);
 }

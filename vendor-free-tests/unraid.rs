@@ -1045,3 +1045,32 @@ fn without_mdcmd_disks_ini_still_keeps_smartctl_away() {
         assert!(naming(&calls, dev).is_empty(), "{dev}: {calls}");
     }
 }
+
+#[test]
+fn unraid_transport_decides_the_probe_types_and_the_row_type() {
+    let t = Tower::new("transport");
+    let ini = t.0.join("root/var/local/emhttp/disks.ini");
+    let text = std::fs::read_to_string(&ini).unwrap();
+    // disk1 (sdd): sysfs and smartctl say SATA; Unraid says SAS.
+    let text = text.replacen(
+        "device=\"sdd\"\nid=\"ST16000NM001G-2KK103_ZL2DISK01\"\ntype=\"Data\"\nstatus=\"DISK_OK\"\nfsType=\"xfs\"\ntransport=\"ata\"",
+        "device=\"sdd\"\nid=\"ST16000NM001G-2KK103_ZL2DISK01\"\ntype=\"Data\"\nstatus=\"DISK_OK\"\nfsType=\"xfs\"\ntransport=\"sas\"",
+        1,
+    );
+    assert!(text.contains("transport=\"sas\""), "the fixture changed");
+    std::fs::write(&ini, text).unwrap();
+    let r = t
+        .smart(&[], Duration::from_secs(3600))
+        .refresh(Instant::now());
+    let calls = t.take("smartctl/calls.log");
+    // The scan's `-d sat` does not fit a SAS disk: untyped first.
+    assert_eq!(
+        naming(&calls, "sdd"),
+        ["-n standby,3 -i -A -H --json=o /dev/sdd"],
+        "{calls}"
+    );
+    let sdd = r.rows.iter().find(|d| d.device == "sdd").unwrap();
+    assert_eq!(sdd.kind, "sas", "Unraid's word wins over smartctl's");
+    let sdb = r.rows.iter().find(|d| d.device == "sdb").unwrap();
+    assert_eq!(sdb.kind, "sata");
+}

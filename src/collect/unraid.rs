@@ -717,7 +717,9 @@ fn kib(v: &str) -> u64 {
 fn go_unquote(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let quote = *b.first()?;
-    if b.len() < 2 {
+    // Only an ASCII quote may open a literal; anything else (a multibyte
+    // character too) is a bare value, and `s[1..]` is a char boundary.
+    if b.len() < 2 || !matches!(quote, b'`' | b'"' | b'\'') {
         return None;
     }
     let inner = &s[1..];
@@ -947,6 +949,16 @@ mod tests {
         ] {
             assert_eq!(go_unquote(bad), None, "{bad}");
         }
+    }
+
+    /// Found by fuzzing: `s[1..]` was taken before checking that the first
+    /// byte is a quote, and panicked inside a multibyte first character.
+    #[test]
+    fn a_value_starting_with_a_multibyte_character_is_not_a_literal() {
+        assert_eq!(go_unquote("\u{fffd}ST16000_X\""), None);
+        assert_eq!(go_unquote("é"), None);
+        let d = parse_disks_ini("[\"d\"]\nid=\"\u{fffd}A_B\"\nname=\u{fffd}x\n").unwrap();
+        assert_eq!(d[0].name, "\u{fffd}x");
     }
 
     #[test]
