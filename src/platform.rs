@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::collect::{HostSnapshot, Outcome, SourceStatus, Stamped, ceph, packages, pct, unraid};
 use crate::hardware::WAIT;
@@ -145,7 +145,7 @@ impl Platform {
                 pct::Collector::new(root.clone(), settings.pct_path),
                 clock,
             ),
-            updates: Source::new(UPDATES, packages::Collector::new(root.clone()), clock),
+            updates: Source::new(UPDATES, AptSource::new(root.clone()), clock),
             cleanup: Source::new(
                 CLEANUP,
                 packages::CleanupCollector::new(root.clone()),
@@ -314,13 +314,92 @@ impl Collect for pct::Collector {
     }
 }
 
-impl Collect for packages::Collector {
+/// What apt's answer depends on: dpkg's database, the package lists, apt's
+/// configuration (sources, pinning, options).
+const APT_INPUTS: &[&str] = &[
+    "/var/lib/dpkg/status",
+    "/var/lib/apt/lists",
+    "/etc/apt",
+    "/etc/apt/sources.list.d",
+    "/etc/apt/preferences.d",
+    "/etc/apt/apt.conf.d",
+];
+/// Entries of one input directory looked at (a lists directory holds a few
+/// hundred at most).
+const APT_INPUT_ENTRIES: usize = 10_000;
+/// An unchanged answer is trusted this long, then apt is asked again anyway.
+const APT_REUSE: Duration = Duration::from_secs(24 * 3600);
+
+/// Package updates as the platform runs them. apt's simulation costs a
+/// second or more of CPU (it builds its cache in memory rather than write
+/// it), and its answer can only change when what it reads does: each
+/// refresh compares the inputs' sizes and times ([`APT_INPUTS`]) with the
+/// last run's, and while they are the same it re-reads only the reboot flag.
+pub struct AptSource {
+    root: Root,
+    inner: packages::Collector,
+    last: Option<(u64, packages::Updates, Instant)>,
+}
+
+impl AptSource {
+    pub fn new(root: Root) -> AptSource {
+        AptSource {
+            inner: packages::Collector::new(root.clone()),
+            root,
+            last: None,
+        }
+    }
+
+    /// A digest of the inputs' names, sizes, inodes and modification times.
+    fn inputs(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let stat = |path: &Path, h: &mut std::collections::hash_map::DefaultHasher| {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) => (m.size(), m.ino(), m.mtime(), m.mtime_nsec(), m.is_dir()).hash(h),
+                Err(e) => e.kind().hash(h),
+            }
+        };
+        for input in APT_INPUTS {
+            let path = self.root.path(input);
+            input.hash(&mut h);
+            stat(&path, &mut h);
+            if let Ok(mut names) = self.root.read_dir(input) {
+                names.sort();
+                names.truncate(APT_INPUT_ENTRIES);
+                for n in names {
+                    n.hash(&mut h);
+                    stat(&path.join(&n), &mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+impl Collect for AptSource {
     type Data = packages::Updates;
     fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
-        packages::Collector::collect(self, deadline)
+        let inputs = self.inputs();
+        if let Some((seen, u, at)) = &self.last {
+            if *seen == inputs && at.elapsed() < APT_REUSE {
+                let mut u = u.clone();
+                u.reboot_required = packages::reboot_required(&self.root);
+                return Ok(Some(u));
+            }
+        }
+        let r = self.inner.collect(deadline);
+        self.last = match &r {
+            Ok(Some(u)) if u.supported && u.error.is_none() => {
+                Some((inputs, u.clone(), Instant::now()))
+            }
+            _ => None,
+        };
+        r
     }
     fn take_hung(&mut self) -> bool {
-        self.hung()
+        self.inner.hung()
     }
     fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
         data.and_then(|u| u.error.clone()).into_iter().collect()

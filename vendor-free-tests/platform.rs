@@ -233,3 +233,67 @@ fn a_ceph_node_whose_monitors_stop_answering_says_so_instead_of_vanishing() {
         o => panic!("{o:?}"),
     }
 }
+
+#[test]
+fn apt_runs_again_only_when_what_it_reads_has_changed() {
+    use pulse_agent::platform::{AptSource, Collect};
+    let dir = host(
+        "apt-inputs",
+        &[(
+            &apt_key(),
+            "",
+            "Inst bash [5.2.15-2+b7] (5.2.15-2+b8 Debian:12.11/stable [amd64])\n\
+             1 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n",
+        )],
+    );
+    let write = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "var/lib/dpkg/status",
+        "Package: bash\nVersion: 5.2.15-2+b7\n",
+    );
+    write(
+        "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+        "x",
+    );
+    let mut apt = AptSource::new(Root::new(&dir).unwrap());
+    let soon = || Instant::now() + Duration::from_secs(10);
+    let first = apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(first.pending.len(), 1);
+    assert!(!first.reboot_required);
+    assert_eq!(calls(&dir, "apt-get"), 1);
+
+    // Nothing apt reads has changed: no run, but the reboot flag is read.
+    write("run/reboot-required", "*** System restart required ***\n");
+    let again = apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 1);
+    assert!(again.reboot_required);
+    assert_eq!(again.pending, first.pending);
+
+    // `apt update` rewrote a list: apt runs again.
+    write(
+        "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+        "xy",
+    );
+    apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 2);
+    // dpkg installed something.
+    write(
+        "var/lib/dpkg/status",
+        "Package: bash\nVersion: 5.2.15-2+b8\n",
+    );
+    apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 3);
+    // A new sources file.
+    write(
+        "etc/apt/sources.list.d/extra.list",
+        "deb http://example.org/ x main\n",
+    );
+    apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 4);
+    apt.collect(soon()).unwrap().unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 4);
+}

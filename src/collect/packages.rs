@@ -330,7 +330,8 @@ fn find_apt(root: &Root) -> (bool, Option<std::path::PathBuf>) {
     (p.is_some(), p)
 }
 
-fn reboot_required(root: &Root) -> bool {
+/// Debian's and Ubuntu's flag that an upgrade wants a reboot.
+pub fn reboot_required(root: &Root) -> bool {
     REBOOT_FLAGS.iter().any(|f| root.exists(f))
 }
 
