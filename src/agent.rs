@@ -1396,9 +1396,14 @@ impl Agent {
         let ready = self
             .modules
             .iter()
-            // Cluster sensors are optional: a missing proxy is reported
-            // in the module, it does not make the agent unready.
-            .filter(|m| m.enabled && m.name != cluster::MODULE)
+            // Cluster sensors and the platform sources are optional: a
+            // missing proxy or a failing `pct` is reported in the module,
+            // it does not make the agent unready.
+            .filter(|m| {
+                m.enabled
+                    && m.name != cluster::MODULE
+                    && !crate::platform::MODULES.contains(&m.name)
+            })
             .all(|m| m.state == ModuleState::Running);
         let sources = &self.last_sources;
         let update_status = lock(&self.update).clone();

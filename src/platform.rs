@@ -100,6 +100,11 @@ pub const CLEANUP: Policy = Policy {
     budget: Duration::from_secs(10),
 };
 
+/// The platform sources' modules: optional, like the cluster sensors, so
+/// one that fails (a Ceph cluster without monitors) is reported in its
+/// module and does not make `/readyz` fail.
+pub const MODULES: [&str; 4] = [unraid::MODULE, ceph::MODULE, pct::MODULE, packages::MODULE];
+
 /// What the platform sources need from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1246,3 +1246,62 @@ fn remote_disable_ceph_false_overrides_the_flag() {
         assert_eq!(module["state"], "running");
     }
 }
+
+/// A platform source that fails shows in its module on `/status` and
+/// `/metrics`, and does not make `/readyz` fail (it is optional, like the
+/// cluster sensors).
+#[test]
+fn a_failing_platform_source_shows_in_status_and_metrics_but_keeps_the_agent_ready() {
+    let (s, dir) = (StandIn::start(), Dir::new("platform-ready"));
+    let root = dir.0.join("root");
+    common::copy_case("pve-ceph", &root);
+    std::fs::remove_file(root.join(".capture/cmd/pct list")).unwrap();
+    std::fs::write(root.join(".capture/cmd/pct list.exit"), "2").unwrap();
+    std::fs::write(
+        root.join(".capture/cmd/pct list.stderr"),
+        "ipcc_send_rec[1] failed: Connection refused\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut a = args(&s, &dir, &[]);
+    a[0] = format!("--root={}", root.display());
+    a.retain(|x| x != "--health-addr=");
+    a.push(format!("--health-addr=127.0.0.1:{port}"));
+    let _agent = Agent::start(&dir, &a);
+    assert!(s.wait_for(Duration::from_secs(20), |r| r.len() >= 2));
+
+    let (st, body) = get(port, "/readyz");
+    assert_eq!(st, 200, "{body}");
+    let (_, status) = get(port, "/status");
+    let v: Value = serde_json::from_str(&status).unwrap();
+    let module = |name: &str| {
+        v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} module: {status}"))
+    };
+    let pct = module("proxmox-lxc-filesystems");
+    assert_eq!(pct["state"], "retrying");
+    assert!(
+        pct["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused")
+    );
+    assert_eq!(module("ceph")["state"], "running");
+    let (_, metrics) = get(port, "/metrics");
+    for line in [
+        "pulse_agent_module_enabled{module=\"ceph\"} 1",
+        "pulse_agent_module_ready{module=\"ceph\"} 1",
+        "pulse_agent_module_ready{module=\"proxmox-lxc-filesystems\"} 0",
+        "pulse_agent_collector_success{collector=\"ceph\"} 1",
+        "pulse_agent_collector_success{collector=\"proxmox-lxc-filesystems\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    let doc = s.reports().last().unwrap().doc.clone().unwrap();
+    assert!(doc.get("ceph").is_some() && doc.get("proxmoxLxc").is_none());
+}
