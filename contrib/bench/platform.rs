@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use pulse_agent::collect::{HostSnapshot, packages, pct, unraid};
-use pulse_agent::platform::{CephSource, Collect, Platform, Settings};
+use pulse_agent::platform::{AptSource, CephSource, Collect, Platform, Settings};
 use pulse_agent::root::Root;
 use pulse_agent::sys::{children_cpu_time, process_cpu_time};
 
@@ -156,7 +156,7 @@ fn main() {
         "|----------------------------------------------|------------------------|------------------------|--------|"
     );
     cold("apt-get -s upgrade (this machine's apt)", || {
-        packages::Collector::new(Root::host())
+        AptSource::new(Root::host())
     });
     cold("apt's package cache (this machine)", || {
         packages::CleanupCollector::new(Root::host())
