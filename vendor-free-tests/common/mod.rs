@@ -129,6 +129,32 @@ pub fn pin_volatile(doc: &mut Value) {
     assert!(seq.starts_with("v1:") && seq.ends_with(":1"), "{seq}");
     let stream: String = PINNED_STREAM.iter().map(|b| format!("{b:02x}")).collect();
     doc["sequenceId"] = Value::String(format!("v1:{stream}:1"));
+    // The platform sections carry the time their run ended.
+    let seconds = pulse_agent::report::rfc3339(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                pinned_now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            ),
+    );
+    for (section, field) in [
+        ("/host/packageUpdates", "checkedAt"),
+        ("/host/storageCleanup", "checkedAt"),
+        ("/ceph", "collectedAt"),
+        ("/proxmoxLxc", "collectedAt"),
+    ] {
+        if let Some(t) = doc.pointer_mut(section).and_then(|s| s.get_mut(field)) {
+            let text = t.as_str().expect("a time").to_string();
+            assert!(wire::is_rfc3339(&text), "{section}.{field}: {text}");
+            // Ceph's is in whole seconds, like the stock agent's.
+            *t = Value::String(match text.contains('.') {
+                true => now.clone(),
+                false => seconds.clone(),
+            });
+        }
+    }
     if let Some(mods) = doc["agent"]["modules"].as_array_mut() {
         for m in mods {
             assert!(m["updatedAt"].as_str().is_some_and(wire::is_rfc3339));
