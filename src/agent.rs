@@ -596,6 +596,10 @@ impl Agent {
                 pct_path: config.pct_path.clone(),
                 clock,
                 once: config.once,
+                apt_cache: config
+                    .url
+                    .as_ref()
+                    .map(|_| config.state_dir.join("packages.json")),
             },
         );
         let cluster = start_cluster(config, &root);

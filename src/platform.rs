@@ -115,6 +115,9 @@ pub struct Settings {
     /// `--once`: the one report waits for every source's run, up to its
     /// budget (there is no later report to carry a late answer).
     pub once: bool,
+    /// Where apt's last answer is kept between runs (`STATE-DIR` with
+    /// `--url`; never without, when the agent writes nothing there).
+    pub apt_cache: Option<PathBuf>,
 }
 
 /// Every platform source.
@@ -150,7 +153,11 @@ impl Platform {
                 pct::Collector::new(root.clone(), settings.pct_path),
                 clock,
             ),
-            updates: Source::new(UPDATES, AptSource::new(root.clone()), clock),
+            updates: Source::new(
+                UPDATES,
+                AptSource::new(root.clone(), settings.apt_cache),
+                clock,
+            ),
             cleanup: Source::new(
                 CLEANUP,
                 packages::CleanupCollector::new(root.clone()),
@@ -340,46 +347,69 @@ const APT_REUSE: Duration = Duration::from_secs(24 * 3600);
 /// it), and its answer can only change when what it reads does: each
 /// refresh compares the inputs' sizes and times ([`APT_INPUTS`]) with the
 /// last run's, and while they are the same it re-reads only the reboot flag.
+///
+/// With a cache file (`STATE-DIR/packages.json`, with `--url`), the last
+/// answer outlives the process, so `--once` from a timer runs apt only when
+/// something changed, not every minute. The file is written only after apt
+/// ran, so the happy path writes nothing.
 pub struct AptSource {
     root: Root,
     inner: packages::Collector,
-    last: Option<(u64, packages::Updates, Instant)>,
+    cache: Option<PathBuf>,
+    last: Option<AptAnswer>,
+}
+
+/// apt's last answer and what it was made from.
+#[derive(Debug, Clone, PartialEq)]
+struct AptAnswer {
+    /// `sha256:` of the inputs' names, sizes, inodes and times.
+    inputs: String,
+    updates: packages::Updates,
+    at: SystemTime,
 }
 
 impl AptSource {
-    pub fn new(root: Root) -> AptSource {
+    pub fn new(root: Root, cache: Option<PathBuf>) -> AptSource {
+        let last = cache.as_deref().and_then(load_apt_answer);
         AptSource {
             inner: packages::Collector::new(root.clone()),
             root,
-            last: None,
+            cache,
+            last,
         }
     }
 
     /// A digest of the inputs' names, sizes, inodes and modification times.
-    fn inputs(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
+    fn inputs(&self) -> String {
+        use sha2::{Digest, Sha256};
         use std::os::unix::fs::MetadataExt;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        let stat = |path: &Path, h: &mut std::collections::hash_map::DefaultHasher| {
-            match std::fs::symlink_metadata(path) {
-                Ok(m) => (m.size(), m.ino(), m.mtime(), m.mtime_nsec(), m.is_dir()).hash(h),
-                Err(e) => e.kind().hash(h),
-            }
+        let mut h = Sha256::new();
+        let stat = |path: &Path, h: &mut Sha256| match std::fs::symlink_metadata(path) {
+            Ok(m) => h.update(format!(
+                "{} {} {} {} {}\n",
+                m.size(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.is_dir()
+            )),
+            Err(e) => h.update(format!("{:?}\n", e.kind())),
         };
         for input in APT_INPUTS {
             let path = self.root.path(input);
-            input.hash(&mut h);
+            h.update(input.as_bytes());
             stat(&path, &mut h);
             if let Ok(mut names) = self.root.read_dir(input) {
                 names.sort();
                 names.truncate(APT_INPUT_ENTRIES);
                 for n in names {
-                    n.hash(&mut h);
+                    h.update(n.as_bytes());
                     stat(&path.join(&n), &mut h);
                 }
             }
         }
-        h.finish()
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
     }
 }
 
@@ -387,20 +417,30 @@ impl Collect for AptSource {
     type Data = packages::Updates;
     fn collect(&mut self, deadline: Instant) -> Result<Option<Self::Data>, String> {
         let inputs = self.inputs();
-        if let Some((seen, u, at)) = &self.last {
-            if *seen == inputs && at.elapsed() < APT_REUSE {
-                let mut u = u.clone();
+        if let Some(last) = &self.last {
+            let young = SystemTime::now()
+                .duration_since(last.at)
+                .is_ok_and(|age| age < APT_REUSE);
+            if last.inputs == inputs && young {
+                let mut u = last.updates.clone();
                 u.reboot_required = packages::reboot_required(&self.root);
                 return Ok(Some(u));
             }
         }
         let r = self.inner.collect(deadline);
         self.last = match &r {
-            Ok(Some(u)) if u.supported && u.error.is_none() => {
-                Some((inputs, u.clone(), Instant::now()))
-            }
+            Ok(Some(u)) if u.supported && u.error.is_none() => Some(AptAnswer {
+                inputs,
+                updates: u.clone(),
+                at: SystemTime::now(),
+            }),
             _ => None,
         };
+        if let (Some(path), Some(last)) = (&self.cache, &self.last) {
+            if let Err(e) = crate::state::write_atomic(path, &apt_answer_json(last)) {
+                log::debug!("cannot keep apt's answer in {}: {e}", path.display());
+            }
+        }
         r
     }
     fn take_hung(&mut self) -> bool {
@@ -412,6 +452,72 @@ impl Collect for AptSource {
     fn listed(u: &Self::Data) -> bool {
         u.supported
     }
+}
+
+/// Cap on the cache file: a release upgrade of a large desktop lists a few
+/// thousand packages of ~100 bytes.
+const APT_CACHE_CAP: u64 = 4 * 1024 * 1024;
+
+fn apt_answer_json(a: &AptAnswer) -> Vec<u8> {
+    let at =
+        a.at.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+    let packages: Vec<serde_json::Value> = a
+        .updates
+        .pending
+        .iter()
+        .map(|p| serde_json::json!([p.name, p.installed, p.available]))
+        .collect();
+    let doc = serde_json::json!({
+        "inputs": a.inputs,
+        "at": at,
+        "manager": a.updates.manager,
+        "inventoryHash": a.updates.inventory_hash,
+        "pending": packages,
+    });
+    serde_json::to_vec(&doc).expect("invariant: a Value serialises")
+}
+
+/// The cache file's answer; anything odd in it (a file from another
+/// version, a truncated one) is no answer: apt runs again.
+fn load_apt_answer(path: &Path) -> Option<AptAnswer> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(APT_CACHE_CAP)
+        .read_to_string(&mut text)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let s = |k: &str| v.get(k)?.as_str().map(str::to_string);
+    let pending = v
+        .get("pending")?
+        .as_array()?
+        .iter()
+        .map(|p| {
+            let p = p.as_array()?;
+            Some(packages::Package {
+                name: p.first()?.as_str()?.to_string(),
+                installed: match p.get(1)? {
+                    serde_json::Value::Null => None,
+                    i => Some(i.as_str()?.to_string()),
+                },
+                available: p.get(2)?.as_str()?.to_string(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(AptAnswer {
+        inputs: s("inputs")?,
+        at: std::time::UNIX_EPOCH + Duration::from_secs(v.get("at")?.as_u64()?),
+        updates: packages::Updates {
+            supported: true,
+            manager: s("manager")?,
+            inventory_hash: s("inventoryHash")?,
+            pending,
+            reboot_required: false,
+            error: None,
+        },
+    })
 }
 
 impl Collect for packages::CleanupCollector {

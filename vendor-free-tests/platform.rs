@@ -52,6 +52,7 @@ fn platform(dir: &Path) -> Platform {
             pct_path: None,
             clock: SystemTime::now,
             once: false,
+            apt_cache: None,
         },
     )
 }
@@ -259,7 +260,7 @@ fn apt_runs_again_only_when_what_it_reads_has_changed() {
         "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
         "x",
     );
-    let mut apt = AptSource::new(Root::new(&dir).unwrap());
+    let mut apt = AptSource::new(Root::new(&dir).unwrap(), None);
     let soon = || Instant::now() + Duration::from_secs(10);
     let first = apt.collect(soon()).unwrap().unwrap();
     assert_eq!(first.pending.len(), 1);
@@ -296,4 +297,56 @@ fn apt_runs_again_only_when_what_it_reads_has_changed() {
     assert_eq!(calls(&dir, "apt-get"), 4);
     apt.collect(soon()).unwrap().unwrap();
     assert_eq!(calls(&dir, "apt-get"), 4);
+}
+
+/// `--once` from a timer is a new process every minute: apt's answer is
+/// kept in the state directory, so apt runs only when its inputs change.
+#[test]
+fn apts_answer_outlives_the_process_through_its_cache_file() {
+    use pulse_agent::platform::{AptSource, Collect};
+    let dir = host(
+        "apt-cache-file",
+        &[(
+            &apt_key(),
+            "",
+            "Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable [all])\n\
+             Inst newpkg (1.0-1 Debian:12.11/stable [amd64])\n\
+             2 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n",
+        )],
+    );
+    let cache = dir.join("state/packages.json");
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let soon = || Instant::now() + Duration::from_secs(10);
+    let root = || Root::new(&dir).unwrap();
+
+    let first = AptSource::new(root(), Some(cache.clone()))
+        .collect(soon())
+        .unwrap()
+        .unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 1);
+    assert!(cache.exists());
+    let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
+
+    // Two more "processes": apt is not run, the answer is the same, and the
+    // file is not written again.
+    for _ in 0..2 {
+        let again = AptSource::new(root(), Some(cache.clone()))
+            .collect(soon())
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, first);
+    }
+    assert_eq!(calls(&dir, "apt-get"), 1);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        written
+    );
+
+    // A damaged file is no answer: apt runs.
+    std::fs::write(&cache, "{\"inputs\": 5").unwrap();
+    AptSource::new(root(), Some(cache.clone()))
+        .collect(soon())
+        .unwrap()
+        .unwrap();
+    assert_eq!(calls(&dir, "apt-get"), 2);
 }

@@ -90,6 +90,7 @@ fn warm(what: &str, root: &Path) {
         pct_path: None,
         clock: SystemTime::now,
         once: true,
+        apt_cache: None,
     };
     let mut p = Platform::new(Root::new(root).unwrap(), settings);
     let (w_first, c_first, snap) = cycle(&mut p);
@@ -156,7 +157,7 @@ fn main() {
         "|----------------------------------------------|------------------------|------------------------|--------|"
     );
     cold("apt-get -s upgrade (this machine's apt)", || {
-        AptSource::new(Root::host())
+        AptSource::new(Root::host(), None)
     });
     cold("apt's package cache (this machine)", || {
         packages::CleanupCollector::new(Root::host())
