@@ -682,7 +682,10 @@ pub fn storage_cleanup(c: &crate::collect::packages::Cleanup, checked_at: System
     o.put("supported", Value::Bool(c.supported));
     o.str("provider", &c.provider);
     o.str("fingerprint", &c.fingerprint);
-    o.put("reclaimableBytes", Value::Number(c.reclaimable_bytes.into()));
+    o.put(
+        "reclaimableBytes",
+        Value::Number(c.reclaimable_bytes.into()),
+    );
     o.put("checkedAt", Value::String(rfc3339(checked_at)));
     o.str("error", c.error.as_deref().unwrap_or(""));
     o.done()

@@ -96,14 +96,29 @@ fn hostile_outputs_are_clear_errors() {
     let cases: &[(&str, &str)] = &[
         ("", "no summary line"),
         ("Inst a [1] (2 s)\n", "no summary line"),
-        (summary, "summary counts 1 packages to install, the simulation lists 0"),
+        (
+            summary,
+            "summary counts 1 packages to install, the simulation lists 0",
+        ),
         (&format!("{summary}Inst\n"), "line 2: Inst line without"),
-        (&format!("{summary}Inst a [1] (2 s)\nInst b [1] (2 s)\n"), "lists 2"),
+        (
+            &format!("{summary}Inst a [1] (2 s)\nInst b [1] (2 s)\n"),
+            "lists 2",
+        ),
         (&format!("{summary}Inst a [1 (2 s)\n"), "line 2"),
-        (&format!("{summary}Inst a [1]\n"), "without (available version)"),
+        (
+            &format!("{summary}Inst a [1]\n"),
+            "without (available version)",
+        ),
         (&format!("{summary}Inst a [1] (2\n"), "unclosed (available"),
-        (&format!("{summary}Inst a\u{7}b [1] (2 s)\n"), "valid package name"),
-        (&format!("{summary}Inst a [1] ({} s)\n", "9".repeat(300)), "invalid available"),
+        (
+            &format!("{summary}Inst a\u{7}b [1] (2 s)\n"),
+            "valid package name",
+        ),
+        (
+            &format!("{summary}Inst a [1] ({} s)\n", "9".repeat(300)),
+            "invalid available",
+        ),
         (
             "18446744073709551615 upgraded, 1 newly installed, 0 to remove and 0 not upgraded.\n",
             "no summary line",
@@ -121,7 +136,9 @@ fn megabytes_of_inst_lines_parse_in_linear_time() {
     let mut text = String::new();
     let mut n = 0;
     while text.len() < 6 << 20 {
-        text.push_str(&format!("Inst p{n} [1.{n}] (2.{n} Debian:12/stable [amd64]) []\n"));
+        text.push_str(&format!(
+            "Inst p{n} [1.{n}] (2.{n} Debian:12/stable [amd64]) []\n"
+        ));
         n += 1;
     }
     text.push_str(&format!(
@@ -209,7 +226,10 @@ fn a_captured_root_answers_from_its_apt_get_and_reboot_flag() {
     let d = captured(
         "captured",
         true,
-        &[(&cmd, &text), ("run/reboot-required", "*** System restart required ***\n")],
+        &[
+            (&cmd, &text),
+            ("run/reboot-required", "*** System restart required ***\n"),
+        ],
     );
     let u = Collector::new(Root::new(&d).unwrap())
         .collect(in_a_minute())
@@ -263,7 +283,10 @@ fn a_failing_apt_get_is_the_sections_error_with_its_message() {
         e.starts_with("apt-get -s upgrade: exit 100: E: Malformed entry 1"),
         "{e}"
     );
-    assert!(!e.contains("secret") && e.contains("https://***@repo.example"), "{e}");
+    assert!(
+        !e.contains("secret") && e.contains("https://***@repo.example"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -276,13 +299,20 @@ fn a_hung_apt_get_returns_at_the_deadline_with_a_clear_error() {
         .collect(Instant::now() + Duration::from_secs(1))
         .unwrap()
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let e = u.error.unwrap();
     assert_eq!(e, "apt-get -s upgrade: no answer within 1.0 s");
     assert!(c.hung());
     // A deadline already past runs nothing.
     let u = c.collect(Instant::now()).unwrap().unwrap();
-    assert_eq!(u.error.unwrap(), "apt-get -s upgrade: no time left in this run");
+    assert_eq!(
+        u.error.unwrap(),
+        "apt-get -s upgrade: no time left in this run"
+    );
 }
 
 #[test]
@@ -308,7 +338,10 @@ fn the_cache_counts_what_apt_get_clean_removes_and_follows_no_link() {
             ("var/cache/apt/archives/B_2_AMD64.DEB", "bb"),
             ("var/cache/apt/archives/lock", ""),
             ("var/cache/apt/archives/partial/c_3_all.deb.FAILED", "ccc"),
-            ("var/cache/apt/archives/sub/deeper.deb", "not removed by clean"),
+            (
+                "var/cache/apt/archives/sub/deeper.deb",
+                "not removed by clean",
+            ),
             ("outside/huge.deb", &"x".repeat(10_000)),
         ],
     );
@@ -321,13 +354,22 @@ fn the_cache_counts_what_apt_get_clean_removes_and_follows_no_link() {
         .unwrap()
         .unwrap();
     assert_eq!(c.reclaimable_bytes, 9);
-    assert_eq!((c.supported, c.provider.as_str(), &c.error), (true, CACHE_PROVIDER, &None));
+    assert_eq!(
+        (c.supported, c.provider.as_str(), &c.error),
+        (true, CACHE_PROVIDER, &None)
+    );
     assert!(c.fingerprint.starts_with("sha256:") && c.fingerprint.len() == 71);
     // Same files, same fingerprint; a new download changes it.
-    let again = CleanupCollector::new(root.clone()).collect(in_a_minute()).unwrap().unwrap();
+    let again = CleanupCollector::new(root.clone())
+        .collect(in_a_minute())
+        .unwrap()
+        .unwrap();
     assert_eq!(again, c);
     std::fs::write(arch.join("d_1_all.deb"), "d").unwrap();
-    let more = CleanupCollector::new(root).collect(in_a_minute()).unwrap().unwrap();
+    let more = CleanupCollector::new(root)
+        .collect(in_a_minute())
+        .unwrap()
+        .unwrap();
     assert_eq!(more.reclaimable_bytes, 10);
     assert_ne!(more.fingerprint, c.fingerprint);
 }
@@ -351,7 +393,11 @@ fn an_archives_link_out_of_the_root_is_an_error_and_none_is_empty() {
         .unwrap()
         .unwrap();
     assert_eq!((c.reclaimable_bytes, c.error), (0, None));
-    assert!(c.fingerprint.starts_with("sha256:e3b0c442"), "{}", c.fingerprint);
+    assert!(
+        c.fingerprint.starts_with("sha256:e3b0c442"),
+        "{}",
+        c.fingerprint
+    );
 }
 
 #[test]
@@ -478,7 +524,10 @@ fn the_report_lists_200_packages_and_counts_them_all() {
     };
     let v = report::package_updates(&u, common::pinned_now());
     assert_eq!(v["pendingCount"], 250);
-    assert_eq!(v["packages"].as_array().unwrap().len(), packages::LISTED_MAX);
+    assert_eq!(
+        v["packages"].as_array().unwrap().len(),
+        packages::LISTED_MAX
+    );
     assert_eq!(v["packages"][199]["name"], "p199");
 }
 
@@ -497,8 +546,7 @@ fn real_apt_here() -> bool {
     let skip = std::env::var_os("PULSE_TEST_SKIP_APT").is_some_and(|v| v == "1");
     let missing = if pulse_agent::sys::geteuid() != 0 {
         Some("not root")
-    } else if !Path::new("/usr/bin/apt-get").exists() || !Path::new("/usr/bin/dpkg-deb").exists()
-    {
+    } else if !Path::new("/usr/bin/apt-get").exists() || !Path::new("/usr/bin/dpkg-deb").exists() {
         Some("no /usr/bin/apt-get or /usr/bin/dpkg-deb")
     } else {
         None
@@ -647,10 +695,11 @@ fn pending_dummy_upgrade(t: &Traces) {
     std::fs::write(SOURCE, &line).unwrap();
 }
 
-/// What `apt-get -s upgrade` says, read by whitespace alone.
+/// What `apt-get -s upgrade` says, read by whitespace alone (without
+/// replacing root's planner log, which only the collector's options stop).
 fn apt_says() -> Vec<Package> {
     let out = run(Command::new("apt-get")
-        .args(["-s", "upgrade"])
+        .args(["-s", "-o", "Dir::Log::Planner=", "upgrade"])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C"));
@@ -659,7 +708,10 @@ fn apt_says() -> Vec<Package> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let (installed, avail) = if f[2].starts_with('[') {
-                (Some(f[2].trim_matches(|c| c == '[' || c == ']').to_string()), f[3])
+                (
+                    Some(f[2].trim_matches(|c| c == '[' || c == ']').to_string()),
+                    f[3],
+                )
             } else {
                 (None, f[2])
             };
@@ -686,7 +738,11 @@ fn the_collector_sees_what_the_real_apt_get_says() {
         .unwrap();
     assert_eq!(u.error, None);
     assert!(u.supported);
-    let dummy = u.pending.iter().find(|p| p.name == DUMMY).expect("the dummy's upgrade");
+    let dummy = u
+        .pending
+        .iter()
+        .find(|p| p.name == DUMMY)
+        .expect("the dummy's upgrade");
     assert_eq!(
         (dummy.installed.as_deref(), dummy.available.as_str()),
         (Some("1.0"), "2.0")
@@ -695,7 +751,10 @@ fn the_collector_sees_what_the_real_apt_get_says() {
     assert_eq!(u.inventory_hash, packages::inventory_hash(&u.pending));
     drop(traces);
     assert!(!Path::new(SOURCE).exists());
-    let status = Command::new("dpkg-query").args(["-W", DUMMY]).output().unwrap();
+    let status = Command::new("dpkg-query")
+        .args(["-W", DUMMY])
+        .output()
+        .unwrap();
     assert!(!status.status.success(), "the dummy is still installed");
 }
 
@@ -736,7 +795,10 @@ fn a_running_dpkg_holding_its_locks_neither_delays_nor_fails_the_collector() {
         .unwrap();
     let waited = Instant::now();
     while !started.exists() {
-        assert!(waited.elapsed() < Duration::from_secs(30), "dpkg's preinst never ran");
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "dpkg's preinst never ran"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let locked = || {
@@ -751,7 +813,10 @@ fn a_running_dpkg_holding_its_locks_neither_delays_nor_fails_the_collector() {
         .unwrap()
         .unwrap();
     let took = t.elapsed();
-    assert!(locked(), "dpkg let go of its locks before the collector was done");
+    assert!(
+        locked(),
+        "dpkg let go of its locks before the collector was done"
+    );
     std::fs::write(&release, "").unwrap();
     assert!(dpkg.wait().unwrap().success());
     assert_eq!(u.error, None);

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pulse_agent::collect::{
-    cpu, diskio, gpu, identity, loadavg, memory, mounts, network, raid, uptime, zfs,
+    cpu, diskio, gpu, identity, loadavg, memory, mounts, network, packages, raid, uptime, zfs,
 };
 use pulse_agent::root::parse_ip_addr;
 
@@ -85,6 +85,11 @@ const PARSERS: &[(&str, Parser, &str)] = &[
         "ip -o addr",
         |s| drop(parse_ip_addr(s)),
         "2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n",
+    ),
+    (
+        "apt-get -s upgrade",
+        |s| drop(packages::parse(s)),
+        "Calculating upgrade...\n1 upgraded, 1 newly installed, 0 to remove and 0 not upgraded.\nInst a [1:1.0-1] (1:1.0-2 Debian:12.1/stable, Debian-Security:12/stable-security [amd64]) [b:amd64 on a:amd64] [b:amd64 ]\nInst new (2.0 Debian:12.1/stable [all])\nConf a (1:1.0-2 Debian:12.1/stable [amd64])\n",
     ),
     (
         "unescape",

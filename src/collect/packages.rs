@@ -197,7 +197,9 @@ fn parse_inst(rest: &str) -> Result<Package, &'static str> {
     let mut rest = rest[end..].trim_start();
     let mut installed = None;
     if let Some(r) = rest.strip_prefix('[') {
-        let close = r.find(']').ok_or("Inst line with an unclosed [installed version]")?;
+        let close = r
+            .find(']')
+            .ok_or("Inst line with an unclosed [installed version]")?;
         let v = &r[..close];
         if !valid_field(v) {
             return Err("Inst line with an invalid installed version");
@@ -525,8 +527,8 @@ mod tests {
 
     #[test]
     fn inst_line_shapes() {
-        let p = parse_inst("bash [5.2.15-2+b8] (5.2.15-2+b13 Debian:12.15/oldstable [amd64])")
-            .unwrap();
+        let p =
+            parse_inst("bash [5.2.15-2+b8] (5.2.15-2+b13 Debian:12.15/oldstable [amd64])").unwrap();
         assert_eq!(p.name, "bash");
         assert_eq!(p.installed.as_deref(), Some("5.2.15-2+b8"));
         assert_eq!(p.available, "5.2.15-2+b13");
