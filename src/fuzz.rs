@@ -134,6 +134,11 @@ pub const TARGETS: &[Target] = &[
         about: "pulse-sensor-proxy: a request on its socket (line reading, JSON, method, correlation ID), /etc/subuid and /etc/subgid, known_hosts",
         run: proxy_socket,
     },
+    Target {
+        name: "apt",
+        about: "apt-get -s upgrade output (Inst lines, the summary), the inventory hash, and host.packageUpdates built from it",
+        run: apt,
+    },
 ];
 
 /// The target called `name`.
@@ -267,6 +272,24 @@ fn zfs_output(data: &[u8]) {
         let _ = zfs::member_keys(k);
         let _ = zfs::valid_pool_name(k);
     }
+}
+
+fn apt(data: &[u8]) {
+    use crate::collect::packages;
+    let (pending, error) = match packages::parse(&text(data)) {
+        Ok(p) => (p, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let updates = packages::Updates {
+        supported: true,
+        manager: "apt".into(),
+        inventory_hash: packages::inventory_hash(&pending),
+        pending,
+        reboot_required: true,
+        error,
+    };
+    let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let _ = crate::report::package_updates(&updates, at).to_string();
 }
 
 fn docker_http(data: &[u8]) {

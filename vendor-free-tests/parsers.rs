@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pulse_agent::collect::{
-    ceph, cpu, diskio, gpu, identity, loadavg, memory, mounts, network, pct, raid, unraid, uptime,
-    zfs,
+    ceph, cpu, diskio, gpu, identity, loadavg, memory, mounts, network, packages, pct, raid,
+    unraid, uptime, zfs,
 };
 use pulse_agent::root::parse_ip_addr;
 
@@ -106,6 +106,11 @@ const PARSERS: &[(&str, Parser, &str)] = &[
         "pct df",
         |s| drop(pct::parse_df(s)),
         "MP     Volume   Size  Used Avail Use% Path\nrootfs local:1 8.0G 2.0G 6.0G 25.0 /\nmp0 tank:2 1.0T 512G 512G 50.0 /srv/my data\n",
+    ),
+    (
+        "apt-get -s upgrade",
+        |s| drop(packages::parse(s)),
+        "Calculating upgrade...\n1 upgraded, 1 newly installed, 0 to remove and 0 not upgraded.\nInst a [1:1.0-1] (1:1.0-2 Debian:12.1/stable, Debian-Security:12/stable-security [amd64]) [b:amd64 on a:amd64] [b:amd64 ]\nInst new (2.0 Debian:12.1/stable [all])\nConf a (1:1.0-2 Debian:12.1/stable [amd64])\n",
     ),
     (
         "unescape",
