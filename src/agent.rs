@@ -37,7 +37,7 @@ use crate::hardware::Hardware;
 use crate::health::{self, Published, Snapshot};
 use crate::metrics::{self, DeliveryState};
 use crate::outbox::{Outbox, Stream};
-use crate::platform::Platform;
+use crate::platform::{Platform, put_module};
 use crate::remote_config::{self, Trust};
 use crate::report::{self, Module, ModuleState, Privilege, Sequence};
 use crate::root::Root;
@@ -900,7 +900,7 @@ impl Agent {
             },
         });
         let now = (self.clock)();
-        set_module(&mut self.modules, cluster::MODULE, true, state, error, now);
+        put_module(&mut self.modules, cluster::MODULE, true, state, error, now);
     }
 
     /// Logs a source's outcome when it changes, not every cycle.
@@ -1179,7 +1179,7 @@ impl Agent {
             };
             if d.enabled {
                 let why = format!("{why} (waited {} s)", wait.as_secs());
-                set_module(
+                put_module(
                     &mut self.modules,
                     "docker",
                     true,
@@ -1200,7 +1200,7 @@ impl Agent {
                         log::warn!("docker: {e}");
                         d.logged_error = Some(e.clone());
                     }
-                    set_module(
+                    put_module(
                         &mut self.modules,
                         "docker",
                         true,
@@ -1233,7 +1233,7 @@ impl Agent {
         for w in snap.warnings.iter() {
             log::debug!("docker: {w}");
         }
-        set_module(
+        put_module(
             &mut self.modules,
             "docker",
             true,
@@ -1643,25 +1643,6 @@ fn start_docker(
         Err(e) => {
             log::warn!("cannot start the docker thread: {e}; containers are not reported");
             None
-        }
-    }
-}
-
-/// Sets a module's entry, stamping it only when something changed.
-fn set_module(
-    modules: &mut [Module],
-    name: &str,
-    enabled: bool,
-    state: ModuleState,
-    last_error: Option<String>,
-    at: SystemTime,
-) {
-    if let Some(m) = modules.iter_mut().find(|m| m.name == name) {
-        if m.enabled != enabled || m.state != state || m.last_error != last_error {
-            m.enabled = enabled;
-            m.state = state;
-            m.last_error = last_error;
-            m.updated_at = at;
         }
     }
 }
