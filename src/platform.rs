@@ -567,8 +567,9 @@ pub struct Source<T> {
     pub policy: Policy,
     make: Option<Job<T>>,
     worker: Option<Worker<Instant, Run<T>>>,
-    /// The first answer has been waited for.
-    waited: bool,
+    /// Forgotten (switched off): only a run asked after that counts, even
+    /// if one that was going then ends later.
+    forgotten: bool,
 }
 
 /// A request of one cycle.
@@ -603,14 +604,14 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
             policy,
             make: Some(Box::new(job)),
             worker: None,
-            waited: false,
+            forgotten: false,
         }
     }
 
     /// Asks for a run unless the latest result is younger than the refresh.
     pub fn begin(&mut self, started: Instant) -> Asked {
         let due = match self.worker.as_ref().and_then(|w| w.peek()) {
-            Some(r) => r.ended.elapsed() >= self.policy.refresh,
+            Some(r) => self.forgotten || r.ended.elapsed() >= self.policy.refresh,
             None => true,
         };
         let ticket = due.then(|| self.ask(started)).flatten();
@@ -647,10 +648,16 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
                 } else {
                     asked.started + wait
                 };
-                w.wait(t, deadline).latest
+                let answer = w.wait(t, deadline);
+                if answer.fresh {
+                    self.forgotten = false;
+                }
+                answer.latest
             }
         };
-        self.waited = true;
+        if self.forgotten {
+            return None;
+        }
         latest.filter(|r| r.ended.elapsed() <= self.policy.refresh + MAX_AGE)
     }
 
@@ -673,9 +680,10 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
 
     /// Forgets the latest result (a source switched off), so switching it
     /// on again never sends what it found before.
-    pub fn forget(&self) {
+    pub fn forget(&mut self) {
         if let Some(w) = &self.worker {
             w.forget();
+            self.forgotten = true;
         }
     }
 }
@@ -917,6 +925,23 @@ mod tests {
             m.is_empty(),
             "a platform that went away takes its module along"
         );
+    }
+
+    #[test]
+    fn a_run_going_when_forgotten_does_not_count_once_it_ends() {
+        let slow = Duration::from_millis(600);
+        let (mut s, runs) = source(
+            Duration::from_secs(3600),
+            vec![(slow, Ok(Some(1))), (Duration::ZERO, Ok(Some(2)))],
+        );
+        let mut modules = Vec::new();
+        // The first run is still going when the source is switched off.
+        assert_eq!(cycle(&mut s, Duration::from_millis(50), &mut modules), None);
+        s.forget();
+        std::thread::sleep(slow + Duration::from_millis(200));
+        // On again: run 1 has ended since, but only a run asked now counts.
+        assert_eq!(cycle(&mut s, Duration::from_secs(2), &mut modules), Some(2));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[test]
