@@ -444,7 +444,7 @@ impl Collect for AptSource {
         r
     }
     fn take_hung(&mut self) -> bool {
-        self.inner.hung()
+        self.inner.take_hung()
     }
     fn warnings(&self, data: Option<&Self::Data>) -> Vec<String> {
         data.and_then(|u| u.error.clone()).into_iter().collect()

@@ -357,6 +357,11 @@ impl Collector {
         self.hung
     }
 
+    /// [`Collector::hung`], reset by reading (the platform worker's rule).
+    pub fn take_hung(&mut self) -> bool {
+        std::mem::take(&mut self.hung)
+    }
+
     /// One run. Always `Some` (the section is always there on Linux): no
     /// apt → `supported: false`; a failed simulation → `error`.
     pub fn collect(&mut self, deadline: Instant) -> Result<Option<Updates>, String> {
