@@ -539,6 +539,8 @@ static REAL_APT: Mutex<()> = Mutex::new(());
 const DUMMY: &str = "pulse-agent-test-dummy";
 const SOURCE: &str = "/etc/apt/sources.list.d/pulse-agent-test-dummy.list";
 const LISTS: &str = "/var/lib/apt/lists";
+/// apt-get -s as root rewrites this unless told not to (`Dir::Log::Planner=`).
+const PLANNER_LOG: &str = "/var/log/apt/eipp.log.xz";
 
 /// Whether to run: root on a machine with apt and dpkg-deb; else fail with
 /// the reason, or skip with `PULSE_TEST_SKIP_APT=1`.
@@ -732,10 +734,22 @@ fn the_collector_sees_what_the_real_apt_get_says() {
     let _one = REAL_APT.lock().unwrap_or_else(|p| p.into_inner());
     let traces = Traces::new("real-apt");
     pending_dummy_upgrade(&traces);
+    let planner_log = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(PLANNER_LOG)
+            .ok()
+            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+    };
+    let log_before = planner_log();
     let u = Collector::new(Root::host())
         .collect(in_a_minute())
         .unwrap()
         .unwrap();
+    assert_eq!(
+        planner_log(),
+        log_before,
+        "the simulation replaced {PLANNER_LOG}"
+    );
     assert_eq!(u.error, None);
     assert!(u.supported);
     let dummy = u

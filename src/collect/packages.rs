@@ -455,7 +455,11 @@ pub fn measure_cache(root: &Root, deadline: Instant) -> Result<(u64, String), St
     let dir = match root.real_path(CACHE_DIR) {
         Some(d) => d,
         None if !root.exists(CACHE_DIR) => return Ok((0, sha256_of(std::iter::empty()))),
-        None => return Err(format!("{CACHE_DIR}: a link that leaves the root")),
+        None => {
+            return Err(format!(
+                "{CACHE_DIR}: a link that leaves the root or leads nowhere"
+            ));
+        }
     };
     let mut files: Vec<(String, u64, i128)> = Vec::new();
     let mut seen = 0usize;
@@ -486,7 +490,8 @@ pub fn measure_cache(root: &Root, deadline: Instant) -> Result<(u64, String), St
             }
             let entry = entry.map_err(|e| format!("{CACHE_DIR}/{sub}: {e}"))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if sub.is_empty() && (name == "lock" || name == "partial" || name == "lost+found") {
+            // What apt's own clean leaves, in both directories.
+            if name == "lock" || name == "partial" || name == "lost+found" {
                 continue;
             }
             // lstat: a link is never followed.
