@@ -24,12 +24,18 @@ fn apt_key() -> String {
     key
 }
 
+/// A fresh copy of fixture case `case` in the test's own directory `name`.
+fn copy(case: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("platform-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_case(case, &dir);
+    dir
+}
+
 /// A copy of the debian12-vm case with fake `apt-get`, `pct` and `ceph`,
 /// answering from `answers` (key, file suffix, content).
 fn host(name: &str, answers: &[(&str, &str, &str)]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("platform-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_tree(&common::case_root("debian12-vm"), &dir);
+    let dir = copy("debian12-vm", name);
     let bin = dir.join(".capture/bin");
     std::fs::create_dir_all(&bin).unwrap();
     for p in ["apt-get", "pct", "ceph"] {
@@ -140,9 +146,7 @@ fn apt_is_asked_once_per_half_hour_and_the_answer_rides_with_every_report() {
 
 #[test]
 fn switching_ceph_off_stops_asking_it_and_on_again_starts_from_a_new_run() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-ceph-switch");
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_case("pve-ceph", &dir);
+    let dir = copy("pve-ceph", "ceph-switch");
     std::fs::write(dir.join(".capture/cmd/calls.log"), "").unwrap();
     let mut p = platform(&dir);
     let mut modules = Vec::new();
@@ -187,9 +191,7 @@ fn switching_ceph_off_stops_asking_it_and_on_again_starts_from_a_new_run() {
 
 #[test]
 fn a_host_without_ceph_lists_no_ceph_module_even_switched_off() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-no-ceph");
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_tree(&common::case_root("debian12-vm"), &dir);
+    let dir = copy("debian12-vm", "no-ceph");
     let mut p = platform(&dir);
     let mut modules = Vec::new();
     for on in [true, false] {
@@ -205,9 +207,7 @@ fn a_host_without_ceph_lists_no_ceph_module_even_switched_off() {
 
 #[test]
 fn a_ceph_node_whose_monitors_stop_answering_says_so_instead_of_vanishing() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("platform-ceph-lost");
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_case("pve-ceph", &dir);
+    let dir = copy("pve-ceph", "ceph-lost");
     let mut p = platform(&dir);
     let mut modules = Vec::new();
     let (snap, _) = cycle(&mut p, &mut modules, true);
