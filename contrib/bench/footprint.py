@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pulse-agent's footprint beside node_exporter and collectd, on this machine.
 
-    contrib/bench/footprint.py                       # builds, then about 6 minutes
+    contrib/bench/footprint.py                       # builds, then about 5 minutes
     contrib/bench/footprint.py --agent glibc=/path/pulse-agent --agent "static musl=/path/b" \\
         [--proxy glibc=/path/pulse-sensor-proxy ...]  # already-built binaries
 
@@ -35,9 +35,11 @@ Pulse stand-in
 
 Phases (one after the other; the processes of a phase run side by side)
   1. Memory: each agent build reports at a 1 s interval until it has
-     delivered 100 reports, and is scraped 1,000 times on /metrics meanwhile.
-     Then /proc/PID/status gives VmHWM (peak RSS), VmPeak (peak virtual size),
-     RssAnon, RssFile and Threads, and each thread's stack is found (below).
+     delivered 100 reports, and is scraped 1,000 times on /metrics meanwhile
+     (one every 0.1 s, so cycles and scrapes overlap in every run). Then,
+     for each agent as soon as it is done, /proc/PID/status gives VmHWM
+     (peak RSS), VmPeak (peak virtual size), RssAnon, RssFile and Threads,
+     and each thread's stack is found (below).
   2. Idle: every contender starts at a 30 s interval, one after another,
      each after the previous one is up (the agent's first report delivered),
      so "start to first answer" (agent: /healthz; node_exporter: /) is timed
@@ -430,6 +432,7 @@ class Proc:
         self.name = f"{kind} ({label}) #{rep}" if label else f"{kind} #{rep}"
         self.log_path = os.path.join(tmp, "log-" + "".join(c if c.isalnum() else "-" for c in self.name))
         self.results = {}
+        self.scrape_error = None
         self.started = time.monotonic()
         with open(self.log_path, "w") as log:
             self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -558,12 +561,28 @@ def scrapes(p, n):
     return (cpu_ns(p.pid) - c0) / 1e9 / n, wall
 
 
+def paced_scrapes(p, n, period):
+    """n scrapes of /metrics, one every period seconds (on a thread); the
+    first failure is left in p.scrape_error."""
+    t0 = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, t0 + i * period - time.monotonic()))
+        try:
+            code = get(p.port, "/metrics")
+        except OSError as e:
+            p.scrape_error = f"{p.name}: GET /metrics failed: {e}"
+            return
+        if code != 200:
+            p.scrape_error = f"{p.name}: GET /metrics answered {code}"
+            return
+
+
 # --- phases -----------------------------------------------------------------
 
 
 def memory_phase(o, tmp, standin, agents, procs):
     say(f"phase 1: {len(agents)} build(s) x {o.reps}, at a 1 s interval until {o.reports} reports "
-        f"each, with {o.scrapes} scrapes of /metrics each meanwhile...")
+        f"each, with {o.scrapes} scrapes of /metrics each spread over that time...")
     mine = []
     for label, exe in agents:
         for rep in range(1, o.reps + 1):
@@ -571,18 +590,35 @@ def memory_phase(o, tmp, standin, agents, procs):
             procs.append(p)
             mine.append(p)
             wait_answer(p, "/healthz")
+    # The scrapes spread over the reporting time (one every 0.1 s), so that
+    # cycles and scrapes overlap in every run, not by chance.
+    period = o.reports / o.scrapes
     for p in mine:
-        scrapes(p, o.scrapes)
-    wait_reports(standin, mine, o.reports, limit=o.reports * 3 + 60)
-    for p in mine:
-        p.check()
-        p.results.update(status(p.pid))
-        p.stacks, p.main_stack = thread_stacks(p.pid)
-        with open(f"/proc/{p.pid}/comm") as f:
-            p.main_name = f.read().strip()
-        named = [s for s in p.stacks if s[1] is not None]
-        p.results["stack"] = max((s[1] for s in named), default=None)
-        p.stop()
+        p.scraper = threading.Thread(target=paced_scrapes, args=(p, o.scrapes, period), daemon=True)
+        p.scraper.start()
+    # Each agent is measured and stopped as soon as it has delivered its
+    # reports and had its scrapes, whatever the others are doing.
+    waiting, deadline = list(mine), time.monotonic() + o.reports * 3 + 60
+    while waiting:
+        for p in list(waiting):
+            p.check()
+            if p.scrape_error:
+                raise Failed(p.scrape_error, p)
+            if standin.count(p.token) < o.reports or p.scraper.is_alive():
+                continue
+            p.results.update(status(p.pid))
+            p.stacks, p.main_stack = thread_stacks(p.pid)
+            with open(f"/proc/{p.pid}/comm") as f:
+                p.main_name = f.read().strip()
+            p.results["stack"] = max((s[1] for s in p.stacks if s[1] is not None), default=None)
+            p.results["reports"] = standin.count(p.token)
+            p.stop()
+            waiting.remove(p)
+        if waiting and time.monotonic() > deadline:
+            p = waiting[0]
+            raise Failed(f"{p.name} delivered {standin.count(p.token)} of {o.reports} reports in time"
+                         + (" (its scrapes are not finished)" if p.scraper.is_alive() else ""), p)
+        time.sleep(0.1)
     return mine
 
 
@@ -814,12 +850,13 @@ def table(o, tmp, agents, proxies, memory, idle):
         row("start to first answer (agent /healthz, node_exporter /)", measured(
             {k: v for k, v in idl.items() if k != "collectd"}, "start", ms, "ms")),
     ]
-    delivered = sum(ags_p.results.get("reports", 0) for ags_p in memory)
+    delivered = sum(p.results["reports"] for p in memory)
     notes = [
         "",
         f"The {o.reps} repetitions of each contender ran at the same time, as separate processes.",
         f"[1] pulse-agent: {o.reports} reports delivered over HTTPS at a 1 s interval and {o.scrapes:,} "
-        f"scrapes of /metrics meanwhile ({delivered:,} reports in all); node_exporter and collectd: at the end "
+        f"scrapes of /metrics meanwhile, one every {o.reports / o.scrapes:g} s ({delivered:,} reports in all); "
+        "node_exporter and collectd: at the end "
         f"of the idle run (scraped: after its {o.scrapes:,} scrapes too).",
         "[2] one new connection per scrape; an agent's burst starts just after one of its reports (30 s interval).",
         f"[3] over {o.idle:.0f} s, from the process CPU clock (all threads, exited ones included); "
@@ -880,8 +917,6 @@ def main():
         standin = StandIn(tmp)
         standin.self_check()
         memory = memory_phase(o, tmp, standin, agents, procs)
-        for p in memory:
-            p.results["reports"] = standin.count(p.token)
         idle = idle_phase(o, tmp, standin, agents, procs)
         out = table(o, tmp, agents, proxies, memory, idle)
         with standin.lock:
