@@ -176,6 +176,9 @@ fn no_thread_keeps_a_default_2_mib_stack() {
         .count();
     // Each thread but the main one has a stack range (glibc may keep a
     // few of ended threads for reuse).
-    assert!(stacks.len() + 1 >= threads, "{stacks:?} for {threads} threads");
+    assert!(
+        stacks.len() + 1 >= threads,
+        "{stacks:?} for {threads} threads"
+    );
     assert!(stacks.iter().all(|&k| k < 1024), "{stacks:?}");
 }
