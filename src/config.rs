@@ -785,6 +785,9 @@ pub fn system_resolver(host: &str) -> Option<Vec<IpAddr>> {
     let host = host.to_string();
     std::thread::Builder::new()
         .name("dns".into())
+        // getaddrinfo runs whatever NSS modules the host configures; glibc's
+        // resolver keeps packet buffers on the stack.
+        .stack_size(256 * 1024)
         .spawn(move || {
             let ips = (host.as_str(), 0u16)
                 .to_socket_addrs()

@@ -79,7 +79,7 @@ pub struct TlsOptions {
 /// only when certificates are verified against roots (not with a pin or
 /// `--insecure`).
 pub fn tls_config(opts: &TlsOptions, system: &SystemStore) -> Result<Arc<ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(client_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -135,6 +135,30 @@ pub fn tls_config(opts: &TlsOptions, system: &SystemStore) -> Result<Arc<ClientC
             .with_no_client_auth()
     };
     Ok(Arc::new(config))
+}
+
+/// ring's provider without its private-key loader: the agent never
+/// presents a client certificate, and the loader's RSA, ECDSA and Ed25519
+/// signers are about 60 KB of the binary that nothing could reach.
+fn client_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::CryptoProvider {
+        key_provider: &NoClientKeys,
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+#[derive(Debug)]
+struct NoClientKeys;
+
+impl rustls::crypto::KeyProvider for NoClientKeys {
+    fn load_private_key(
+        &self,
+        _key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        Err(rustls::Error::General(
+            "the agent has no client certificate".into(),
+        ))
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -675,6 +699,14 @@ fn no_proxy_matches(entry: &str, host: &str) -> bool {
 /// A ureq agent for requests to `url`'s host: rustls with `tls`, the
 /// environment's proxy, no redirects followed (a 3xx is an answer for the
 /// caller to judge), HTTP errors as answers, `timeout` for a whole request.
+/// Size of each of a connection's two I/O buffers.
+pub const IO_BUFFER: usize = 16 * 1024;
+
+/// The largest response head accepted. Below [`IO_BUFFER`], so a head that
+/// would not fit is refused as too large rather than ending as a
+/// connection that "made no progress".
+pub const MAX_HEAD: usize = IO_BUFFER - 1024;
+
 pub fn http_agent(
     url: &ServerUrl,
     tls: Arc<ClientConfig>,
@@ -691,6 +723,12 @@ pub fn http_agent(
         .max_idle_connections(2)
         .max_idle_connections_per_host(1)
         .max_idle_age(Duration::from_secs(120))
+        // ureq's 128 KiB default buffers are allocated zeroed, so each
+        // pooled connection kept 256 KiB resident; a Pulse answer's head is
+        // well under 1 KiB and bodies stream through in chunks.
+        .input_buffer_size(IO_BUFFER)
+        .output_buffer_size(IO_BUFFER)
+        .max_response_header_size(MAX_HEAD)
         .build();
     let connector =
         ().chain(ConnectProxyConnector::default())
@@ -917,6 +955,62 @@ pub fn snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// Answers one request on a loopback port with a head of about `head`
+    /// bytes (padded with an `X-Pad` header) and the body `{}`.
+    fn answer_with_head(head: usize) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let pad = "a".repeat(head.saturating_sub(80));
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: {pad}\r\nConnection: close\r\n\r\n{{}}"
+            );
+            let _ = s.write_all(reply.as_bytes());
+        });
+        (url, t)
+    }
+
+    fn get_from(url: &str) -> Reply {
+        let url = crate::config::parse_url(url, false, &|_| None).unwrap();
+        let client = Client::new(&url, None, &TlsOptions::default(), "test").unwrap();
+        client.get("/api/x", Duration::from_secs(5), None)
+    }
+
+    /// The connection buffers were cut from ureq's 128 KiB to 16 KiB: an
+    /// answer whose head is just under the limit is still read whole.
+    #[test]
+    fn a_response_head_just_under_the_limit_is_read() {
+        let (url, t) = answer_with_head(MAX_HEAD - 256);
+        match get_from(&url) {
+            Reply::Status(200, body) => assert_eq!(body, b"{}"),
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+    }
+
+    /// A head larger than the buffer is a failed request that says why, not
+    /// a hang or a truncated answer taken for a whole one.
+    #[test]
+    fn a_response_head_larger_than_the_io_buffer_is_refused() {
+        let (url, t) = answer_with_head(IO_BUFFER + 4096);
+        match get_from(&url) {
+            Reply::Failed(why) => assert!(why.contains("header"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+    }
 
     #[test]
     fn classification() {

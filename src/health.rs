@@ -108,6 +108,8 @@ pub fn start(addr: &str, published: Arc<Published>, started: SystemTime) -> io::
 
     std::thread::Builder::new()
         .name("health".into())
+        // Renders /status, /metrics and /report: flat JSON and text.
+        .stack_size(128 * 1024)
         .spawn(move || {
             while let Ok(rq) = server.recv() {
                 respond(rq, &published, started);

@@ -1,4 +1,4 @@
-//! Logger set-up: `log` + env_logger, one line per record on standard error.
+//! Logger set-up: a `log` logger writing one line per record on standard error.
 //!
 //! Under systemd (`JOURNAL_STREAM` set) each line starts with the kernel-style
 //! priority prefix (`<4>`) so journald files it at the right level and adds
@@ -67,31 +67,62 @@ pub fn init_as(
         )?)))),
         None => LogFile::default(),
     };
-    let mut b = env_logger::Builder::new();
-    b.filter_level(LevelFilter::Trace);
-    if level < LevelFilter::Trace {
-        for noisy in ["ureq", "ureq_proto", "rustls", "tiny_http"] {
-            b.filter_module(noisy, LevelFilter::Warn);
+    let logger = Logger {
+        program,
+        journal,
+        quiet_libraries: level < LevelFilter::Trace,
+        out: Mutex::new(Tee { file: file.clone() }),
+    };
+    // A second initialisation (tests) keeps the first logger.
+    let _ = log::set_logger(Box::leak(Box::new(logger)));
+    set_level(level);
+    Ok(file)
+}
+
+/// One line per record: `PROGRAM: LEVEL: message`, or `<PRIORITY>message`
+/// under journald, on standard error and in the log file.
+struct Logger {
+    program: &'static str,
+    journal: bool,
+    /// Below trace, the libraries' own records only from warnings up.
+    quiet_libraries: bool,
+    out: Mutex<Tee>,
+}
+
+/// Crates whose debug records are about their internals, not the agent.
+const NOISY: [&str; 4] = ["ureq", "ureq_proto", "rustls", "tiny_http"];
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        if m.level() > log::max_level() {
+            return false;
         }
+        let noisy = || {
+            let krate = m.target().split("::").next().unwrap_or("");
+            NOISY.contains(&krate)
+        };
+        !(self.quiet_libraries && m.level() > Level::Warn && noisy())
     }
-    b.format(move |buf, record| {
-        if journal {
-            writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = if self.journal {
+            format!("<{}>{}\n", priority(record.level()), record.args())
         } else {
-            writeln!(
-                buf,
-                "{program}: {}: {}",
+            format!(
+                "{}: {}: {}\n",
+                self.program,
                 word(record.level()),
                 record.args()
             )
-        }
-    })
-    .target(env_logger::Target::Pipe(Box::new(Tee {
-        file: file.clone(),
-    })));
-    let _ = b.try_init();
-    set_level(level);
-    Ok(file)
+        };
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = out.write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
 }
 
 /// Changes the log level while running.
@@ -207,6 +238,32 @@ impl Write for CappedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log::Log;
+
+    /// The logger that replaced env_logger keeps its filter: below trace,
+    /// the HTTP and TLS libraries log warnings and errors only (by crate,
+    /// not by prefix: `ureq_protox` is not `ureq_proto`).
+    #[test]
+    fn libraries_are_quiet_below_trace_and_the_agent_is_not() {
+        log::set_max_level(LevelFilter::Trace);
+        let at = |quiet: bool, target: &str, level: Level| {
+            let l = Logger {
+                program: "t",
+                journal: false,
+                quiet_libraries: quiet,
+                out: Mutex::new(Tee {
+                    file: LogFile::default(),
+                }),
+            };
+            l.enabled(&log::Metadata::builder().target(target).level(level).build())
+        };
+        assert!(!at(true, "rustls::client::hs", Level::Debug));
+        assert!(!at(true, "ureq_proto", Level::Info));
+        assert!(at(true, "rustls::conn", Level::Warn));
+        assert!(at(true, "pulse_agent::deliver", Level::Debug));
+        assert!(at(true, "ureq_protox", Level::Debug));
+        assert!(at(false, "rustls::client::hs", Level::Trace));
+    }
 
     #[test]
     fn capped_file_rotates_and_never_exceeds_cap() {

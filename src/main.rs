@@ -7,7 +7,16 @@ use std::process::ExitCode;
 use pulse_agent::config::{self, Config, Notice};
 use pulse_agent::{agent, cli, logging};
 
+/// The stack of threads that do not ask for a size: tiny_http's acceptor and
+/// its request pool, which parse request heads into small buffers. std's
+/// 2 MiB would be 10 MiB of address space for those five.
+const DEFAULT_THREAD_STACK: usize = 128 * 1024;
+
 fn main() -> ExitCode {
+    // Both before the first thread: a thread that allocates before the
+    // arena limit is set gets a malloc arena of its own (64 MiB reserved).
+    pulse_agent::sys::limit_malloc_arenas();
+    pulse_agent::sys::set_default_thread_stack(DEFAULT_THREAD_STACK);
     let env = |k: &str| std::env::var(k).ok();
     let mut argv: Vec<_> = std::env::args_os().skip(1).collect();
     // `pulse-agent update [--check] [flags]`: one check-and-install.

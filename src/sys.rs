@@ -324,6 +324,27 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Sets the stack size of threads spawned without one (std's default is
+/// 2 MiB) to `bytes`, unless the user set `RUST_MIN_STACK`. This is how the
+/// threads a library starts itself (tiny_http's acceptor and pool) get a
+/// small stack: std reads `RUST_MIN_STACK` once, at the first such spawn, and
+/// keeps the value, so it is set for that spawn only and removed again (the
+/// programs the agent runs do not inherit it).
+///
+/// Must be called first thing in `main`, while the process has one thread.
+pub fn set_default_thread_stack(bytes: usize) {
+    const VAR: &str = "RUST_MIN_STACK";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    // SAFETY: called before any other thread exists (see above), so nothing
+    // reads the environment concurrently.
+    unsafe { std::env::set_var(VAR, bytes.to_string()) };
+    let _ = std::thread::spawn(|| ()).join();
+    // SAFETY: as above; the one thread spawned since has ended.
+    unsafe { std::env::remove_var(VAR) };
+}
+
 /// `poll(2)` for input on `fds`: for each, whether it is readable or closed
 /// (so a read will not block). `None` waits without a time limit.
 pub fn poll_readable(

@@ -137,3 +137,48 @@ fn health_paths_answer_other_methods_with_405() {
     );
     assert_eq!(status, 404);
 }
+
+/// The address ranges of `pid`'s thread stacks, in KiB: glibc and musl map
+/// each as a read-write anonymous range directly above its guard page (an
+/// inaccessible range ending where it starts).
+fn thread_stacks_kib(pid: u32) -> Vec<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let rows: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (a, b) = f[0].split_once('-').unwrap();
+            let n = |x| u64::from_str_radix(x, 16).unwrap();
+            (n(a), n(b), f[1].to_string(), f.len() < 6)
+        })
+        .collect();
+    rows.windows(2)
+        .filter(|w| w[0].2 == "---p" && w[0].1 == w[1].0 && w[1].2 == "rw-p" && w[1].3)
+        .map(|w| (w[1].1 - w[1].0) / 1024)
+        .collect()
+}
+
+/// tiny_http's acceptor and pool, the `health` thread and the DNS lookup
+/// kept std's 2 MiB default stack: 12 MiB of address space, which counts
+/// where overcommit is strict. No thread stack is 1 MiB or more now, with
+/// the listener answering every endpoint.
+#[test]
+fn no_thread_keeps_a_default_2_mib_stack() {
+    let (s, dir) = (StandIn::start(), Dir::new("stacks"));
+    let (agent, port) = with_listener(&s, &dir);
+    for path in ["/healthz", "/readyz", "/status", "/metrics", "/report"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(ask(port, &req, Duration::from_secs(3)).0, 200, "{path}");
+    }
+    let stacks = thread_stacks_kib(agent.pid());
+    let threads = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .count();
+    // Each thread but the main one has a stack range (glibc may keep a
+    // few of ended threads for reuse).
+    assert!(
+        stacks.len() + 1 >= threads,
+        "{stacks:?} for {threads} threads"
+    );
+    assert!(stacks.iter().all(|&k| k < 1024), "{stacks:?}");
+}
