@@ -1,6 +1,8 @@
 //! Build script: release builds of the two binaries link without unwind
 //! tables (`no-unwind-tables.ld` says why). Tests and debug builds keep them:
-//! they unwind on panic, and their backtraces are read.
+//! they unwind on panic, and their backtraces are read. So does a release
+//! build with debug information (`--profile profiling`): profilers and
+//! debuggers walk the stack with them.
 
 fn main() {
     let script = concat!(
@@ -12,7 +14,7 @@ fn main() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     // PROFILE is "release" for every profile that inherits from release
     // (bench too), and those all set panic = "abort".
-    let release = var("PROFILE") == "release";
+    let release = var("PROFILE") == "release" && var("DEBUG") == "false";
     // GNU ld and lld both read an INSERT script; other platforms are not
     // targets of this agent.
     let linux = var("CARGO_CFG_TARGET_OS") == "linux";
