@@ -546,7 +546,8 @@ struct Agent {
     last_report: Option<SystemTime>,
     outcomes: HashMap<&'static str, Outcome>,
     warned: HashMap<&'static str, Vec<String>>,
-    last_sources: Vec<SourceStatus>,
+    /// The last host report's sources, shared with the published view.
+    last_sources: Arc<[SourceStatus]>,
     server_id_logged: bool,
     server_version: Option<String>,
     smart: Option<smart::Service>,
@@ -685,7 +686,7 @@ impl Agent {
             last_report: None,
             outcomes: HashMap::new(),
             warned: HashMap::new(),
-            last_sources: Vec::new(),
+            last_sources: Arc::from([]),
             server_id_logged: false,
             server_version: None,
             smart,
@@ -819,7 +820,7 @@ impl Agent {
         });
         self.reports_built += 1;
         self.last_report = Some(timestamp);
-        self.last_sources = snapshot.sources.clone();
+        self.last_sources = Arc::from(snapshot.sources.as_slice());
         let body =
             serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
         (doc, body)
@@ -957,7 +958,7 @@ impl Agent {
             }
             self.keepalive();
         }
-        self.publish(host_doc.as_ref());
+        self.publish(host_doc);
     }
 
     /// The outboxes, host first.
@@ -1392,8 +1393,10 @@ impl Agent {
         }
     }
 
-    /// Publishes what the health listener answers with.
-    fn publish(&self, doc: Option<&Value>) {
+    /// Publishes what the health listener answers with: what this cycle
+    /// found, not text. Each page is rendered on the first request for it
+    /// (`health::Page`), so a cycle nobody asks about renders nothing.
+    fn publish(&self, doc: Option<Value>) {
         let Some(published) = &self.published else {
             return;
         };
@@ -1409,24 +1412,91 @@ impl Agent {
                     && !crate::platform::MODULES.contains(&m.name)
             })
             .all(|m| m.state == ModuleState::Running);
-        let sources = &self.last_sources;
-        let update_status = lock(&self.update).clone();
-        let status = json!({
-            "ready": ready,
-            "modules": self.modules.iter().map(module_json).collect::<Vec<_>>(),
-            "agent": {"id": self.agent_id, "version": version(), "hostname": self.identity.hostname,
-                      "intervalSeconds": self.interval.as_secs()},
-            "collectors": sources.iter().map(source_json).collect::<Vec<_>>(),
-            "delivery": delivery_json(&self.out.delivery, self.client.as_ref().map(|c| c.base())),
-            "docker": self.docker.as_ref().map(|d| docker_json(d, self.client.as_ref().map(|c| c.base()))),
-            "update": report::update(&update_status),
+        let url = self.client.as_ref().map(|c| c.base().to_string());
+        let view = Arc::new(View {
+            ready,
+            modules: self.modules.clone(),
+            agent_id: self.agent_id.clone(),
+            hostname: self.identity.hostname.clone(),
+            interval_seconds: self.interval.as_secs(),
+            sources: self.last_sources.clone(),
+            delivery: self.out.delivery.clone(),
+            docker: self.docker.as_ref().map(|d| DockerView {
+                enabled: d.enabled,
+                delivery: d.outbox.delivery.clone(),
+                last_run: d.last_run.clone(),
+            }),
+            url,
+            update: lock(&self.update).clone(),
+            reports_built: self.reports_built,
+            last_report: self.last_report,
         });
-        let metrics = metrics::render(&metrics::State {
+        let previous = published.get();
+        let (for_status, for_metrics) = (view.clone(), view);
+        published.set(Snapshot {
+            ready,
+            status: Arc::new(health::Page::new(move || for_status.status_json())),
+            metrics: Arc::new(health::Page::new(move || for_metrics.metrics_text())),
+            report: match doc {
+                Some(d) => Some(Arc::new(health::Page::new(move || {
+                    serde_json::to_string_pretty(&d).expect("invariant: a Value serialises")
+                }))),
+                None => previous.report.clone(),
+            },
+        });
+    }
+}
+
+/// What `/status` and `/metrics` show of one cycle, kept for the health
+/// listener to render when asked.
+struct View {
+    ready: bool,
+    modules: Vec<Module>,
+    agent_id: String,
+    hostname: String,
+    interval_seconds: u64,
+    sources: Arc<[SourceStatus]>,
+    delivery: DeliveryState,
+    docker: Option<DockerView>,
+    /// The server's base URL, with a URL.
+    url: Option<String>,
+    update: update::Status,
+    reports_built: u64,
+    last_report: Option<SystemTime>,
+}
+
+/// The docker module's part of a [`View`].
+struct DockerView {
+    enabled: bool,
+    delivery: DeliveryState,
+    last_run: Option<Arc<docker::Run>>,
+}
+
+impl View {
+    /// `/status` (and `/readyz`).
+    fn status_json(&self) -> String {
+        let url = self.url.as_deref();
+        json!({
+            "ready": self.ready,
+            "modules": self.modules.iter().map(module_json).collect::<Vec<_>>(),
+            "agent": {"id": self.agent_id, "version": version(), "hostname": self.hostname,
+                      "intervalSeconds": self.interval_seconds},
+            "collectors": self.sources.iter().map(source_json).collect::<Vec<_>>(),
+            "delivery": delivery_json(&self.delivery, url),
+            "docker": self.docker.as_ref().map(|d| docker_json(d, url)),
+            "update": report::update(&self.update),
+        })
+        .to_string()
+    }
+
+    /// `/metrics` without the `process_*` families.
+    fn metrics_text(&self) -> String {
+        metrics::render(&metrics::State {
             version: &version(),
             modules: &self.modules,
-            sources,
-            delivery: &self.out.delivery,
-            docker_delivery: self.docker.as_ref().map(|d| &d.outbox.delivery),
+            sources: &self.sources,
+            delivery: &self.delivery,
+            docker_delivery: self.docker.as_ref().map(|d| &d.delivery),
             docker_containers: self
                 .docker
                 .as_ref()
@@ -1435,20 +1505,8 @@ impl Agent {
                 .map(|s| s.containers.len()),
             reports_built: self.reports_built,
             last_report: self.last_report,
-            update: &update_status,
-        });
-        let previous = published.get();
-        published.set(Snapshot {
-            ready,
-            status: status.to_string(),
-            metrics,
-            report: match doc {
-                Some(d) => Some(Arc::new(
-                    serde_json::to_string_pretty(d).expect("invariant: a Value serialises"),
-                )),
-                None => previous.report.clone(),
-            },
-        });
+            update: &self.update,
+        })
     }
 }
 
@@ -1479,8 +1537,8 @@ fn source_json(s: &SourceStatus) -> Value {
 }
 
 /// The docker module in `/status`: its last collection and its delivery.
-fn docker_json(d: &DockerModule, url: Option<&str>) -> Value {
-    let mut v = json!({"enabled": d.enabled, "delivery": delivery_json(&d.outbox.delivery, url)});
+fn docker_json(d: &DockerView, url: Option<&str>) -> Value {
+    let mut v = json!({"enabled": d.enabled, "delivery": delivery_json(&d.delivery, url)});
     if let Some(run) = &d.last_run {
         match &run.result {
             Ok(s) => {
@@ -1750,6 +1808,64 @@ fn read_agent_id_file(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A standalone agent on a fixture host, publishing for a listener.
+    fn fixture_agent(case: &str) -> (Agent, Arc<Published>) {
+        let root = format!(
+            "{}/vendor-free-tests/fixtures/{case}/root",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let state = std::env::temp_dir().join("pulse-agent-unit-no-such-state-dir");
+        let args = [
+            "--root".to_string(),
+            root,
+            format!("--state-dir={}", state.display()),
+            // Never this machine's smartctl.
+            "--smart-interval=0s".to_string(),
+        ];
+        let no_env = |_: &str| None;
+        let a = crate::cli::parse(args, &no_env).expect("args");
+        let config = Config::from_args(&a, &no_env, &|_| None).expect("config");
+        let mut agent = Agent::new(&config, SystemTime::now).expect("agent");
+        let published = Arc::new(Published::default());
+        agent.published = Some(published.clone());
+        (agent, published)
+    }
+
+    /// The pretty `/report` (and `/status`, `/metrics`) was rendered by
+    /// every cycle, asked for or not. A cycle keeps what it found; the page
+    /// is rendered on the first request, and is the latest cycle's report.
+    #[test]
+    fn report_is_rendered_only_when_asked_and_shows_the_latest_cycle() {
+        let (mut agent, published) = fixture_agent("debian12-vm");
+        agent.cycle();
+        let first = published.get();
+        agent.cycle();
+        let snap = published.get();
+        for (what, s) in [("first", &first), ("second", &snap)] {
+            let report = s.report.as_ref().expect("a report was built");
+            assert!(!report.is_rendered(), "{what} cycle rendered /report");
+            assert!(!s.status.is_rendered(), "{what} cycle rendered /status");
+            assert!(!s.metrics.is_rendered(), "{what} cycle rendered /metrics");
+        }
+        let report = snap.report.as_ref().expect("a report was built");
+        let doc: Value = serde_json::from_str(report.text()).expect("pretty JSON");
+        let seq = doc["sequenceId"].as_str().expect("sequenceId");
+        assert!(seq.ends_with(":2"), "not the second cycle's report: {seq}");
+        assert_eq!(doc["host"]["hostname"], agent.identity.hostname.as_str());
+        assert!(report.text().contains("\n  \""), "not pretty");
+        assert!(report.is_rendered());
+        // Rendered once, then answered from the same text.
+        assert!(std::ptr::eq(report.text(), report.text()));
+        // The status page is rendered from the same cycle.
+        let status: Value = serde_json::from_str(snap.status.text()).expect("status JSON");
+        assert_eq!(status["agent"]["id"], agent.agent_id.as_str());
+        assert!(
+            snap.metrics
+                .text()
+                .contains("pulse_agent_reports_built_total")
+        );
+    }
 
     #[test]
     fn ticks_stay_on_the_grid_without_bursts() {
