@@ -159,6 +159,31 @@ impl Root {
         read_at_most(file, cap).map_err(|e| self.err(abs, e))
     }
 
+    /// Opens `abs` to be kept and read again with [`Root::reread`] (a mount
+    /// table, re-read only when it says it changed).
+    pub fn open(&self, abs: &str) -> Result<std::fs::File, ReadError> {
+        std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))
+    }
+
+    /// Reads `file`, opened from `abs` with [`Root::open`], again from its
+    /// start: at most `cap` bytes, like [`Root::read_capped`].
+    pub fn reread(
+        &self,
+        abs: &str,
+        mut file: &std::fs::File,
+        cap: usize,
+    ) -> Result<Capped, ReadError> {
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(0))
+            .map_err(|e| self.err(abs, e))?;
+        read_at_most(file, cap).map_err(|e| self.err(abs, e))
+    }
+
+    /// `stat(abs)`, following links.
+    pub fn metadata(&self, abs: &str) -> Result<std::fs::Metadata, ReadError> {
+        std::fs::metadata(self.path(abs)).map_err(|e| self.err(abs, e))
+    }
+
     /// Reads a small file whole (up to [`SMALL`]).
     pub fn read(&self, abs: &str) -> Result<String, ReadError> {
         self.read_capped(abs, SMALL).map(|c| c.text)
@@ -292,7 +317,7 @@ impl Capture {
 
 /// At most `cap` bytes of `file`, cut after the last whole line when there
 /// was more; invalid UTF-8 replaced.
-fn read_at_most(file: std::fs::File, cap: usize) -> io::Result<Capped> {
+fn read_at_most(file: impl Read, cap: usize) -> io::Result<Capped> {
     let mut buf = Vec::with_capacity(cap.min(16 * 1024));
     file.take(cap as u64 + 1).read_to_end(&mut buf)?;
     let truncated = buf.len() > cap;

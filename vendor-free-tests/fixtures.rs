@@ -502,6 +502,120 @@ fn repeated_mount_point_reports_the_mount_in_use() {
     );
 }
 
+fn mounted(snap: &collect::HostSnapshot) -> Vec<&str> {
+    snap.filesystems
+        .iter()
+        .map(|f| f.mountpoint.as_str())
+        .collect()
+}
+
+const TWO_MOUNTS: &str = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                          41 27 254:16 / /data rw - xfs /dev/vdb rw\n";
+
+fn mounts_host(name: &str, table: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write(table, TWO_MOUNTS);
+    s.write(
+        ".capture/statvfs",
+        "/ 4096 100 50 40\n/data 4096 200 100 100\n/new 4096 300 100 100\n/date 4096 400 100 100\n",
+    );
+    s
+}
+
+/// The mount table was read and parsed every cycle although it rarely
+/// changes. It is read once, then only when it changed: here a captured
+/// file whose stamp (device, inode, size, mtime) stays put.
+#[test]
+fn unchanged_mount_table_is_not_parsed_again() {
+    let s = mounts_host("mounts-same", "proc/1/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    for cycle in 0..4 {
+        let snap = host.collect();
+        assert_eq!(mounted(&snap), ["/", "/data"], "cycle {cycle}");
+        assert_eq!(source(&snap, "filesystems").outcome, Outcome::Ok);
+    }
+    assert_eq!(host.mount_table_reads(), 1);
+}
+
+/// A mount table rewritten in place (a mount added) or replaced by a rename
+/// (same size, another inode) is seen on the very next cycle.
+#[test]
+fn changed_mount_table_is_seen_on_the_next_cycle() {
+    let s = mounts_host("mounts-changed", "proc/1/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+
+    s.write(
+        "proc/1/mountinfo",
+        format!("{TWO_MOUNTS}42 27 254:32 / /new rw - ext4 /dev/vdc rw\n"),
+    );
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+
+    // Same length, written beside it and renamed over it.
+    let same_size = format!("{TWO_MOUNTS}42 27 254:32 / /date rw - ext4 /dev/vdc rw\n");
+    s.write("proc/1/mountinfo.new", &same_size);
+    std::fs::rename(
+        s.0.join("proc/1/mountinfo.new"),
+        s.0.join("proc/1/mountinfo"),
+    )
+    .unwrap();
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/date"]);
+    assert_eq!(host.mount_table_reads(), 3);
+
+    // A table that goes away fails the source; one that comes back is read.
+    std::fs::remove_file(s.0.join("proc/1/mountinfo")).unwrap();
+    let snap = host.collect();
+    assert!(snap.filesystems.is_empty());
+    assert_eq!(source(&snap, "filesystems").outcome, Outcome::Absent);
+    s.write("proc/1/mountinfo", TWO_MOUNTS);
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+}
+
+/// Without PID 1's table (another mount namespace the agent may not read)
+/// the agent's own is used, and watched the same way.
+#[test]
+fn mount_table_falls_back_to_the_agents_own_and_is_watched() {
+    let s = mounts_host("mounts-self", "proc/self/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+    assert_eq!(host.mount_table_reads(), 1);
+    s.write(
+        "proc/self/mountinfo",
+        format!("{TWO_MOUNTS}42 27 254:32 / /new rw - ext4 /dev/vdc rw\n"),
+    );
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+}
+
+/// The mounts to measure are kept with the table; other patterns on the
+/// same kept table are applied, not the ones it was first filtered with.
+#[test]
+fn kept_mount_table_follows_new_disk_patterns() {
+    use collect::filesystems::{self, Mounts, StatfsGuard};
+    let s = mounts_host("mounts-patterns", "proc/1/mountinfo");
+    let root = s.root();
+    let (mut mounts, mut guard) = (Mounts::new(), StatfsGuard::new(root.clone()));
+    let names = |opts: &Options, mounts: &mut Mounts, guard: &mut StatfsGuard| {
+        let out = filesystems::collect(&root, opts, mounts, guard).unwrap();
+        out.filesystems
+            .into_iter()
+            .map(|f| f.mountpoint)
+            .collect::<Vec<_>>()
+    };
+    let all = Options::default();
+    let no_data = Options {
+        disk_exclude: vec!["/data".into()],
+        ..Options::default()
+    };
+    assert_eq!(names(&all, &mut mounts, &mut guard), ["/", "/data"]);
+    assert_eq!(names(&no_data, &mut mounts, &mut guard), ["/"]);
+    assert_eq!(names(&all, &mut mounts, &mut guard), ["/", "/data"]);
+}
+
 /// Red Hat family hosts are named from the release file, which has the point
 /// release, before os-release.
 #[test]

@@ -5,7 +5,8 @@
 //! records how each source fared ([`SourceStatus`]) and returns a
 //! [`HostSnapshot`]; a source that fails leaves only its own section out. It
 //! keeps the little state that must survive between cycles: the previous
-//! `/proc/stat` sample and the set of hung mounts.
+//! `/proc/stat` sample, the mount table (read again only when it changed,
+//! `filesystems::Mounts`) and the set of hung mounts.
 //!
 //! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
 
@@ -178,12 +179,15 @@ pub struct Host {
     root: Root,
     options: Options,
     cpu: cpu::Usage,
+    /// The mount table, re-read only when it changed.
+    mounts: filesystems::Mounts,
     statfs: filesystems::StatfsGuard,
 }
 
 impl Host {
     pub fn new(root: Root, options: Options) -> Host {
         Host {
+            mounts: filesystems::Mounts::new(),
             statfs: filesystems::StatfsGuard::new(root.clone()),
             // A captured host never moves: watching it would only wait.
             cpu: cpu::Usage::new(if root.is_captured() {
@@ -200,6 +204,12 @@ impl Host {
         &self.root
     }
 
+    /// How many times the mount table was read and parsed: once, then once
+    /// per change of the table.
+    pub fn mount_table_reads(&self) -> u64 {
+        self.mounts.parses()
+    }
+
     /// Runs every host collector once.
     pub fn collect(&mut self) -> HostSnapshot {
         let mut snap = HostSnapshot::default();
@@ -214,10 +224,10 @@ impl Host {
             memory::collect(root, opts.zfs_arc_is_cache)
         });
 
-        let statfs = &mut self.statfs;
+        let (mounts, statfs) = (&mut self.mounts, &mut self.statfs);
         let mut notes = Vec::new();
         snap.filesystems = run(&mut snap.sources, "filesystems", || {
-            filesystems::collect(root, opts, statfs).map(|out| {
+            filesystems::collect(root, opts, mounts, statfs).map(|out| {
                 notes = out.notes;
                 out.filesystems
             })
