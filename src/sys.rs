@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls the agent
 //! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf,
-//! flock, signal masks, poll, fstatfs).
+//! flock, signal masks, poll, fstatfs, a netlink socket for link changes).
 //!
 //! Each wrapper returns owned Rust values and an `io::Error` built from errno.
 //! Nothing here reads host files or knows about `Root`; callers decide which
@@ -120,6 +120,87 @@ pub fn getifaddrs() -> io::Result<Vec<IfAddr>> {
     // SAFETY: `head` came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// A route netlink socket subscribed to interface and address changes
+/// (`RTMGRP_LINK`, `RTMGRP_IPV4_IFADDR`, `RTMGRP_IPV6_IFADDR`), as `ip monitor`
+/// listens: the kernel queues a message on it whenever an interface appears,
+/// goes, or changes its flags or hardware address, and whenever an address is
+/// added or removed, in the agent's network namespace (the one `getifaddrs`
+/// reports). Nothing is ever sent on it.
+pub struct LinkChanges(std::os::fd::OwnedFd);
+
+/// Messages taken per [`LinkChanges::changed`] at most: a host whose links
+/// change faster than that is simply always "changed".
+const LINK_DRAIN: usize = 1024;
+
+impl LinkChanges {
+    pub fn open() -> io::Result<LinkChanges> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: socket takes no pointers.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; all zeros is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: `addr` is a valid sockaddr_nl and the length is its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LinkChanges(fd))
+    }
+
+    /// Whether anything changed since the last call (or since `open`),
+    /// taking every queued message without waiting. A queue that overflowed
+    /// (`ENOBUFS`) is a change too.
+    pub fn changed(&self) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 1024];
+        let mut changed = false;
+        for _ in 0..LINK_DRAIN {
+            // SAFETY: `buf` is writable for its length; a longer message is
+            // cut to it and still taken off the queue, which is all we need.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                changed = true;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(changed),
+                Some(libc::EINTR) => {}
+                Some(libc::ENOBUFS) => changed = true,
+                _ => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// `uname(2)`'s machine field (`x86_64`, `aarch64`, `armv7l`).

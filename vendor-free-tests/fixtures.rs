@@ -616,6 +616,33 @@ fn kept_mount_table_follows_new_disk_patterns() {
     assert_eq!(names(&all, &mut mounts, &mut guard), ["/", "/data"]);
 }
 
+/// On a captured root nothing signals a change of interfaces: they are read
+/// every cycle, so a changed MAC or a new address shows on the next one.
+#[test]
+fn interfaces_of_a_captured_root_are_read_every_cycle() {
+    let s = Scratch::new("net-captured");
+    s.write(
+        "proc/net/dev",
+        "Inter-| Receive | Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n  eth0: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n",
+    );
+    s.write("sys/class/net/eth0/flags", "0x1003\n");
+    s.write("sys/class/net/eth0/type", "1\n");
+    s.write("sys/class/net/eth0/address", "02:00:00:00:00:01\n");
+    s.write(
+        ".capture/ip-addr",
+        "2: eth0    inet 10.0.0.5/24 scope global eth0\n",
+    );
+    let mut host = Host::new(s.root(), Options::default());
+    let first = host.collect();
+    assert_eq!(first.network.len(), 1);
+    assert_eq!(first.network[0].mac, "02:00:00:00:00:01");
+    assert_eq!(first.network[0].rx_bytes, 100);
+    s.write("sys/class/net/eth0/address", "02:00:00:00:00:02\n");
+    let second = host.collect();
+    assert_eq!(second.network[0].mac, "02:00:00:00:00:02");
+    assert_eq!(host.interface_reads(), 2);
+}
+
 /// Red Hat family hosts are named from the release file, which has the point
 /// release, before os-release.
 #[test]

@@ -5,8 +5,9 @@
 //! records how each source fared ([`SourceStatus`]) and returns a
 //! [`HostSnapshot`]; a source that fails leaves only its own section out. It
 //! keeps the little state that must survive between cycles: the previous
-//! `/proc/stat` sample, the mount table (read again only when it changed,
-//! `filesystems::Mounts`) and the set of hung mounts.
+//! `/proc/stat` sample, the mount table and the interfaces (read again only
+//! when they changed: `filesystems::Mounts`, `network::Watch`) and the set of
+//! hung mounts.
 //!
 //! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
 
@@ -181,6 +182,8 @@ pub struct Host {
     cpu: cpu::Usage,
     /// The mount table, re-read only when it changed.
     mounts: filesystems::Mounts,
+    /// Interfaces and addresses, re-read only when they changed.
+    network: network::Watch,
     statfs: filesystems::StatfsGuard,
 }
 
@@ -188,6 +191,7 @@ impl Host {
     pub fn new(root: Root, options: Options) -> Host {
         Host {
             mounts: filesystems::Mounts::new(),
+            network: network::Watch::new(),
             statfs: filesystems::StatfsGuard::new(root.clone()),
             // A captured host never moves: watching it would only wait.
             cpu: cpu::Usage::new(if root.is_captured() {
@@ -208,6 +212,13 @@ impl Host {
     /// per change of the table.
     pub fn mount_table_reads(&self) -> u64 {
         self.mounts.parses()
+    }
+
+    /// How many times the interfaces and their addresses were read: on a
+    /// live root once, then once per change the kernel reported; on a
+    /// captured root every cycle.
+    pub fn interface_reads(&self) -> u64 {
+        self.network.reads()
     }
 
     /// Runs every host collector once.
@@ -241,8 +252,11 @@ impl Host {
             diskio::collect(root, &opts.disk_exclude)
         })
         .unwrap_or_default();
-        snap.network =
-            run(&mut snap.sources, "network", || network::collect(root)).unwrap_or_default();
+        let watch = &mut self.network;
+        snap.network = run(&mut snap.sources, "network", || {
+            network::collect(root, watch)
+        })
+        .unwrap_or_default();
         snap
     }
 }
