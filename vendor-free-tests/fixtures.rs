@@ -457,6 +457,86 @@ fn hung_mount_is_skipped_and_not_retried() {
     }
 }
 
+fn hanging_host(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write(
+        "proc/1/mountinfo",
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+         41 27 254:1 / /a rw - xfs /dev/vdb rw\n\
+         42 27 254:2 / /b rw - xfs /dev/vdc rw\n\
+         43 27 254:3 / /c rw - xfs /dev/vdd rw\n\
+         44 27 254:4 / /d rw - xfs /dev/vde rw\n",
+    );
+    s.write(
+        ".capture/statvfs",
+        "/ 4096 100 50 40\n/a hang\n/b 4096 200 100 100\n/c hang\n/d 4096 300 100 100\n",
+    );
+    s
+}
+
+/// The mounts of a cycle go to the statvfs thread together; one that hangs
+/// costs its deadline, and the mounts after it are still measured (by a
+/// fresh thread) in the same cycle.
+#[test]
+fn mounts_after_a_hung_one_are_measured_in_the_same_cycle() {
+    let s = hanging_host("hangs");
+    let opts = Options {
+        statfs_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let mut host = Host::new(s.root(), opts);
+    for cycle in 0..2 {
+        let snap = host.collect();
+        assert_eq!(mounted(&snap), ["/", "/b", "/d"], "cycle {cycle}");
+        let warnings = &source(&snap, "filesystems").warnings;
+        let want = if cycle == 0 {
+            "did not answer in time"
+        } else {
+            "has not returned since an earlier cycle"
+        };
+        for mp in ["/a", "/c"] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("statvfs({mp}) {want}"))),
+                "cycle {cycle}: {warnings:?}"
+            );
+        }
+    }
+}
+
+/// The cycle's statvfs budget ends the waiting: a hung mount met after it
+/// is given only what is left, and the mounts after that wait for the next
+/// cycle.
+#[test]
+fn statfs_budget_leaves_the_rest_for_the_next_cycle() {
+    let s = hanging_host("budget");
+    let opts = Options {
+        statfs_timeout: Duration::from_millis(300),
+        statfs_budget: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let mut host = Host::new(s.root(), opts);
+    let started = Instant::now();
+    let snap = host.collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mounted(&snap), ["/", "/b"]);
+    let warnings = &source(&snap, "filesystems").warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("1 mount(s) left out this cycle")),
+        "{warnings:?}"
+    );
+    // Next cycle: /a and /c are still hanging and not asked; /d is measured.
+    let snap = host.collect();
+    assert_eq!(mounted(&snap), ["/", "/b", "/d"]);
+}
+
 /// A slow mount that misses the deadline comes back once its call returns.
 #[test]
 fn slow_mount_is_reported_again_after_it_answers() {

@@ -268,10 +268,16 @@ pub fn collect(
     let mut pools: BTreeMap<String, Vec<Filesystem>> = BTreeMap::new();
     let mut budget_skipped = 0usize;
 
-    for c in &plan.measure {
+    let asked: Vec<&str> = plan
+        .measure
+        .iter()
+        .map(|c| c.mount.mountpoint.as_str())
+        .collect();
+    let answers = guard.stat_all(&asked, deadline, opts.statfs_timeout);
+    for (c, answer) in plan.measure.iter().zip(answers) {
         let (m, device, included, zfs) = (&c.mount, &c.device, c.included, c.zfs);
         let mp = m.mountpoint.as_str();
-        let stats = match guard.stat(mp, deadline, opts.statfs_timeout) {
+        let stats = match answer {
             Stat::Ready(Ok(s)) => s,
             Stat::Ready(Err(_)) => continue,
             Stat::Stuck => {
@@ -505,51 +511,106 @@ impl StatfsGuard {
         v
     }
 
-    /// `statvfs(mountpoint)`, waiting at most `timeout` and never past `deadline`.
-    pub fn stat(&mut self, mountpoint: &str, deadline: Instant, timeout: Duration) -> Stat {
-        if lock(&self.stuck).contains(mountpoint) {
-            return Stat::Stuck;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Stat::NoBudget;
-        }
-        let wait = timeout.min(deadline - now);
-        let worker = match self.worker.take() {
-            Some(w) => w,
-            None => match self.spawn() {
-                Ok(w) => w,
-                Err(e) => return Stat::Ready(Err(e)),
-            },
-        };
-        if worker.jobs.send(mountpoint.to_string()).is_err() {
-            return Stat::Ready(Err(io::Error::other("statvfs worker exited")));
-        }
-        match recv_for(&worker.replies, mountpoint, wait) {
-            Some(result) => {
-                self.worker = Some(worker);
-                Stat::Ready(result)
+    /// `statvfs` of each of `mountpoints`, answered in the same order. They
+    /// are handed to the helper thread together, which runs them back to
+    /// back (one wake-up for the lot, not two per mount); each is waited for
+    /// at most `timeout` from the answer before it, and none past
+    /// `deadline`. After one that does not answer, the rest go to a fresh
+    /// thread.
+    pub fn stat_all(
+        &mut self,
+        mountpoints: &[&str],
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Vec<Stat> {
+        let mut out: Vec<Option<Stat>> = mountpoints.iter().map(|_| None).collect();
+        let mut next = 0;
+        loop {
+            let ask: Vec<usize> = {
+                let stuck = lock(&self.stuck);
+                (next..mountpoints.len())
+                    .filter(|&k| {
+                        let hung = stuck.contains(mountpoints[k]);
+                        if hung {
+                            out[k] = Some(Stat::Stuck);
+                        }
+                        !hung
+                    })
+                    .collect()
+            };
+            if ask.is_empty() {
+                break;
             }
-            None => {
-                // The worker's critical section (clear the mark, send the reply)
-                // runs under the same lock, so either its reply is already here
-                // or it will clear the mark we set now.
+            if Instant::now() >= deadline {
+                for k in ask {
+                    out[k] = Some(Stat::NoBudget);
+                }
+                break;
+            }
+            let failed = |e: &io::Error| Stat::Ready(Err(io::Error::new(e.kind(), e.to_string())));
+            let worker = match self.worker.take() {
+                Some(w) => w,
+                None => match self.spawn() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        for k in ask {
+                            out[k] = Some(failed(&e));
+                        }
+                        break;
+                    }
+                },
+            };
+            if ask
+                .iter()
+                .any(|&k| worker.jobs.send(mountpoints[k].to_string()).is_err())
+            {
+                let e = io::Error::other("statvfs worker exited");
+                for k in ask {
+                    out[k] = Some(failed(&e));
+                }
+                break;
+            }
+            let mut since = Instant::now();
+            let mut hung = None;
+            for &k in &ask {
+                let mp = mountpoints[k];
+                if let Some(result) = recv_for(&worker.replies, mp, (since + timeout).min(deadline))
+                {
+                    out[k] = Some(Stat::Ready(result));
+                    since = Instant::now();
+                    continue;
+                }
+                // The worker's critical section (clear the mark, send the
+                // reply) runs under the same lock, so either its reply is
+                // already here or it will clear the mark we set now.
                 let mut stuck = lock(&self.stuck);
-                if let Ok((mp, result)) = worker.replies.try_recv() {
-                    if mp == mountpoint {
+                if let Ok((answered, result)) = worker.replies.try_recv() {
+                    if answered == mp {
                         drop(stuck);
-                        self.worker = Some(worker);
-                        return Stat::Ready(result);
+                        out[k] = Some(Stat::Ready(result));
+                        since = Instant::now();
+                        continue;
                     }
                 }
-                stuck.insert(mountpoint.to_string());
-                log::warn!(
-                    "statvfs({mountpoint}) did not answer in time; leaving it out until it does"
-                );
-                Stat::TimedOut
-                // `worker` drops here: its thread exits once the hung call returns.
+                stuck.insert(mp.to_string());
+                log::warn!("statvfs({mp}) did not answer in time; leaving it out until it does");
+                out[k] = Some(Stat::TimedOut);
+                hung = Some(k);
+                break;
+            }
+            match hung {
+                None => {
+                    self.worker = Some(worker);
+                    break;
+                }
+                // `worker` drops here: its thread exits once the hung call
+                // returns (its next reply has no receiver), asking nothing more.
+                Some(k) => next = k + 1,
             }
         }
+        out.into_iter()
+            .map(|s| s.expect("invariant: every mount point was answered or skipped"))
+            .collect()
     }
 
     fn spawn(&self) -> io::Result<Worker> {
@@ -584,13 +645,12 @@ impl StatfsGuard {
     }
 }
 
-/// Waits for the reply to `mountpoint`, discarding stale replies.
+/// Waits until `deadline` for the reply to `mountpoint`, discarding stale replies.
 fn recv_for(
     rx: &mpsc::Receiver<Reply>,
     mountpoint: &str,
-    wait: Duration,
+    deadline: Instant,
 ) -> Option<io::Result<FsStats>> {
-    let deadline = Instant::now() + wait;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         match rx.recv_timeout(left) {
