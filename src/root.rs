@@ -318,8 +318,28 @@ impl Capture {
 /// At most `cap` bytes of `file`, cut after the last whole line when there
 /// was more; invalid UTF-8 replaced.
 fn read_at_most(file: impl Read, cap: usize) -> io::Result<Capped> {
-    let mut buf = Vec::with_capacity(cap.min(16 * 1024));
-    file.take(cap as u64 + 1).read_to_end(&mut buf)?;
+    let mut file = file.take(cap as u64 + 1);
+    // Most pseudo-files are a few hundred bytes: read them on the stack and
+    // allocate once, at their size. (A fresh 16 KiB buffer per read is an
+    // mmap and a munmap each time with musl's allocator.)
+    let mut small = [0u8; 4096];
+    let mut len = 0;
+    while len < small.len() {
+        match file.read(&mut small[len..]) {
+            Ok(0) => return Ok(capped(small[..len].to_vec(), cap)),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut buf = Vec::with_capacity(4 * small.len());
+    buf.extend_from_slice(&small);
+    file.read_to_end(&mut buf)?;
+    Ok(capped(buf, cap))
+}
+
+/// `buf` (at most `cap` + 1 bytes) cut to `cap` at a line end, as text.
+fn capped(mut buf: Vec<u8>, cap: usize) -> Capped {
     let truncated = buf.len() > cap;
     if truncated {
         buf.truncate(cap);
@@ -330,7 +350,7 @@ fn read_at_most(file: impl Read, cap: usize) -> io::Result<Capped> {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
-    Ok(Capped { text, truncated })
+    Capped { text, truncated }
 }
 
 fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
@@ -465,6 +485,29 @@ mod tests {
         assert!(addrs.iter().all(|a| a.cidr == "10.0.0.5/24"));
         // One line longer than the cap: nothing of it.
         assert_eq!(r.machine(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Reads start on the stack and move to the heap past 4 KiB: every size
+    /// around the switch reads whole, or cut at a line end past the cap.
+    #[test]
+    fn reads_around_the_stack_buffer_are_whole() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-sizes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        let r = Root::new(&dir).unwrap();
+        for len in [0, 1, 4095, 4096, 4097, 8191, 8192, 100_000] {
+            let text: String = (0..len).map(|i| if i % 10 == 9 { '\n' } else { 'x' }).collect();
+            std::fs::write(dir.join("proc/f"), &text).unwrap();
+            let c = r.read_capped("/proc/f", LARGE).unwrap();
+            assert_eq!((c.text.len(), c.truncated), (len, false), "{len} bytes");
+            assert_eq!(c.text, text);
+            for cap in [4095, 4096, 4097] {
+                let c = r.read_capped("/proc/f", cap).unwrap();
+                assert_eq!(c.truncated, len > cap, "{len} bytes, cap {cap}");
+                let want = if len > cap { cap / 10 * 10 } else { len };
+                assert_eq!(c.text.len(), want, "{len} bytes, cap {cap}");
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
