@@ -32,8 +32,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::exec;
 use crate::sys::{self, FsStats, IfAddr};
@@ -43,6 +44,8 @@ use crate::sys::{self, FsStats, IfAddr};
 pub struct Root {
     base: PathBuf,
     facts: Facts,
+    /// Procfs files read every cycle, kept open ([`Root::read_kept`]).
+    kept: Arc<Mutex<HashMap<&'static str, std::fs::File>>>,
 }
 
 #[derive(Clone)]
@@ -121,7 +124,11 @@ impl Root {
         } else {
             Facts::Live
         };
-        Ok(Root { base, facts })
+        Ok(Root {
+            base,
+            facts,
+            kept: Arc::default(),
+        })
     }
 
     /// The real host: `/`, live facts.
@@ -129,6 +136,7 @@ impl Root {
         Root {
             base: PathBuf::from("/"),
             facts: Facts::Live,
+            kept: Arc::default(),
         }
     }
 
@@ -157,6 +165,30 @@ impl Root {
     pub fn read_capped(&self, abs: &str, cap: usize) -> Result<Capped, ReadError> {
         let file = std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))?;
         read_at_most(file, cap).map_err(|e| self.err(abs, e))
+    }
+
+    /// [`Root::read_capped`] for a fixed procfs path read every cycle
+    /// (`/proc/stat`, `/proc/meminfo`, ...): the file stays open and is read
+    /// again from its start, which procfs answers with fresh content, so a
+    /// cycle saves the path lookup, the open and the close. Anything not on
+    /// procfs (a captured tree) is opened for each read as usual; a kept file
+    /// that fails a read is closed and opened again.
+    pub fn read_kept(&self, abs: &'static str, cap: usize) -> Result<Capped, ReadError> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = kept.get(abs) {
+            match self.reread(abs, file, cap) {
+                Ok(c) => return Ok(c),
+                Err(_) => {
+                    kept.remove(abs);
+                }
+            }
+        }
+        let file = self.open(abs)?;
+        let c = read_at_most(&file, cap).map_err(|e| self.err(abs, e))?;
+        if matches!(sys::is_procfs(file.as_fd()), Ok(true)) {
+            kept.insert(abs, file);
+        }
+        Ok(c)
     }
 
     /// Opens `abs` to be kept and read again with [`Root::reread`] (a mount
@@ -496,7 +528,9 @@ mod tests {
         std::fs::create_dir_all(dir.join("proc")).unwrap();
         let r = Root::new(&dir).unwrap();
         for len in [0, 1, 4095, 4096, 4097, 8191, 8192, 100_000] {
-            let text: String = (0..len).map(|i| if i % 10 == 9 { '\n' } else { 'x' }).collect();
+            let text: String = (0..len)
+                .map(|i| if i % 10 == 9 { '\n' } else { 'x' })
+                .collect();
             std::fs::write(dir.join("proc/f"), &text).unwrap();
             let c = r.read_capped("/proc/f", LARGE).unwrap();
             assert_eq!((c.text.len(), c.truncated), (len, false), "{len} bytes");
@@ -508,6 +542,34 @@ mod tests {
                 assert_eq!(c.text.len(), want, "{len} bytes, cap {cap}");
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Only procfs files are kept open: a captured tree's file is opened for
+    /// every read, so a rewrite (even by a rename) shows at once.
+    #[test]
+    fn kept_reads_of_a_captured_tree_see_every_rewrite() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-kept-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        let r = Root::new(&dir).unwrap();
+        std::fs::write(dir.join("proc/uptime"), "1.00 2.00\n").unwrap();
+        assert_eq!(
+            r.read_kept("/proc/uptime", SMALL).unwrap().text,
+            "1.00 2.00\n"
+        );
+        std::fs::write(dir.join("proc/uptime.new"), "3.00 4.00\n").unwrap();
+        std::fs::rename(dir.join("proc/uptime.new"), dir.join("proc/uptime")).unwrap();
+        assert_eq!(
+            r.read_kept("/proc/uptime", SMALL).unwrap().text,
+            "3.00 4.00\n"
+        );
+        assert!(r.kept.lock().unwrap().is_empty());
+        std::fs::remove_file(dir.join("proc/uptime")).unwrap();
+        assert!(
+            r.read_kept("/proc/uptime", SMALL)
+                .unwrap_err()
+                .is_not_found()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

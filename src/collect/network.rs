@@ -89,7 +89,7 @@ pub fn collect(root: &Root, watch: &mut Watch) -> Result<Vec<Interface>, Error> 
     let interfaces = watch.interfaces(root)?;
     // Counters are optional: an interface is still worth reporting without them.
     let counters = root
-        .read_capped(NET_DEV, root::LARGE)
+        .read_kept(NET_DEV, root::LARGE)
         .ok()
         .map(|c| parse_net_dev(&c.text))
         .unwrap_or_default();
