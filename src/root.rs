@@ -9,7 +9,8 @@
 //! Four facts do not come from files: filesystem sizes (`statvfs`), interface
 //! addresses (`getifaddrs`), the machine architecture when the kernel has no
 //! `/proc/sys/kernel/arch`, and which external programs exist. A *live* root
-//! asks the kernel (and the file system) for them. A
+//! asks the kernel (and the file system) for them (where a program is, it
+//! asks again at most every [`PROGRAM_RECHECK`]). A
 //! *captured* root (a directory holding `.capture/`, as written by
 //! `contrib/capture-host`) answers from recorded files instead, so a whole
 //! machine can be replayed byte for byte:
@@ -35,6 +36,7 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::exec;
 use crate::sys::{self, FsStats, IfAddr};
@@ -46,7 +48,16 @@ pub struct Root {
     facts: Facts,
     /// Procfs files read every cycle, kept open ([`Root::read_kept`]).
     kept: Arc<Mutex<HashMap<&'static str, std::fs::File>>>,
+    /// A live root's program lookups and when each was made ([`Root::program`]).
+    programs: Arc<Mutex<HashMap<String, (Option<PathBuf>, Instant)>>>,
 }
+
+/// How long a live root keeps the answer to "where is this program": a
+/// program installed meanwhile is found at most this much later. (A search
+/// that finds nothing stats every candidate directory, which every cycle
+/// would do again for `nvidia-smi`, and for `sensors` on a host without
+/// hwmon temperatures.)
+pub const PROGRAM_RECHECK: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 enum Facts {
@@ -128,6 +139,7 @@ impl Root {
             base,
             facts,
             kept: Arc::default(),
+            programs: Arc::default(),
         })
     }
 
@@ -137,6 +149,7 @@ impl Root {
             base: PathBuf::from("/"),
             facts: Facts::Live,
             kept: Arc::default(),
+            programs: Arc::default(),
         }
     }
 
@@ -257,12 +270,25 @@ impl Root {
     }
 
     /// The program `name`: on a live root the first executable of `dirs`,
-    /// then `PATH` ([`exec::find_in`]); a captured root answers with
-    /// `.capture/bin/<name>` (a stand-in that replays the captured output) or
-    /// nothing, never with a program of the machine running the replay.
+    /// then `PATH` ([`exec::find_in`]), the answer kept for
+    /// [`PROGRAM_RECHECK`] (a program found is checked to still be there at
+    /// every call); a captured root answers with `.capture/bin/<name>` (a
+    /// stand-in that replays the captured output) or nothing, never with a
+    /// program of the machine running the replay.
     pub fn program(&self, name: &str, dirs: &[&str]) -> Option<PathBuf> {
         match &self.facts {
-            Facts::Live => exec::find_in(name, dirs),
+            Facts::Live => {
+                let mut known = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((found, at)) = known.get(name) {
+                    let there = found.as_deref().is_none_or(exec::is_executable);
+                    if at.elapsed() < PROGRAM_RECHECK && there {
+                        return found.clone();
+                    }
+                }
+                let found = exec::find_in(name, dirs);
+                known.insert(name.to_string(), (found.clone(), Instant::now()));
+                found
+            }
             Facts::Captured(_) => {
                 let p = self.base.join(".capture/bin").join(name);
                 exec::is_executable(&p).then_some(p)
@@ -570,6 +596,32 @@ mod tests {
                 .unwrap_err()
                 .is_not_found()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A live root searched `PATH` for `nvidia-smi` (and `sensors` where
+    /// hwmon had no temperature) every cycle, a stat per directory. The
+    /// answer is kept; a program found is checked to still be there.
+    #[test]
+    fn live_program_lookups_are_kept_and_a_found_one_is_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pulse-root-prog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let name = format!("pulse-test-program-{}", std::process::id());
+        let r = Root::host();
+        assert_eq!(r.program(&name, &[d]), None);
+        let path = dir.join(&name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Not searched again before PROGRAM_RECHECK.
+        assert_eq!(r.program(&name, &[d]), None);
+        r.programs.lock().unwrap().clear();
+        assert_eq!(r.program(&name, &[d]), Some(path.clone()));
+        // A clone shares what is known.
+        assert_eq!(r.clone().program(&name, &[d]), Some(path.clone()));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(r.program(&name, &[d]), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
