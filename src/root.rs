@@ -49,8 +49,11 @@ pub struct Root {
     /// Procfs files read every cycle, kept open ([`Root::read_kept`]).
     kept: Arc<Mutex<HashMap<&'static str, std::fs::File>>>,
     /// A live root's program lookups and when each was made ([`Root::program`]).
-    programs: Arc<Mutex<HashMap<String, (Option<PathBuf>, Instant)>>>,
+    programs: Arc<Mutex<HashMap<String, Lookup>>>,
 }
+
+/// Where a program was found (or not), and when.
+type Lookup = (Option<PathBuf>, Instant);
 
 /// How long a live root keeps the answer to "where is this program": a
 /// program installed meanwhile is found at most this much later. (A search
