@@ -549,6 +549,8 @@ struct Agent {
     /// The last host report's sources, shared with the published view.
     last_sources: Arc<[SourceStatus]>,
     server_id_logged: bool,
+    /// The server's ID for this agent as last saved in `STATE-DIR/agent-id`.
+    saved_server_id: Option<String>,
     server_version: Option<String>,
     smart: Option<smart::Service>,
     smart_waited: bool,
@@ -688,6 +690,7 @@ impl Agent {
             warned: HashMap::new(),
             last_sources: Arc::from([]),
             server_id_logged: false,
+            saved_server_id: None,
             server_version: None,
             smart,
             smart_waited: false,
@@ -1139,8 +1142,13 @@ impl Agent {
                 );
                 self.server_id_logged = true;
             }
-            if let Err(e) = state::write_if_changed(&self.config.state_dir.join("agent-id"), &id) {
-                log::warn!("cannot save the agent ID: {e}");
+            // Every answer carries the ID: the file is read (and written when
+            // it differs) only when the ID is not the one last saved.
+            if self.saved_server_id.as_deref() != Some(id.as_str()) {
+                match state::write_if_changed(&self.config.state_dir.join("agent-id"), &id) {
+                    Ok(_) => self.saved_server_id = Some(id),
+                    Err(e) => log::warn!("cannot save the agent ID: {e}"),
+                }
             }
         }
         if ack.server_version.is_some() {
@@ -1830,6 +1838,31 @@ mod tests {
         let published = Arc::new(Published::default());
         agent.published = Some(published.clone());
         (agent, published)
+    }
+
+    /// Every delivery's answer read `STATE-DIR/agent-id` to compare the
+    /// server's ID with it. It is read (and written if it differs) only when
+    /// the ID is not the one last saved.
+    #[test]
+    fn the_agent_id_file_is_read_only_when_the_servers_id_changes() {
+        let (mut agent, _) = fixture_agent("debian12-vm");
+        let dir = std::env::temp_dir().join(format!("pulse-agent-ack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        agent.config.state_dir = dir.clone();
+        let file = dir.join("agent-id");
+        let ack = |id: &str| deliver::Ack {
+            agent_id: Some(id.to_string()),
+            server_version: None,
+        };
+        agent.host_ack(ack("one"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "one");
+        // Not read again for the same ID: a changed file stays as it is.
+        std::fs::write(&file, "edited").unwrap();
+        agent.host_ack(ack("one"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "edited");
+        agent.host_ack(ack("two"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The pretty `/report` (and `/status`, `/metrics`) was rendered by
