@@ -547,7 +547,7 @@ pub struct Policy {
 /// One run's result, stamped when it ended.
 #[derive(Debug)]
 pub struct Run<T> {
-    pub result: Result<Option<T>, String>,
+    pub result: Result<Option<Arc<T>>, String>,
     /// The agent's clock when the run ended (`collectedAt`, `checkedAt`).
     pub at: SystemTime,
     /// When it ended, for [`Policy::refresh`].
@@ -586,8 +586,8 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
     ) -> Source<T> {
         let job = move |deadline: Instant| {
             let started = Instant::now();
-            let result = collector.collect(deadline);
-            let data = result.as_ref().ok().and_then(Option::as_ref);
+            let result = collector.collect(deadline).map(|d| d.map(Arc::new));
+            let data = result.as_ref().ok().and_then(Option::as_deref);
             let warnings = collector.warnings(data);
             let listed = data.is_none_or(C::listed);
             Run {
@@ -738,7 +738,7 @@ pub fn apply<T: Clone>(
             let error = (!warnings.is_empty()).then(|| warnings.join("; "));
             (
                 Some(Stamped {
-                    value: v.clone(),
+                    value: Arc::clone(v),
                     at: *at,
                 }),
                 listed.then_some((ModuleState::Running, error)),
@@ -835,7 +835,7 @@ mod tests {
         let asked = s.begin(Instant::now());
         let mut sources = Vec::new();
         s.take(asked, wait, &mut sources, modules, SystemTime::now())
-            .map(|d| d.value)
+            .map(|d| *d.value)
     }
 
     #[test]
@@ -851,6 +851,31 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(modules.len(), 1);
         assert_eq!(modules[0].state, ModuleState::Running);
+    }
+
+    /// Every report between two runs copied the run's data (the package
+    /// list, Unraid's disks). They share it.
+    #[test]
+    fn reports_between_two_runs_share_the_runs_data() {
+        let (mut s, _) = source(
+            Duration::from_secs(3600),
+            vec![(Duration::ZERO, Ok(Some(7)))],
+        );
+        let mut modules = Vec::new();
+        let mut take = || {
+            let asked = s.begin(Instant::now());
+            let at = SystemTime::now();
+            s.take(
+                asked,
+                Duration::from_secs(2),
+                &mut Vec::new(),
+                &mut modules,
+                at,
+            )
+            .expect("data")
+        };
+        let (a, b) = (take(), take());
+        assert!(Arc::ptr_eq(&a.value, &b.value));
     }
 
     #[test]

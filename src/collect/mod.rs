@@ -138,10 +138,11 @@ impl Default for Options {
 }
 
 /// A platform source's result and the agent's clock when its run ended
-/// (`collectedAt`, `checkedAt`).
+/// (`collectedAt`, `checkedAt`). Shared with the run it came from: a report
+/// between two runs does not copy it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamped<T> {
-    pub value: T,
+    pub value: std::sync::Arc<T>,
     pub at: std::time::SystemTime,
 }
 
