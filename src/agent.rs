@@ -193,7 +193,10 @@ fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     }
     let pending = agent.ask_docker();
     let snapshot = agent.collect();
-    let host = config.enable_host.then(|| agent.host_report(&snapshot));
+    let host = config.enable_host.then(|| {
+        let encoded = agent.host_report(&snapshot);
+        (encoded.document(), encoded.body)
+    });
     let docker = pending.and_then(|p| agent.docker_report(p, &snapshot, docker::ONCE_WAIT));
     // Asked for by name and not there: that is a failure of this run.
     let docker_error = match (&agent.docker, &docker) {
@@ -528,6 +531,8 @@ struct Agent {
     identity: Identity,
     host: collect::Host,
     seq: Sequence,
+    /// Builds host reports (`packageUpdates` once per apt run).
+    encoder: report::HostEncoder,
     privilege: Privilege,
     modules: Vec<Module>,
     started: SystemTime,
@@ -670,6 +675,7 @@ impl Agent {
                 config.pct_path.is_some(),
             ),
             seq: Sequence::random(),
+            encoder: report::HostEncoder::new(),
             interval: config.interval,
             report_ip: config.report_ip,
             applied_config: None,
@@ -786,11 +792,12 @@ impl Agent {
     /// Collects and builds one host report: the document and its wire bytes.
     fn build(&mut self) -> (Value, Vec<u8>) {
         let snapshot = self.collect();
-        self.host_report(&snapshot)
+        let encoded = self.host_report(&snapshot);
+        (encoded.document(), encoded.body)
     }
 
-    /// The host report of `snapshot`: the document and its wire bytes.
-    fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> (Value, Vec<u8>) {
+    /// The host report of `snapshot`: its wire bytes and document.
+    fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> report::Encoded {
         let sequence_id = self.seq.next_id();
         let version = version();
         let report_ip = self.report_ip.map(|ip| ip.to_string());
@@ -800,7 +807,7 @@ impl Agent {
             .map(|(v, h)| (v.as_str(), h.as_str()));
         let timestamp = (self.clock)();
         let update_status = lock(&self.update).clone();
-        let doc = report::host(&report::HostReport {
+        let encoded = self.encoder.encode(&report::HostReport {
             agent: report::Agent {
                 id: &self.agent_id,
                 version: &version,
@@ -824,9 +831,7 @@ impl Agent {
         self.reports_built += 1;
         self.last_report = Some(timestamp);
         self.last_sources = Arc::from(snapshot.sources.as_slice());
-        let body =
-            serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
-        (doc, body)
+        encoded
     }
 
     /// Puts the latest SMART refresh into `snap`. The first report waits for
@@ -945,7 +950,7 @@ impl Agent {
         }
         let mut host_doc = None;
         if self.config.enable_host {
-            let (doc, body) = self.host_report(&snapshot);
+            let (body, doc) = self.host_report(&snapshot).split();
             if self.client.is_some() {
                 self.deliver(body);
                 self.keepalive();
@@ -1404,7 +1409,7 @@ impl Agent {
     /// Publishes what the health listener answers with: what this cycle
     /// found, not text. Each page is rendered on the first request for it
     /// (`health::Page`), so a cycle nobody asks about renders nothing.
-    fn publish(&self, doc: Option<Value>) {
+    fn publish(&self, doc: Option<report::Document>) {
         let Some(published) = &self.published else {
             return;
         };
@@ -1446,9 +1451,7 @@ impl Agent {
             status: Arc::new(health::Page::new(move || for_status.status_json())),
             metrics: Arc::new(health::Page::new(move || for_metrics.metrics_text())),
             report: match doc {
-                Some(d) => Some(Arc::new(health::Page::new(move || {
-                    serde_json::to_string_pretty(&d).expect("invariant: a Value serialises")
-                }))),
+                Some(d) => Some(Arc::new(health::Page::new(move || d.pretty()))),
                 None => previous.report.clone(),
             },
         });
