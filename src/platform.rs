@@ -175,8 +175,10 @@ impl Platform {
             // Switched on again later, it starts from a new run.
             self.ceph.forget();
         }
+        // Asked every cycle where it runs; elsewhere its file is enough.
+        let no_unraid = !self.root.exists(unraid::VERSION_FILE);
         Pending {
-            unraid: self.unraid.begin(now),
+            unraid: self.unraid.begin_unless_absent(now, no_unraid),
             ceph: ceph.then(|| self.ceph.begin(now)),
             lxc: self.lxc.begin(now),
             updates: self.updates.begin(now),
@@ -608,6 +610,26 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
         }
     }
 
+    /// [`Source::begin`] for a source whose platform the caller has just
+    /// found absent with a check of its own (one `stat`): while the latest
+    /// run found it absent too, and is younger than half of [`MAX_AGE`],
+    /// nothing is asked, so no thread wakes for a platform that is not
+    /// there; the report carries that run's answer.
+    pub fn begin_unless_absent(&mut self, started: Instant, absent: bool) -> Asked {
+        let absent_before = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.peek())
+            .is_some_and(|r| matches!(r.result, Ok(None)) && r.ended.elapsed() < MAX_AGE / 2);
+        if absent && absent_before && !self.forgotten {
+            return Asked {
+                started,
+                ticket: None,
+            };
+        }
+        self.begin(started)
+    }
+
     /// Asks for a run unless the latest result is younger than the refresh.
     pub fn begin(&mut self, started: Instant) -> Asked {
         let due = match self.worker.as_ref().and_then(|w| w.peek()) {
@@ -851,6 +873,30 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(modules.len(), 1);
         assert_eq!(modules[0].state, ModuleState::Running);
+    }
+
+    /// Unraid's worker was asked (a thread woken) every cycle on every host,
+    /// to stat a file that is not there. While the platform's own check and
+    /// the last run agree it is absent, nothing is asked; once present, the
+    /// source is asked at once.
+    #[test]
+    fn an_absent_platform_is_not_asked_every_cycle() {
+        let (mut s, runs) = source(Duration::ZERO, vec![(Duration::ZERO, Ok(None))]);
+        let mut modules = Vec::new();
+        let mut cycle = |absent: bool| {
+            let asked = s.begin_unless_absent(Instant::now(), absent);
+            let mut sources = Vec::new();
+            let wait = Duration::from_secs(2);
+            let data = s.take(asked, wait, &mut sources, &mut modules, SystemTime::now());
+            assert!(data.is_none());
+            assert_eq!(sources[0].outcome, Outcome::Absent);
+        };
+        for _ in 0..4 {
+            cycle(true);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "asked again while absent");
+        cycle(false);
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "not asked once present");
     }
 
     /// Every report between two runs copied the run's data (the package
