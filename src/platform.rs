@@ -124,6 +124,8 @@ pub struct Settings {
 pub struct Platform {
     root: Root,
     once: bool,
+    /// `PULSE_PCT_PATH` is set: pct is asked for even when not found.
+    pct_configured: bool,
     unraid: Source<unraid::Unraid>,
     ceph: Source<ceph::Ceph>,
     lxc: Source<pct::Lxc>,
@@ -146,6 +148,7 @@ impl Platform {
         let clock = settings.clock;
         Platform {
             once: settings.once,
+            pct_configured: settings.pct_path.is_some(),
             unraid: Source::new(UNRAID, unraid::Collector::new(root.clone()), clock),
             ceph: Source::new(CEPH, CephSource::new(root.clone()), clock),
             lxc: Source::new(
@@ -175,12 +178,16 @@ impl Platform {
             // Switched on again later, it starts from a new run.
             self.ceph.forget();
         }
-        // Asked every cycle where it runs; elsewhere its file is enough.
+        // Where the platform is not, a check of its own is enough (and no
+        // thread wakes): Unraid's file, a `ceph` or `pct` program (the
+        // root keeps where programs are).
         let no_unraid = !self.root.exists(unraid::VERSION_FILE);
+        let no_ceph = ceph && self.root.program("ceph", ceph::DIRS).is_none();
+        let no_pct = !self.pct_configured && self.root.program("pct", pct::DIRS).is_none();
         Pending {
             unraid: self.unraid.begin_unless_absent(now, no_unraid),
-            ceph: ceph.then(|| self.ceph.begin(now)),
-            lxc: self.lxc.begin(now),
+            ceph: ceph.then(|| self.ceph.begin_unless_absent(now, no_ceph)),
+            lxc: self.lxc.begin_unless_absent(now, no_pct),
             updates: self.updates.begin(now),
             cleanup: self.cleanup.begin(now),
         }
