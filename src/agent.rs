@@ -193,7 +193,10 @@ fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     }
     let pending = agent.ask_docker();
     let snapshot = agent.collect();
-    let host = config.enable_host.then(|| agent.host_report(&snapshot));
+    let host = config.enable_host.then(|| {
+        let encoded = agent.host_report(&snapshot);
+        (encoded.document(), encoded.body)
+    });
     let docker = pending.and_then(|p| agent.docker_report(p, &snapshot, docker::ONCE_WAIT));
     // Asked for by name and not there: that is a failure of this run.
     let docker_error = match (&agent.docker, &docker) {
@@ -528,6 +531,8 @@ struct Agent {
     identity: Identity,
     host: collect::Host,
     seq: Sequence,
+    /// Builds host reports (`packageUpdates` once per apt run).
+    encoder: report::HostEncoder,
     privilege: Privilege,
     modules: Vec<Module>,
     started: SystemTime,
@@ -546,8 +551,11 @@ struct Agent {
     last_report: Option<SystemTime>,
     outcomes: HashMap<&'static str, Outcome>,
     warned: HashMap<&'static str, Vec<String>>,
-    last_sources: Vec<SourceStatus>,
+    /// The last host report's sources, shared with the published view.
+    last_sources: Arc<[SourceStatus]>,
     server_id_logged: bool,
+    /// The server's ID for this agent as last saved in `STATE-DIR/agent-id`.
+    saved_server_id: Option<String>,
     server_version: Option<String>,
     smart: Option<smart::Service>,
     smart_waited: bool,
@@ -667,6 +675,7 @@ impl Agent {
                 config.pct_path.is_some(),
             ),
             seq: Sequence::random(),
+            encoder: report::HostEncoder::new(),
             interval: config.interval,
             report_ip: config.report_ip,
             applied_config: None,
@@ -685,8 +694,9 @@ impl Agent {
             last_report: None,
             outcomes: HashMap::new(),
             warned: HashMap::new(),
-            last_sources: Vec::new(),
+            last_sources: Arc::from([]),
             server_id_logged: false,
+            saved_server_id: None,
             server_version: None,
             smart,
             smart_waited: false,
@@ -782,11 +792,12 @@ impl Agent {
     /// Collects and builds one host report: the document and its wire bytes.
     fn build(&mut self) -> (Value, Vec<u8>) {
         let snapshot = self.collect();
-        self.host_report(&snapshot)
+        let encoded = self.host_report(&snapshot);
+        (encoded.document(), encoded.body)
     }
 
-    /// The host report of `snapshot`: the document and its wire bytes.
-    fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> (Value, Vec<u8>) {
+    /// The host report of `snapshot`: its wire bytes and document.
+    fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> report::Encoded {
         let sequence_id = self.seq.next_id();
         let version = version();
         let report_ip = self.report_ip.map(|ip| ip.to_string());
@@ -796,7 +807,7 @@ impl Agent {
             .map(|(v, h)| (v.as_str(), h.as_str()));
         let timestamp = (self.clock)();
         let update_status = lock(&self.update).clone();
-        let doc = report::host(&report::HostReport {
+        let encoded = self.encoder.encode(&report::HostReport {
             agent: report::Agent {
                 id: &self.agent_id,
                 version: &version,
@@ -819,10 +830,8 @@ impl Agent {
         });
         self.reports_built += 1;
         self.last_report = Some(timestamp);
-        self.last_sources = snapshot.sources.clone();
-        let body =
-            serde_json::to_vec(&doc).expect("invariant: a serde_json::Value always serialises");
-        (doc, body)
+        self.last_sources = Arc::from(snapshot.sources.as_slice());
+        encoded
     }
 
     /// Puts the latest SMART refresh into `snap`. The first report waits for
@@ -941,7 +950,7 @@ impl Agent {
         }
         let mut host_doc = None;
         if self.config.enable_host {
-            let (doc, body) = self.host_report(&snapshot);
+            let (body, doc) = self.host_report(&snapshot).split();
             if self.client.is_some() {
                 self.deliver(body);
                 self.keepalive();
@@ -957,7 +966,7 @@ impl Agent {
             }
             self.keepalive();
         }
-        self.publish(host_doc.as_ref());
+        self.publish(host_doc);
     }
 
     /// The outboxes, host first.
@@ -1138,8 +1147,13 @@ impl Agent {
                 );
                 self.server_id_logged = true;
             }
-            if let Err(e) = state::write_if_changed(&self.config.state_dir.join("agent-id"), &id) {
-                log::warn!("cannot save the agent ID: {e}");
+            // Every answer carries the ID: the file is read (and written when
+            // it differs) only when the ID is not the one last saved.
+            if self.saved_server_id.as_deref() != Some(id.as_str()) {
+                match state::write_if_changed(&self.config.state_dir.join("agent-id"), &id) {
+                    Ok(_) => self.saved_server_id = Some(id),
+                    Err(e) => log::warn!("cannot save the agent ID: {e}"),
+                }
             }
         }
         if ack.server_version.is_some() {
@@ -1392,8 +1406,10 @@ impl Agent {
         }
     }
 
-    /// Publishes what the health listener answers with.
-    fn publish(&self, doc: Option<&Value>) {
+    /// Publishes what the health listener answers with: what this cycle
+    /// found, not text. Each page is rendered on the first request for it
+    /// (`health::Page`), so a cycle nobody asks about renders nothing.
+    fn publish(&self, doc: Option<report::Document>) {
         let Some(published) = &self.published else {
             return;
         };
@@ -1409,24 +1425,89 @@ impl Agent {
                     && !crate::platform::MODULES.contains(&m.name)
             })
             .all(|m| m.state == ModuleState::Running);
-        let sources = &self.last_sources;
-        let update_status = lock(&self.update).clone();
-        let status = json!({
-            "ready": ready,
-            "modules": self.modules.iter().map(module_json).collect::<Vec<_>>(),
-            "agent": {"id": self.agent_id, "version": version(), "hostname": self.identity.hostname,
-                      "intervalSeconds": self.interval.as_secs()},
-            "collectors": sources.iter().map(source_json).collect::<Vec<_>>(),
-            "delivery": delivery_json(&self.out.delivery, self.client.as_ref().map(|c| c.base())),
-            "docker": self.docker.as_ref().map(|d| docker_json(d, self.client.as_ref().map(|c| c.base()))),
-            "update": report::update(&update_status),
+        let url = self.client.as_ref().map(|c| c.base().to_string());
+        let view = Arc::new(View {
+            ready,
+            modules: self.modules.clone(),
+            agent_id: self.agent_id.clone(),
+            hostname: self.identity.hostname.clone(),
+            interval_seconds: self.interval.as_secs(),
+            sources: self.last_sources.clone(),
+            delivery: self.out.delivery.clone(),
+            docker: self.docker.as_ref().map(|d| DockerView {
+                enabled: d.enabled,
+                delivery: d.outbox.delivery.clone(),
+                last_run: d.last_run.clone(),
+            }),
+            url,
+            update: lock(&self.update).clone(),
+            reports_built: self.reports_built,
+            last_report: self.last_report,
         });
-        let metrics = metrics::render(&metrics::State {
+        let previous = published.get();
+        let (for_status, for_metrics) = (view.clone(), view);
+        published.set(Snapshot {
+            ready,
+            status: Arc::new(health::Page::new(move || for_status.status_json())),
+            metrics: Arc::new(health::Page::new(move || for_metrics.metrics_text())),
+            report: match doc {
+                Some(d) => Some(Arc::new(health::Page::new(move || d.pretty()))),
+                None => previous.report.clone(),
+            },
+        });
+    }
+}
+
+/// What `/status` and `/metrics` show of one cycle, kept for the health
+/// listener to render when asked.
+struct View {
+    ready: bool,
+    modules: Vec<Module>,
+    agent_id: String,
+    hostname: String,
+    interval_seconds: u64,
+    sources: Arc<[SourceStatus]>,
+    delivery: DeliveryState,
+    docker: Option<DockerView>,
+    /// The server's base URL, with a URL.
+    url: Option<String>,
+    update: update::Status,
+    reports_built: u64,
+    last_report: Option<SystemTime>,
+}
+
+/// The docker module's part of a [`View`].
+struct DockerView {
+    enabled: bool,
+    delivery: DeliveryState,
+    last_run: Option<Arc<docker::Run>>,
+}
+
+impl View {
+    /// `/status` (and `/readyz`).
+    fn status_json(&self) -> String {
+        let url = self.url.as_deref();
+        json!({
+            "ready": self.ready,
+            "modules": self.modules.iter().map(module_json).collect::<Vec<_>>(),
+            "agent": {"id": self.agent_id, "version": version(), "hostname": self.hostname,
+                      "intervalSeconds": self.interval_seconds},
+            "collectors": self.sources.iter().map(source_json).collect::<Vec<_>>(),
+            "delivery": delivery_json(&self.delivery, url),
+            "docker": self.docker.as_ref().map(|d| docker_json(d, url)),
+            "update": report::update(&self.update),
+        })
+        .to_string()
+    }
+
+    /// `/metrics` without the `process_*` families.
+    fn metrics_text(&self) -> String {
+        metrics::render(&metrics::State {
             version: &version(),
             modules: &self.modules,
-            sources,
-            delivery: &self.out.delivery,
-            docker_delivery: self.docker.as_ref().map(|d| &d.outbox.delivery),
+            sources: &self.sources,
+            delivery: &self.delivery,
+            docker_delivery: self.docker.as_ref().map(|d| &d.delivery),
             docker_containers: self
                 .docker
                 .as_ref()
@@ -1435,20 +1516,8 @@ impl Agent {
                 .map(|s| s.containers.len()),
             reports_built: self.reports_built,
             last_report: self.last_report,
-            update: &update_status,
-        });
-        let previous = published.get();
-        published.set(Snapshot {
-            ready,
-            status: status.to_string(),
-            metrics,
-            report: match doc {
-                Some(d) => Some(Arc::new(
-                    serde_json::to_string_pretty(d).expect("invariant: a Value serialises"),
-                )),
-                None => previous.report.clone(),
-            },
-        });
+            update: &self.update,
+        })
     }
 }
 
@@ -1479,8 +1548,8 @@ fn source_json(s: &SourceStatus) -> Value {
 }
 
 /// The docker module in `/status`: its last collection and its delivery.
-fn docker_json(d: &DockerModule, url: Option<&str>) -> Value {
-    let mut v = json!({"enabled": d.enabled, "delivery": delivery_json(&d.outbox.delivery, url)});
+fn docker_json(d: &DockerView, url: Option<&str>) -> Value {
+    let mut v = json!({"enabled": d.enabled, "delivery": delivery_json(&d.delivery, url)});
     if let Some(run) = &d.last_run {
         match &run.result {
             Ok(s) => {
@@ -1750,6 +1819,89 @@ fn read_agent_id_file(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A standalone agent on a fixture host, publishing for a listener.
+    fn fixture_agent(case: &str) -> (Agent, Arc<Published>) {
+        let root = format!(
+            "{}/vendor-free-tests/fixtures/{case}/root",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let state = std::env::temp_dir().join("pulse-agent-unit-no-such-state-dir");
+        let args = [
+            "--root".to_string(),
+            root,
+            format!("--state-dir={}", state.display()),
+            // Never this machine's smartctl.
+            "--smart-interval=0s".to_string(),
+        ];
+        let no_env = |_: &str| None;
+        let a = crate::cli::parse(args, &no_env).expect("args");
+        let config = Config::from_args(&a, &no_env, &|_| None).expect("config");
+        let mut agent = Agent::new(&config, SystemTime::now).expect("agent");
+        let published = Arc::new(Published::default());
+        agent.published = Some(published.clone());
+        (agent, published)
+    }
+
+    /// Every delivery's answer read `STATE-DIR/agent-id` to compare the
+    /// server's ID with it. It is read (and written if it differs) only when
+    /// the ID is not the one last saved.
+    #[test]
+    fn the_agent_id_file_is_read_only_when_the_servers_id_changes() {
+        let (mut agent, _) = fixture_agent("debian12-vm");
+        let dir = std::env::temp_dir().join(format!("pulse-agent-ack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        agent.config.state_dir = dir.clone();
+        let file = dir.join("agent-id");
+        let ack = |id: &str| deliver::Ack {
+            agent_id: Some(id.to_string()),
+            server_version: None,
+        };
+        agent.host_ack(ack("one"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "one");
+        // Not read again for the same ID: a changed file stays as it is.
+        std::fs::write(&file, "edited").unwrap();
+        agent.host_ack(ack("one"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "edited");
+        agent.host_ack(ack("two"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The pretty `/report` (and `/status`, `/metrics`) was rendered by
+    /// every cycle, asked for or not. A cycle keeps what it found; the page
+    /// is rendered on the first request, and is the latest cycle's report.
+    #[test]
+    fn report_is_rendered_only_when_asked_and_shows_the_latest_cycle() {
+        let (mut agent, published) = fixture_agent("debian12-vm");
+        agent.cycle();
+        let first = published.get();
+        agent.cycle();
+        let snap = published.get();
+        for (what, s) in [("first", &first), ("second", &snap)] {
+            let report = s.report.as_ref().expect("a report was built");
+            assert!(!report.is_rendered(), "{what} cycle rendered /report");
+            assert!(!s.status.is_rendered(), "{what} cycle rendered /status");
+            assert!(!s.metrics.is_rendered(), "{what} cycle rendered /metrics");
+        }
+        let report = snap.report.as_ref().expect("a report was built");
+        let doc: Value = serde_json::from_str(report.text()).expect("pretty JSON");
+        let seq = doc["sequenceId"].as_str().expect("sequenceId");
+        assert!(seq.ends_with(":2"), "not the second cycle's report: {seq}");
+        assert_eq!(doc["host"]["hostname"], agent.identity.hostname.as_str());
+        assert!(report.text().contains("\n  \""), "not pretty");
+        assert!(report.is_rendered());
+        // Rendered once, then answered from the same text.
+        assert!(std::ptr::eq(report.text(), report.text()));
+        // The status page is rendered from the same cycle.
+        let status: Value = serde_json::from_str(snap.status.text()).expect("status JSON");
+        assert_eq!(status["agent"]["id"], agent.agent_id.as_str());
+        assert!(
+            snap.metrics
+                .text()
+                .contains("pulse_agent_reports_built_total")
+        );
+    }
 
     #[test]
     fn ticks_stay_on_the_grid_without_bursts() {

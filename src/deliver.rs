@@ -734,7 +734,64 @@ pub fn http_agent(
         ().chain(ConnectProxyConnector::default())
             .chain(TcpConnector::default())
             .chain(TlsConnector { config: tls });
-    ureq::Agent::with_parts(config, connector, DefaultResolver::default())
+    ureq::Agent::with_parts(config, connector, KeptResolver::default())
+}
+
+/// How long a server name's addresses are used without a new lookup.
+const RESOLVE_KEEP: Duration = Duration::from_secs(60);
+
+/// ureq looks the host up before every request, even one that goes over a
+/// pooled connection, and on a thread of its own when the request has a
+/// timeout (every one here has). An IP address needs no lookup at all, and a
+/// name's last answer is used for [`RESOLVE_KEEP`]: a report every 30 s and
+/// the config every minute then start no thread and send no DNS query each.
+#[derive(Debug, Default)]
+struct KeptResolver {
+    lookup: DefaultResolver,
+    /// `host:port`, when it was looked up, and its addresses.
+    last: std::sync::Mutex<Option<(String, std::time::Instant, Addrs)>>,
+}
+
+type Addrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+
+impl ureq::unversioned::resolver::Resolver for KeptResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<Addrs, ureq::Error> {
+        let key = uri
+            .scheme()
+            .zip(uri.authority())
+            .and_then(|(scheme, authority)| DefaultResolver::host_and_port(scheme, authority));
+        let Some(key) = key else {
+            return self.lookup.resolve(uri, config, timeout);
+        };
+        // `host:port` and `[v6]:port` parse as socket addresses.
+        if let Ok(addr) = key.parse::<std::net::SocketAddr>() {
+            if config
+                .ip_family()
+                .keep_wanted(std::iter::once(addr))
+                .next()
+                .is_none()
+            {
+                return Err(ureq::Error::HostNotFound);
+            }
+            let mut out = self.empty();
+            out.push(addr);
+            return Ok(out);
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, at, addrs)) = &*last {
+            if *k == key && at.elapsed() < RESOLVE_KEEP {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.lookup.resolve(uri, config, timeout)?;
+        *last = Some((key, std::time::Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
 }
 
 /// A request's outcome at the HTTP level.
@@ -954,6 +1011,42 @@ pub fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ureq looked the server up before every request, on a new thread (the
+    /// requests have a timeout), pooled connection or not. An address is
+    /// not looked up at all; a name once per RESOLVE_KEEP.
+    #[test]
+    fn the_server_is_looked_up_once_a_minute_not_for_every_request() {
+        use ureq::unversioned::resolver::Resolver;
+        let r = KeptResolver::default();
+        let config = ureq::Agent::config_builder().build();
+        let resolve = |uri: &str| {
+            let uri: ureq::http::Uri = uri.parse().unwrap();
+            r.resolve(&uri, &config, NextTimeout::default()).unwrap()
+        };
+        let addr = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            &resolve("https://127.0.0.1:7655/api")[..],
+            [addr("127.0.0.1:7655")]
+        );
+        assert_eq!(&resolve("https://[::1]/api")[..], [addr("[::1]:443")]);
+        assert!(r.last.lock().unwrap().is_none(), "an address was looked up");
+        let first = resolve("http://localhost:7655/api");
+        assert!(
+            first
+                .iter()
+                .all(|a| a.port() == 7655 && a.ip().is_loopback())
+        );
+        let at = r.last.lock().unwrap().as_ref().map(|(_, at, _)| *at);
+        assert!(at.is_some(), "a name's answer is kept");
+        assert_eq!(resolve("http://localhost:7655/api"), first);
+        let again = r.last.lock().unwrap().as_ref().map(|(_, at, _)| *at);
+        assert_eq!(at, again, "looked up again within RESOLVE_KEEP");
+        // Another name (or port) is looked up.
+        resolve("http://localhost:7656/api");
+        let other = r.last.lock().unwrap().as_ref().map(|(k, _, _)| k.clone());
+        assert_eq!(other.as_deref(), Some("localhost:7656"));
+    }
     use std::path::Path;
 
     /// Answers one request on a loopback port with a head of about `head`

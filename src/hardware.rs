@@ -406,7 +406,7 @@ fn current<T>(a: &Answer<T>) -> Option<std::sync::Arc<T>> {
 
 /// `/proc/mdstat`'s arrays; `Err("")` when the file does not exist.
 fn read_mdstat(root: &Root) -> Result<Vec<raid::Array>, String> {
-    match root.read_capped("/proc/mdstat", MDSTAT_CAP) {
+    match root.read_kept("/proc/mdstat", MDSTAT_CAP) {
         Ok(c) if c.truncated => Err("/proc/mdstat is larger than 1 MiB".into()),
         Ok(c) => Ok(raid::parse_mdstat(&c.text)),
         Err(e) if e.is_not_found() => Err(String::new()),

@@ -3,7 +3,10 @@
 //!
 //! Answers come from a [`Snapshot`] the main thread publishes after each
 //! cycle; the listener never collects anything, never sees the token, and
-//! never waits on anything but its sockets.
+//! never waits on anything but its sockets. The snapshot holds what the cycle
+//! found, not text: each page is rendered by the `health` thread on the first
+//! request for it and kept until the next snapshot ([`Page`]), so an agent
+//! nobody asks renders nothing.
 //!
 //! tiny_http starts a thread for every connection it accepts and has no read
 //! timeout, so it is not exposed directly. A gate thread accepts TCP
@@ -27,7 +30,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Requests served at once; more get `503` and are closed.
@@ -56,16 +59,59 @@ const MAX_REQUEST: usize = 16 * 1024;
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrequest too large\n";
 const RELAY_STACK: usize = 64 * 1024;
 
-/// What the listener answers with, replaced whole after each cycle.
+/// What the listener answers with, replaced whole after each cycle. The
+/// pages are rendered on the first request for them, not by the cycle.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub ready: bool,
     /// `/status` and `/readyz` body (JSON, without the trailing newline).
-    pub status: String,
+    pub status: Arc<Page>,
     /// `/metrics` without the `process_*` families.
-    pub metrics: String,
-    /// The last host report, pretty JSON.
-    pub report: Option<Arc<String>>,
+    pub metrics: Arc<Page>,
+    /// The last host report, pretty JSON (kept by the next snapshot when
+    /// that cycle built none).
+    pub report: Option<Arc<Page>>,
+}
+
+/// A page rendered from what its cycle kept, on the first request for it,
+/// and then answered from that text for the rest of its snapshot's life:
+/// a cycle nobody asks about renders nothing.
+pub struct Page {
+    render: Box<dyn Fn() -> String + Send + Sync>,
+    text: OnceLock<String>,
+}
+
+impl Page {
+    pub fn new(render: impl Fn() -> String + Send + Sync + 'static) -> Page {
+        Page {
+            render: Box::new(render),
+            text: OnceLock::new(),
+        }
+    }
+
+    /// The page, rendered now if this is the first request for it.
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| (self.render)())
+    }
+
+    /// Whether anyone has asked for the page yet.
+    pub fn is_rendered(&self) -> bool {
+        self.text.get().is_some()
+    }
+}
+
+impl Default for Page {
+    fn default() -> Page {
+        Page::new(String::new)
+    }
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("text", &self.text.get())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The published snapshot, shared between the main thread and the listener.
@@ -518,16 +564,20 @@ fn respond(rq: tiny_http::Request, published: &Published, started: SystemTime) {
         "/readyz" => (
             if snap.ready { 200 } else { 503 },
             json,
-            format!("{}\n", snap.status),
+            format!("{}\n", snap.status.text()),
         ),
-        "/status" => (200, json, format!("{}\n", snap.status)),
+        "/status" => (200, json, format!("{}\n", snap.status.text())),
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            format!("{}{}", snap.metrics, crate::metrics::process(started)),
+            format!(
+                "{}{}",
+                snap.metrics.text(),
+                crate::metrics::process(started)
+            ),
         ),
         "/report" => match &snap.report {
-            Some(r) => (200, json, format!("{r}\n")),
+            Some(r) => (200, json, format!("{}\n", r.text())),
             None => (503, text, "no report has been built yet\n".into()),
         },
         _ => (404, text, "404 page not found\n".into()),

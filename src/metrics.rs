@@ -3,8 +3,9 @@
 //! The `pulse_agent_*` families the stock agent documents, with its help
 //! texts and labels exactly (spec §5), then this agent's own: per-collector
 //! duration and success, report and delivery counters, the spool, and the
-//! `process_*` basics. Rendered once per cycle by the main thread; a scrape
-//! only appends the `process_*` lines, which are cheap syscalls.
+//! `process_*` basics. Rendered by the health thread on the first scrape
+//! after a cycle and kept until the next one (never by a cycle nobody
+//! scrapes); every scrape appends the `process_*` lines, cheap syscalls.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

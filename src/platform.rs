@@ -124,6 +124,8 @@ pub struct Settings {
 pub struct Platform {
     root: Root,
     once: bool,
+    /// `PULSE_PCT_PATH` is set: pct is asked for even when not found.
+    pct_configured: bool,
     unraid: Source<unraid::Unraid>,
     ceph: Source<ceph::Ceph>,
     lxc: Source<pct::Lxc>,
@@ -146,6 +148,7 @@ impl Platform {
         let clock = settings.clock;
         Platform {
             once: settings.once,
+            pct_configured: settings.pct_path.is_some(),
             unraid: Source::new(UNRAID, unraid::Collector::new(root.clone()), clock),
             ceph: Source::new(CEPH, CephSource::new(root.clone()), clock),
             lxc: Source::new(
@@ -175,10 +178,16 @@ impl Platform {
             // Switched on again later, it starts from a new run.
             self.ceph.forget();
         }
+        // Where the platform is not, a check of its own is enough (and no
+        // thread wakes): Unraid's file, a `ceph` or `pct` program (the
+        // root keeps where programs are).
+        let no_unraid = !self.root.exists(unraid::VERSION_FILE);
+        let no_ceph = ceph && self.root.program("ceph", ceph::DIRS).is_none();
+        let no_pct = !self.pct_configured && self.root.program("pct", pct::DIRS).is_none();
         Pending {
-            unraid: self.unraid.begin(now),
-            ceph: ceph.then(|| self.ceph.begin(now)),
-            lxc: self.lxc.begin(now),
+            unraid: self.unraid.begin_unless_absent(now, no_unraid),
+            ceph: ceph.then(|| self.ceph.begin_unless_absent(now, no_ceph)),
+            lxc: self.lxc.begin_unless_absent(now, no_pct),
             updates: self.updates.begin(now),
             cleanup: self.cleanup.begin(now),
         }
@@ -547,7 +556,7 @@ pub struct Policy {
 /// One run's result, stamped when it ended.
 #[derive(Debug)]
 pub struct Run<T> {
-    pub result: Result<Option<T>, String>,
+    pub result: Result<Option<Arc<T>>, String>,
     /// The agent's clock when the run ended (`collectedAt`, `checkedAt`).
     pub at: SystemTime,
     /// When it ended, for [`Policy::refresh`].
@@ -586,8 +595,8 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
     ) -> Source<T> {
         let job = move |deadline: Instant| {
             let started = Instant::now();
-            let result = collector.collect(deadline);
-            let data = result.as_ref().ok().and_then(Option::as_ref);
+            let result = collector.collect(deadline).map(|d| d.map(Arc::new));
+            let data = result.as_ref().ok().and_then(Option::as_deref);
             let warnings = collector.warnings(data);
             let listed = data.is_none_or(C::listed);
             Run {
@@ -606,6 +615,26 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
             worker: None,
             forgotten: false,
         }
+    }
+
+    /// [`Source::begin`] for a source whose platform the caller has just
+    /// found absent with a check of its own (one `stat`): while the latest
+    /// run found it absent too, and is younger than half of [`MAX_AGE`],
+    /// nothing is asked, so no thread wakes for a platform that is not
+    /// there; the report carries that run's answer.
+    pub fn begin_unless_absent(&mut self, started: Instant, absent: bool) -> Asked {
+        let absent_before = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.peek())
+            .is_some_and(|r| matches!(r.result, Ok(None)) && r.ended.elapsed() < MAX_AGE / 2);
+        if absent && absent_before && !self.forgotten {
+            return Asked {
+                started,
+                ticket: None,
+            };
+        }
+        self.begin(started)
     }
 
     /// Asks for a run unless the latest result is younger than the refresh.
@@ -738,7 +767,7 @@ pub fn apply<T: Clone>(
             let error = (!warnings.is_empty()).then(|| warnings.join("; "));
             (
                 Some(Stamped {
-                    value: v.clone(),
+                    value: Arc::clone(v),
                     at: *at,
                 }),
                 listed.then_some((ModuleState::Running, error)),
@@ -835,7 +864,7 @@ mod tests {
         let asked = s.begin(Instant::now());
         let mut sources = Vec::new();
         s.take(asked, wait, &mut sources, modules, SystemTime::now())
-            .map(|d| d.value)
+            .map(|d| *d.value)
     }
 
     #[test]
@@ -851,6 +880,55 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(modules.len(), 1);
         assert_eq!(modules[0].state, ModuleState::Running);
+    }
+
+    /// Unraid's worker was asked (a thread woken) every cycle on every host,
+    /// to stat a file that is not there. While the platform's own check and
+    /// the last run agree it is absent, nothing is asked; once present, the
+    /// source is asked at once.
+    #[test]
+    fn an_absent_platform_is_not_asked_every_cycle() {
+        let (mut s, runs) = source(Duration::ZERO, vec![(Duration::ZERO, Ok(None))]);
+        let mut modules = Vec::new();
+        let mut cycle = |absent: bool| {
+            let asked = s.begin_unless_absent(Instant::now(), absent);
+            let mut sources = Vec::new();
+            let wait = Duration::from_secs(2);
+            let data = s.take(asked, wait, &mut sources, &mut modules, SystemTime::now());
+            assert!(data.is_none());
+            assert_eq!(sources[0].outcome, Outcome::Absent);
+        };
+        for _ in 0..4 {
+            cycle(true);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "asked again while absent");
+        cycle(false);
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "not asked once present");
+    }
+
+    /// Every report between two runs copied the run's data (the package
+    /// list, Unraid's disks). They share it.
+    #[test]
+    fn reports_between_two_runs_share_the_runs_data() {
+        let (mut s, _) = source(
+            Duration::from_secs(3600),
+            vec![(Duration::ZERO, Ok(Some(7)))],
+        );
+        let mut modules = Vec::new();
+        let mut take = || {
+            let asked = s.begin(Instant::now());
+            let at = SystemTime::now();
+            s.take(
+                asked,
+                Duration::from_secs(2),
+                &mut Vec::new(),
+                &mut modules,
+                at,
+            )
+            .expect("data")
+        };
+        let (a, b) = (take(), take());
+        assert!(Arc::ptr_eq(&a.value, &b.value));
     }
 
     #[test]

@@ -104,9 +104,15 @@ pub struct HostReport<'a> {
 
 /// The host report (`POST /api/agents/agent/report` body).
 pub fn host(r: &HostReport) -> Value {
+    host_doc(r, None)
+}
+
+/// The host report with `packages` as `host.packageUpdates` when given
+/// (else built from the snapshot).
+fn host_doc(r: &HostReport, packages: Option<Value>) -> Value {
     let mut doc = Obj::default();
     doc.put("agent", agent(&r.agent));
-    doc.put("host", host_info(r));
+    doc.put("host", host_info(r, packages));
     doc.put("metrics", metrics(r.snapshot));
     let s = r.snapshot;
     doc.list("disks", disks(s));
@@ -146,6 +152,140 @@ pub fn host(r: &HostReport) -> Value {
     doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
     doc.str("sequenceId", r.sequence_id);
     doc.done()
+}
+
+/// Encodes host reports, building `host.packageUpdates` once per apt run
+/// rather than once per report: the list changes only when apt runs (every
+/// 30 minutes at most) but can be most of a report (200 packages are about
+/// 20 KB). Its `Value` and compact JSON are kept for the run they came
+/// from, and the JSON is spliced into each report's bytes in place of a
+/// marker; the bytes are the same as [`host`]'s, encoded.
+#[derive(Default)]
+pub struct HostEncoder {
+    packages: Option<KeptPackages>,
+    built: u64,
+}
+
+struct KeptPackages {
+    /// The run's data (a new run is a new `Arc`) and time.
+    run: std::sync::Arc<crate::collect::packages::Updates>,
+    at: SystemTime,
+    value: std::sync::Arc<Value>,
+    json: String,
+}
+
+/// Stands for `host.packageUpdates` in a report being encoded: a JSON string
+/// no host data holds (a NUL cannot reach a report field that the agent
+/// reads from the host, and if one did the report is encoded whole).
+const PACKAGES_MARKER: &str = "\u{0}pulse-agent:packageUpdates\u{0}";
+
+/// A host report: its wire bytes, and its document for `--once` and
+/// `/report` (`host.packageUpdates` kept apart until asked for).
+pub struct Encoded {
+    pub body: Vec<u8>,
+    doc: Value,
+    packages: Option<std::sync::Arc<Value>>,
+}
+
+impl Encoded {
+    /// The whole document, as [`host`] builds it.
+    pub fn document(&self) -> Value {
+        joined(&self.doc, self.packages.as_deref())
+    }
+
+    /// The wire bytes, and the document to keep for `/report`.
+    pub fn split(self) -> (Vec<u8>, Document) {
+        let doc = Document {
+            doc: self.doc,
+            packages: self.packages,
+        };
+        (self.body, doc)
+    }
+}
+
+/// A sent host report's document, kept for `/report`.
+pub struct Document {
+    doc: Value,
+    packages: Option<std::sync::Arc<Value>>,
+}
+
+impl Document {
+    /// The whole document as pretty JSON.
+    pub fn pretty(&self) -> String {
+        let doc = match self.packages.as_deref() {
+            Some(p) => &joined(&self.doc, Some(p)),
+            None => &self.doc,
+        };
+        serde_json::to_string_pretty(doc).expect("invariant: a Value serialises")
+    }
+}
+
+/// `doc` with `packages` put back as `host.packageUpdates`.
+fn joined(doc: &Value, packages: Option<&Value>) -> Value {
+    let mut doc = doc.clone();
+    if let Some(p) = packages {
+        doc["host"]["packageUpdates"] = p.clone();
+    }
+    doc
+}
+
+impl HostEncoder {
+    pub fn new() -> HostEncoder {
+        HostEncoder::default()
+    }
+
+    /// How many times `host.packageUpdates` was built: once per apt run.
+    pub fn packages_built(&self) -> u64 {
+        self.built
+    }
+
+    /// `r` as the server receives it ([`host`], encoded).
+    pub fn encode(&mut self, r: &HostReport) -> Encoded {
+        let Some(p) = &r.snapshot.packages else {
+            self.packages = None;
+            return whole(r);
+        };
+        let fresh = self
+            .packages
+            .as_ref()
+            .is_none_or(|k| !std::sync::Arc::ptr_eq(&k.run, &p.value) || k.at != p.at);
+        if fresh {
+            let value = package_updates(&p.value, p.at);
+            let json = serde_json::to_string(&value).expect("invariant: a Value serialises");
+            self.built += 1;
+            self.packages = Some(KeptPackages {
+                run: p.value.clone(),
+                at: p.at,
+                value: std::sync::Arc::new(value),
+                json,
+            });
+        }
+        let kept = self.packages.as_ref().expect("invariant: kept just now");
+        let doc = host_doc(r, Some(Value::String(PACKAGES_MARKER.to_string())));
+        let mut text = serde_json::to_string(&doc).expect("invariant: a Value serialises");
+        let marker = serde_json::to_string(PACKAGES_MARKER).expect("invariant: a str serialises");
+        match text.find(&marker) {
+            Some(at) if !text[at + marker.len()..].contains(&marker) => {
+                text.replace_range(at..at + marker.len(), &kept.json);
+                Encoded {
+                    body: text.into_bytes(),
+                    doc,
+                    packages: Some(kept.value.clone()),
+                }
+            }
+            // The marker is in the host's own data: encode it whole.
+            _ => whole(r),
+        }
+    }
+}
+
+fn whole(r: &HostReport) -> Encoded {
+    let doc = host(r);
+    Encoded {
+        body: serde_json::to_vec(&doc).expect("invariant: a Value serialises"),
+        doc,
+        packages: None,
+    }
 }
 
 /// `disks[]`: the same list in the host and the docker report.
@@ -606,7 +746,7 @@ fn agent(a: &Agent) -> Value {
     o.done()
 }
 
-fn host_info(r: &HostReport) -> Value {
+fn host_info(r: &HostReport, packages: Option<Value>) -> Value {
     let id = r.identity;
     let s = r.snapshot;
     let mut o = Obj::default();
@@ -625,7 +765,8 @@ fn host_info(r: &HostReport) -> Value {
     o.load_average(s);
     o.str("reportIp", r.report_ip.unwrap_or(""));
     if let Some(p) = &s.packages {
-        o.put("packageUpdates", package_updates(&p.value, p.at));
+        let v = packages.unwrap_or_else(|| package_updates(&p.value, p.at));
+        o.put("packageUpdates", v);
     }
     if let Some(c) = &s.cleanup {
         o.put("storageCleanup", storage_cleanup(&c.value, c.at));
@@ -1055,6 +1196,112 @@ impl Sequence {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    use crate::collect::packages::{Package, Updates};
+    use crate::collect::{HostSnapshot, Stamped};
+
+    fn encode(enc: &mut HostEncoder, snap: &HostSnapshot, seq: &str) -> (Encoded, Value) {
+        let identity = Identity {
+            hostname: "h".into(),
+            ..Identity::default()
+        };
+        let privilege = Privilege {
+            running_as_root: true,
+            service_user: "root".into(),
+            smartctl_helper: false,
+            pct_helper: false,
+            sandbox: crate::privilege::Sandbox::default(),
+        };
+        let update = crate::update::Status::default();
+        let r = HostReport {
+            agent: Agent {
+                id: "x",
+                version: "v0",
+                interval_seconds: 30,
+                hostname: "h",
+                disk_exclude: &[],
+                modules: &[],
+                privilege: &privilege,
+                applied_config: None,
+                update: &update,
+                updated_from: None,
+            },
+            identity: &identity,
+            report_ip: None,
+            tags: &[],
+            snapshot: snap,
+            timestamp: UNIX_EPOCH + Duration::from_secs(1_787_410_347),
+            sequence_id: seq,
+        };
+        (enc.encode(&r), host(&r))
+    }
+
+    fn with_packages(names: &[&str], at: u64) -> HostSnapshot {
+        let pending = names
+            .iter()
+            .map(|n| Package {
+                name: n.to_string(),
+                installed: Some("1.0".into()),
+                available: "1.1".into(),
+            })
+            .collect();
+        HostSnapshot {
+            packages: Some(Stamped {
+                value: std::sync::Arc::new(Updates {
+                    supported: true,
+                    manager: "apt".into(),
+                    inventory_hash: "sha256:00".into(),
+                    pending,
+                    ..Updates::default()
+                }),
+                at: UNIX_EPOCH + Duration::from_secs(at),
+            }),
+            uptime_seconds: Some(42),
+            ..HostSnapshot::default()
+        }
+    }
+
+    /// Every report built and encoded `packageUpdates` again (most of a
+    /// report on a host with many pending packages) though it changes only
+    /// when apt runs. It is built once per run, and the bytes are the same
+    /// as the whole report's.
+    #[test]
+    fn package_updates_are_built_once_per_apt_run_and_the_bytes_are_unchanged() {
+        let mut enc = HostEncoder::new();
+        let snap = with_packages(&["bash", "curl", "tzdata"], 1_787_410_000);
+        for n in 1..=3 {
+            let seq = format!("v1:00:{n}");
+            let (e, whole) = encode(&mut enc, &snap, &seq);
+            assert_eq!(
+                String::from_utf8(e.body.clone()).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+            assert_eq!(e.document(), whole);
+            let (_, doc) = e.split();
+            assert_eq!(doc.pretty(), serde_json::to_string_pretty(&whole).unwrap());
+        }
+        assert_eq!(enc.packages_built(), 1);
+        // The next run (a new result): built again.
+        let next = with_packages(&["bash"], 1_787_411_800);
+        let (e, whole) = encode(&mut enc, &next, "v1:00:4");
+        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
+        assert_eq!(enc.packages_built(), 2);
+        // No packages section at all.
+        let (e, whole) = encode(&mut enc, &HostSnapshot::default(), "v1:00:5");
+        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
+        assert!(whole["host"].get("packageUpdates").is_none());
+    }
+
+    /// The marker standing for `packageUpdates` in the host's own data: the
+    /// report is encoded whole, never spliced at the wrong place.
+    #[test]
+    fn a_package_marker_in_the_hosts_data_encodes_the_report_whole() {
+        let mut enc = HostEncoder::new();
+        let snap = with_packages(&[PACKAGES_MARKER, "curl"], 1_787_410_000);
+        let (e, whole) = encode(&mut enc, &snap, PACKAGES_MARKER);
+        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
+        assert_eq!(e.document(), whole);
+    }
 
     #[test]
     fn times() {

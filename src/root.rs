@@ -9,7 +9,8 @@
 //! Four facts do not come from files: filesystem sizes (`statvfs`), interface
 //! addresses (`getifaddrs`), the machine architecture when the kernel has no
 //! `/proc/sys/kernel/arch`, and which external programs exist. A *live* root
-//! asks the kernel (and the file system) for them. A
+//! asks the kernel (and the file system) for them (where a program is, it
+//! asks again at most every [`PROGRAM_RECHECK`]). A
 //! *captured* root (a directory holding `.capture/`, as written by
 //! `contrib/capture-host`) answers from recorded files instead, so a whole
 //! machine can be replayed byte for byte:
@@ -32,8 +33,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::exec;
 use crate::sys::{self, FsStats, IfAddr};
@@ -43,7 +46,21 @@ use crate::sys::{self, FsStats, IfAddr};
 pub struct Root {
     base: PathBuf,
     facts: Facts,
+    /// Procfs files read every cycle, kept open ([`Root::read_kept`]).
+    kept: Arc<Mutex<HashMap<&'static str, std::fs::File>>>,
+    /// A live root's program lookups and when each was made ([`Root::program`]).
+    programs: Arc<Mutex<HashMap<String, Lookup>>>,
 }
+
+/// Where a program was found (or not), and when.
+type Lookup = (Option<PathBuf>, Instant);
+
+/// How long a live root keeps the answer to "where is this program": a
+/// program installed meanwhile is found at most this much later. (A search
+/// that finds nothing stats every candidate directory, which every cycle
+/// would do again for `nvidia-smi`, and for `sensors` on a host without
+/// hwmon temperatures.)
+pub const PROGRAM_RECHECK: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 enum Facts {
@@ -121,7 +138,12 @@ impl Root {
         } else {
             Facts::Live
         };
-        Ok(Root { base, facts })
+        Ok(Root {
+            base,
+            facts,
+            kept: Arc::default(),
+            programs: Arc::default(),
+        })
     }
 
     /// The real host: `/`, live facts.
@@ -129,6 +151,8 @@ impl Root {
         Root {
             base: PathBuf::from("/"),
             facts: Facts::Live,
+            kept: Arc::default(),
+            programs: Arc::default(),
         }
     }
 
@@ -157,6 +181,55 @@ impl Root {
     pub fn read_capped(&self, abs: &str, cap: usize) -> Result<Capped, ReadError> {
         let file = std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))?;
         read_at_most(file, cap).map_err(|e| self.err(abs, e))
+    }
+
+    /// [`Root::read_capped`] for a fixed procfs path read every cycle
+    /// (`/proc/stat`, `/proc/meminfo`, ...): the file stays open and is read
+    /// again from its start, which procfs answers with fresh content, so a
+    /// cycle saves the path lookup, the open and the close. Anything not on
+    /// procfs (a captured tree) is opened for each read as usual; a kept file
+    /// that fails a read is closed and opened again.
+    pub fn read_kept(&self, abs: &'static str, cap: usize) -> Result<Capped, ReadError> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = kept.get(abs) {
+            match self.reread(abs, file, cap) {
+                Ok(c) => return Ok(c),
+                Err(_) => {
+                    kept.remove(abs);
+                }
+            }
+        }
+        let file = self.open(abs)?;
+        let c = read_at_most(&file, cap).map_err(|e| self.err(abs, e))?;
+        if matches!(sys::is_procfs(file.as_fd()), Ok(true)) {
+            kept.insert(abs, file);
+        }
+        Ok(c)
+    }
+
+    /// Opens `abs` to be kept and read again with [`Root::reread`] (a mount
+    /// table, re-read only when it says it changed).
+    pub fn open(&self, abs: &str) -> Result<std::fs::File, ReadError> {
+        std::fs::File::open(self.path(abs)).map_err(|e| self.err(abs, e))
+    }
+
+    /// Reads `file`, opened from `abs` with [`Root::open`], again from its
+    /// start: at most `cap` bytes, like [`Root::read_capped`].
+    pub fn reread(
+        &self,
+        abs: &str,
+        mut file: &std::fs::File,
+        cap: usize,
+    ) -> Result<Capped, ReadError> {
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(0))
+            .map_err(|e| self.err(abs, e))?;
+        read_at_most(file, cap).map_err(|e| self.err(abs, e))
+    }
+
+    /// `stat(abs)`, following links.
+    pub fn metadata(&self, abs: &str) -> Result<std::fs::Metadata, ReadError> {
+        std::fs::metadata(self.path(abs)).map_err(|e| self.err(abs, e))
     }
 
     /// Reads a small file whole (up to [`SMALL`]).
@@ -200,12 +273,25 @@ impl Root {
     }
 
     /// The program `name`: on a live root the first executable of `dirs`,
-    /// then `PATH` ([`exec::find_in`]); a captured root answers with
-    /// `.capture/bin/<name>` (a stand-in that replays the captured output) or
-    /// nothing, never with a program of the machine running the replay.
+    /// then `PATH` ([`exec::find_in`]), the answer kept for
+    /// [`PROGRAM_RECHECK`] (a program found is checked to still be there at
+    /// every call); a captured root answers with `.capture/bin/<name>` (a
+    /// stand-in that replays the captured output) or nothing, never with a
+    /// program of the machine running the replay.
     pub fn program(&self, name: &str, dirs: &[&str]) -> Option<PathBuf> {
         match &self.facts {
-            Facts::Live => exec::find_in(name, dirs),
+            Facts::Live => {
+                let mut known = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((found, at)) = known.get(name) {
+                    let there = found.as_deref().is_none_or(exec::is_executable);
+                    if at.elapsed() < PROGRAM_RECHECK && there {
+                        return found.clone();
+                    }
+                }
+                let found = exec::find_in(name, dirs);
+                known.insert(name.to_string(), (found.clone(), Instant::now()));
+                found
+            }
             Facts::Captured(_) => {
                 let p = self.base.join(".capture/bin").join(name);
                 exec::is_executable(&p).then_some(p)
@@ -292,9 +378,29 @@ impl Capture {
 
 /// At most `cap` bytes of `file`, cut after the last whole line when there
 /// was more; invalid UTF-8 replaced.
-fn read_at_most(file: std::fs::File, cap: usize) -> io::Result<Capped> {
-    let mut buf = Vec::with_capacity(cap.min(16 * 1024));
-    file.take(cap as u64 + 1).read_to_end(&mut buf)?;
+fn read_at_most(file: impl Read, cap: usize) -> io::Result<Capped> {
+    let mut file = file.take(cap as u64 + 1);
+    // Most pseudo-files are a few hundred bytes: read them on the stack and
+    // allocate once, at their size. (A fresh 16 KiB buffer per read is an
+    // mmap and a munmap each time with musl's allocator.)
+    let mut small = [0u8; 4096];
+    let mut len = 0;
+    while len < small.len() {
+        match file.read(&mut small[len..]) {
+            Ok(0) => return Ok(capped(small[..len].to_vec(), cap)),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut buf = Vec::with_capacity(4 * small.len());
+    buf.extend_from_slice(&small);
+    file.read_to_end(&mut buf)?;
+    Ok(capped(buf, cap))
+}
+
+/// `buf` (at most `cap` + 1 bytes) cut to `cap` at a line end, as text.
+fn capped(mut buf: Vec<u8>, cap: usize) -> Capped {
     let truncated = buf.len() > cap;
     if truncated {
         buf.truncate(cap);
@@ -305,7 +411,7 @@ fn read_at_most(file: std::fs::File, cap: usize) -> io::Result<Capped> {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
-    Ok(Capped { text, truncated })
+    Capped { text, truncated }
 }
 
 fn parse_statvfs(text: &str) -> HashMap<String, CapturedStat> {
@@ -440,6 +546,85 @@ mod tests {
         assert!(addrs.iter().all(|a| a.cidr == "10.0.0.5/24"));
         // One line longer than the cap: nothing of it.
         assert_eq!(r.machine(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Reads start on the stack and move to the heap past 4 KiB: every size
+    /// around the switch reads whole, or cut at a line end past the cap.
+    #[test]
+    fn reads_around_the_stack_buffer_are_whole() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-sizes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        let r = Root::new(&dir).unwrap();
+        for len in [0, 1, 4095, 4096, 4097, 8191, 8192, 100_000] {
+            let text: String = (0..len)
+                .map(|i| if i % 10 == 9 { '\n' } else { 'x' })
+                .collect();
+            std::fs::write(dir.join("proc/f"), &text).unwrap();
+            let c = r.read_capped("/proc/f", LARGE).unwrap();
+            assert_eq!((c.text.len(), c.truncated), (len, false), "{len} bytes");
+            assert_eq!(c.text, text);
+            for cap in [4095, 4096, 4097] {
+                let c = r.read_capped("/proc/f", cap).unwrap();
+                assert_eq!(c.truncated, len > cap, "{len} bytes, cap {cap}");
+                let want = if len > cap { cap / 10 * 10 } else { len };
+                assert_eq!(c.text.len(), want, "{len} bytes, cap {cap}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Only procfs files are kept open: a captured tree's file is opened for
+    /// every read, so a rewrite (even by a rename) shows at once.
+    #[test]
+    fn kept_reads_of_a_captured_tree_see_every_rewrite() {
+        let dir = std::env::temp_dir().join(format!("pulse-root-kept-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        let r = Root::new(&dir).unwrap();
+        std::fs::write(dir.join("proc/uptime"), "1.00 2.00\n").unwrap();
+        assert_eq!(
+            r.read_kept("/proc/uptime", SMALL).unwrap().text,
+            "1.00 2.00\n"
+        );
+        std::fs::write(dir.join("proc/uptime.new"), "3.00 4.00\n").unwrap();
+        std::fs::rename(dir.join("proc/uptime.new"), dir.join("proc/uptime")).unwrap();
+        assert_eq!(
+            r.read_kept("/proc/uptime", SMALL).unwrap().text,
+            "3.00 4.00\n"
+        );
+        assert!(r.kept.lock().unwrap().is_empty());
+        std::fs::remove_file(dir.join("proc/uptime")).unwrap();
+        assert!(
+            r.read_kept("/proc/uptime", SMALL)
+                .unwrap_err()
+                .is_not_found()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A live root searched `PATH` for `nvidia-smi` (and `sensors` where
+    /// hwmon had no temperature) every cycle, a stat per directory. The
+    /// answer is kept; a program found is checked to still be there.
+    #[test]
+    fn live_program_lookups_are_kept_and_a_found_one_is_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pulse-root-prog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let name = format!("pulse-test-program-{}", std::process::id());
+        let r = Root::host();
+        assert_eq!(r.program(&name, &[d]), None);
+        let path = dir.join(&name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Not searched again before PROGRAM_RECHECK.
+        assert_eq!(r.program(&name, &[d]), None);
+        r.programs.lock().unwrap().clear();
+        assert_eq!(r.program(&name, &[d]), Some(path.clone()));
+        // A clone shares what is known.
+        assert_eq!(r.clone().program(&name, &[d]), Some(path.clone()));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(r.program(&name, &[d]), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

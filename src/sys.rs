@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls the agent
 //! needs (statvfs, getifaddrs, uname, geteuid, getpwuid_r, getrandom, sysconf,
-//! flock, signal masks).
+//! flock, signal masks, poll, fstatfs, a netlink socket for link changes).
 //!
 //! Each wrapper returns owned Rust values and an `io::Error` built from errno.
 //! Nothing here reads host files or knows about `Root`; callers decide which
@@ -120,6 +120,87 @@ pub fn getifaddrs() -> io::Result<Vec<IfAddr>> {
     // SAFETY: `head` came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// A route netlink socket subscribed to interface and address changes
+/// (`RTMGRP_LINK`, `RTMGRP_IPV4_IFADDR`, `RTMGRP_IPV6_IFADDR`), as `ip monitor`
+/// listens: the kernel queues a message on it whenever an interface appears,
+/// goes, or changes its flags or hardware address, and whenever an address is
+/// added or removed, in the agent's network namespace (the one `getifaddrs`
+/// reports). Nothing is ever sent on it.
+pub struct LinkChanges(std::os::fd::OwnedFd);
+
+/// Messages taken per [`LinkChanges::changed`] at most: a host whose links
+/// change faster than that is simply always "changed".
+const LINK_DRAIN: usize = 1024;
+
+impl LinkChanges {
+    pub fn open() -> io::Result<LinkChanges> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: socket takes no pointers.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; all zeros is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: `addr` is a valid sockaddr_nl and the length is its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LinkChanges(fd))
+    }
+
+    /// Whether anything changed since the last call (or since `open`),
+    /// taking every queued message without waiting. A queue that overflowed
+    /// (`ENOBUFS`) is a change too.
+    pub fn changed(&self) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 1024];
+        let mut changed = false;
+        for _ in 0..LINK_DRAIN {
+            // SAFETY: `buf` is writable for its length; a longer message is
+            // cut to it and still taken off the queue, which is all we need.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                changed = true;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(changed),
+                Some(libc::EINTR) => {}
+                Some(libc::ENOBUFS) => changed = true,
+                _ => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// `uname(2)`'s machine field (`x86_64`, `aarch64`, `armv7l`).
@@ -377,6 +458,57 @@ pub fn poll_readable(
         .collect())
 }
 
+/// `statfs(2)`'s `f_type` of procfs (`PROC_SUPER_MAGIC`, linux/magic.h).
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Whether the open file `fd` lives on procfs (`fstatfs(2)`).
+pub fn is_procfs(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut out = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the BorrowedFd keeps the descriptor open for the call, and
+    // `out` points to writable memory of the right size, which fstatfs fully
+    // initialises on success.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: rc == 0, so the kernel filled the struct.
+    let s = unsafe { out.assume_init() };
+    // `f_type`'s C type differs between libcs and architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = s.f_type as i64;
+    Ok(f_type == PROC_SUPER_MAGIC)
+}
+
+/// `poll(2)` without waiting for `POLLPRI` or `POLLERR` on `fd`: how procfs's
+/// mount tables (`/proc/PID/mountinfo`, `/proc/PID/mounts`) say that the
+/// mount table changed since the file was opened or last polled (the event
+/// is reported once). A regular file never reports it.
+pub fn poll_priority(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd; the BorrowedFd keeps its
+        // descriptor open for the call; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut p, 1, 0) };
+        if rc >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if p.revents & libc::POLLNVAL != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(p.revents & (libc::POLLPRI | libc::POLLERR) != 0)
+}
+
 /// Asks the kernel to hand a TCP connection to `accept` only once the client
 /// has sent something (`TCP_DEFER_ACCEPT`, Linux): connections that never
 /// send are held (and eventually dropped) by the kernel, not the agent.
@@ -581,4 +713,24 @@ pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A captured mount table is a regular file: not procfs, and it never
+    /// signals a change (the watch falls back to its stamp).
+    #[test]
+    fn a_regular_file_is_not_procfs_and_never_signals() {
+        let path = std::env::temp_dir().join(format!("pulse-sys-poll-{}", std::process::id()));
+        std::fs::write(&path, "27 1 254:0 / / rw - ext4 /dev/vda rw\n").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert!(!is_procfs(f.as_fd()).unwrap());
+        assert!(!poll_priority(f.as_fd()).unwrap());
+        std::fs::write(&path, "changed\n").unwrap();
+        assert!(!poll_priority(f.as_fd()).unwrap());
+        std::fs::remove_file(&path).unwrap();
+    }
 }

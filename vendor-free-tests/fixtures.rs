@@ -457,6 +457,86 @@ fn hung_mount_is_skipped_and_not_retried() {
     }
 }
 
+fn hanging_host(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write(
+        "proc/1/mountinfo",
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+         41 27 254:1 / /a rw - xfs /dev/vdb rw\n\
+         42 27 254:2 / /b rw - xfs /dev/vdc rw\n\
+         43 27 254:3 / /c rw - xfs /dev/vdd rw\n\
+         44 27 254:4 / /d rw - xfs /dev/vde rw\n",
+    );
+    s.write(
+        ".capture/statvfs",
+        "/ 4096 100 50 40\n/a hang\n/b 4096 200 100 100\n/c hang\n/d 4096 300 100 100\n",
+    );
+    s
+}
+
+/// The mounts of a cycle go to the statvfs thread together; one that hangs
+/// costs its deadline, and the mounts after it are still measured (by a
+/// fresh thread) in the same cycle.
+#[test]
+fn mounts_after_a_hung_one_are_measured_in_the_same_cycle() {
+    let s = hanging_host("hangs");
+    let opts = Options {
+        statfs_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let mut host = Host::new(s.root(), opts);
+    for cycle in 0..2 {
+        let snap = host.collect();
+        assert_eq!(mounted(&snap), ["/", "/b", "/d"], "cycle {cycle}");
+        let warnings = &source(&snap, "filesystems").warnings;
+        let want = if cycle == 0 {
+            "did not answer in time"
+        } else {
+            "has not returned since an earlier cycle"
+        };
+        for mp in ["/a", "/c"] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("statvfs({mp}) {want}"))),
+                "cycle {cycle}: {warnings:?}"
+            );
+        }
+    }
+}
+
+/// The cycle's statvfs budget ends the waiting: a hung mount met after it
+/// is given only what is left, and the mounts after that wait for the next
+/// cycle.
+#[test]
+fn statfs_budget_leaves_the_rest_for_the_next_cycle() {
+    let s = hanging_host("budget");
+    let opts = Options {
+        statfs_timeout: Duration::from_millis(300),
+        statfs_budget: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let mut host = Host::new(s.root(), opts);
+    let started = Instant::now();
+    let snap = host.collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mounted(&snap), ["/", "/b"]);
+    let warnings = &source(&snap, "filesystems").warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("1 mount(s) left out this cycle")),
+        "{warnings:?}"
+    );
+    // Next cycle: /a and /c are still hanging and not asked; /d is measured.
+    let snap = host.collect();
+    assert_eq!(mounted(&snap), ["/", "/b", "/d"]);
+}
+
 /// A slow mount that misses the deadline comes back once its call returns.
 #[test]
 fn slow_mount_is_reported_again_after_it_answers() {
@@ -500,6 +580,147 @@ fn repeated_mount_point_reports_the_mount_in_use() {
         (data.device.as_str(), data.fstype.as_str()),
         ("/dev/vdb", "ext4")
     );
+}
+
+fn mounted(snap: &collect::HostSnapshot) -> Vec<&str> {
+    snap.filesystems
+        .iter()
+        .map(|f| f.mountpoint.as_str())
+        .collect()
+}
+
+const TWO_MOUNTS: &str = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                          41 27 254:16 / /data rw - xfs /dev/vdb rw\n";
+
+fn mounts_host(name: &str, table: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write(table, TWO_MOUNTS);
+    s.write(
+        ".capture/statvfs",
+        "/ 4096 100 50 40\n/data 4096 200 100 100\n/new 4096 300 100 100\n/date 4096 400 100 100\n",
+    );
+    s
+}
+
+/// The mount table was read and parsed every cycle although it rarely
+/// changes. It is read once, then only when it changed: here a captured
+/// file whose stamp (device, inode, size, mtime) stays put.
+#[test]
+fn unchanged_mount_table_is_not_parsed_again() {
+    let s = mounts_host("mounts-same", "proc/1/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    for cycle in 0..4 {
+        let snap = host.collect();
+        assert_eq!(mounted(&snap), ["/", "/data"], "cycle {cycle}");
+        assert_eq!(source(&snap, "filesystems").outcome, Outcome::Ok);
+    }
+    assert_eq!(host.mount_table_reads(), 1);
+}
+
+/// A mount table rewritten in place (a mount added) or replaced by a rename
+/// (same size, another inode) is seen on the very next cycle.
+#[test]
+fn changed_mount_table_is_seen_on_the_next_cycle() {
+    let s = mounts_host("mounts-changed", "proc/1/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+
+    s.write(
+        "proc/1/mountinfo",
+        format!("{TWO_MOUNTS}42 27 254:32 / /new rw - ext4 /dev/vdc rw\n"),
+    );
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+
+    // Same length, written beside it and renamed over it.
+    let same_size = format!("{TWO_MOUNTS}42 27 254:32 / /date rw - ext4 /dev/vdc rw\n");
+    s.write("proc/1/mountinfo.new", &same_size);
+    std::fs::rename(
+        s.0.join("proc/1/mountinfo.new"),
+        s.0.join("proc/1/mountinfo"),
+    )
+    .unwrap();
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/date"]);
+    assert_eq!(host.mount_table_reads(), 3);
+
+    // A table that goes away fails the source; one that comes back is read.
+    std::fs::remove_file(s.0.join("proc/1/mountinfo")).unwrap();
+    let snap = host.collect();
+    assert!(snap.filesystems.is_empty());
+    assert_eq!(source(&snap, "filesystems").outcome, Outcome::Absent);
+    s.write("proc/1/mountinfo", TWO_MOUNTS);
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+}
+
+/// Without PID 1's table (another mount namespace the agent may not read)
+/// the agent's own is used, and watched the same way.
+#[test]
+fn mount_table_falls_back_to_the_agents_own_and_is_watched() {
+    let s = mounts_host("mounts-self", "proc/self/mountinfo");
+    let mut host = Host::new(s.root(), Options::default());
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+    assert_eq!(mounted(&host.collect()), ["/", "/data"]);
+    assert_eq!(host.mount_table_reads(), 1);
+    s.write(
+        "proc/self/mountinfo",
+        format!("{TWO_MOUNTS}42 27 254:32 / /new rw - ext4 /dev/vdc rw\n"),
+    );
+    assert_eq!(mounted(&host.collect()), ["/", "/data", "/new"]);
+    assert_eq!(host.mount_table_reads(), 2);
+}
+
+/// The mounts to measure are kept with the table; other patterns on the
+/// same kept table are applied, not the ones it was first filtered with.
+#[test]
+fn kept_mount_table_follows_new_disk_patterns() {
+    use collect::filesystems::{self, Mounts, StatfsGuard};
+    let s = mounts_host("mounts-patterns", "proc/1/mountinfo");
+    let root = s.root();
+    let (mut mounts, mut guard) = (Mounts::new(), StatfsGuard::new(root.clone()));
+    let names = |opts: &Options, mounts: &mut Mounts, guard: &mut StatfsGuard| {
+        let out = filesystems::collect(&root, opts, mounts, guard).unwrap();
+        out.filesystems
+            .into_iter()
+            .map(|f| f.mountpoint)
+            .collect::<Vec<_>>()
+    };
+    let all = Options::default();
+    let no_data = Options {
+        disk_exclude: vec!["/data".into()],
+        ..Options::default()
+    };
+    assert_eq!(names(&all, &mut mounts, &mut guard), ["/", "/data"]);
+    assert_eq!(names(&no_data, &mut mounts, &mut guard), ["/"]);
+    assert_eq!(names(&all, &mut mounts, &mut guard), ["/", "/data"]);
+}
+
+/// On a captured root nothing signals a change of interfaces: they are read
+/// every cycle, so a changed MAC or a new address shows on the next one.
+#[test]
+fn interfaces_of_a_captured_root_are_read_every_cycle() {
+    let s = Scratch::new("net-captured");
+    s.write(
+        "proc/net/dev",
+        "Inter-| Receive | Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n  eth0: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n",
+    );
+    s.write("sys/class/net/eth0/flags", "0x1003\n");
+    s.write("sys/class/net/eth0/type", "1\n");
+    s.write("sys/class/net/eth0/address", "02:00:00:00:00:01\n");
+    s.write(
+        ".capture/ip-addr",
+        "2: eth0    inet 10.0.0.5/24 scope global eth0\n",
+    );
+    let mut host = Host::new(s.root(), Options::default());
+    let first = host.collect();
+    assert_eq!(first.network.len(), 1);
+    assert_eq!(first.network[0].mac, "02:00:00:00:00:01");
+    assert_eq!(first.network[0].rx_bytes, 100);
+    s.write("sys/class/net/eth0/address", "02:00:00:00:00:02\n");
+    let second = host.collect();
+    assert_eq!(second.network[0].mac, "02:00:00:00:00:02");
+    assert_eq!(host.interface_reads(), 2);
 }
 
 /// Red Hat family hosts are named from the release file, which has the point

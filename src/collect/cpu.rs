@@ -117,7 +117,7 @@ impl Usage {
     }
 
     pub fn collect(&mut self, root: &Root) -> Result<Option<f64>, Error> {
-        let read = || -> Result<Times, Error> { parse(&root.read_capped(PATH, HEAD)?.text) };
+        let read = || -> Result<Times, Error> { parse(&root.read_kept(PATH, HEAD)?.text) };
         let cur = read()?;
         if let Some(pct) = self.prev.and_then(|p| usage(&p, &cur)) {
             self.prev = Some(cur);

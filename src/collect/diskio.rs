@@ -29,7 +29,7 @@ pub struct DiskIo {
 }
 
 pub fn collect(root: &Root, exclude: &[String]) -> Result<Vec<DiskIo>, Error> {
-    let rows = parse(&root.read_capped(PATH, root::LARGE)?.text)?;
+    let rows = parse(&root.read_kept(PATH, root::LARGE)?.text)?;
     Ok(rows
         .into_iter()
         .filter(|d| {

@@ -18,6 +18,10 @@
 //! 8. the same device with the same size at two mount points (bind mounts,
 //!    btrfs subvolumes on Synology) is reported once, at the shorter path.
 //!
+//! Steps 1 to 4 and the device names depend only on the mount table and the
+//! patterns, so [`Mounts`] keeps their outcome until the table changes
+//! (`mounts::Watch`); a cycle with an unchanged table only asks `statvfs`.
+//!
 //! A mount whose `statvfs` does not answer within [`Options::statfs_timeout`]
 //! is marked *stuck*, left out, and not asked again until that one call
 //! returns; the whole cycle never spends more than [`Options::statfs_budget`].
@@ -138,50 +142,142 @@ fn is_zfs(fstype: &str) -> bool {
     fstype == "zfs" || fstype == "fuse.zfs"
 }
 
-/// Collects `disks[]` for this cycle.
-pub fn collect(root: &Root, opts: &Options, guard: &mut StatfsGuard) -> Result<Output, Error> {
-    let table = mounts::collect(root)?;
-    let mut notes = Vec::new();
-    if table.skipped_lines > 0 {
-        notes.push(format!(
-            "{}: skipped {} malformed line(s)",
-            table.path, table.skipped_lines
-        ));
-    }
-    if table.truncated {
-        notes.push(format!(
-            "{}: larger than the read cap; later mounts left out",
-            table.path
-        ));
+/// The mounts worth a `statvfs` (filters 1 to 4 above, and each mount's
+/// device name), worked out again only when the mount table changes
+/// ([`mounts::Watch`]) or the patterns do.
+#[derive(Default)]
+pub struct Mounts {
+    watch: mounts::Watch,
+    plan: Option<Plan>,
+}
+
+struct Plan {
+    /// The patterns the plan was made with.
+    exclude: Vec<String>,
+    include: Vec<String>,
+    /// What the table itself is worth a warning for (malformed lines, a cap).
+    notes: Vec<String>,
+    /// In table order.
+    measure: Vec<Candidate>,
+}
+
+struct Candidate {
+    mount: Mount,
+    device: String,
+    /// `--disk-include` matched: the automatic filter does not apply.
+    included: bool,
+    zfs: bool,
+}
+
+impl Mounts {
+    pub fn new() -> Mounts {
+        Mounts::default()
     }
 
-    let devices = resolve_devices(root, &table.mounts);
-    let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(table.mounts.len());
-    for (i, m) in table.mounts.iter().enumerate() {
-        last_index.insert(m.mountpoint.as_str(), i);
+    /// How many times the mount table was read and parsed.
+    pub fn parses(&self) -> u64 {
+        self.watch.parses()
     }
+
+    /// The plan for this cycle: kept while the table and patterns are.
+    fn plan(&mut self, root: &Root, opts: &Options) -> Result<&Plan, Error> {
+        let patterns_changed = self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.exclude != opts.disk_exclude || p.include != opts.disk_include);
+        if patterns_changed {
+            self.watch.forget();
+        }
+        // The watch reads the table on its first call and after a forget,
+        // when there is no plan or a stale one.
+        if let Some(table) = self.watch.read_if_changed(root)? {
+            self.plan = Some(Plan::new(root, opts, &table));
+        }
+        Ok(self
+            .plan
+            .as_ref()
+            .expect("invariant: the watch read a table when there was no plan"))
+    }
+}
+
+impl Plan {
+    fn new(root: &Root, opts: &Options, table: &mounts::Table) -> Plan {
+        let mut notes = Vec::new();
+        if table.skipped_lines > 0 {
+            notes.push(format!(
+                "{}: skipped {} malformed line(s)",
+                table.path, table.skipped_lines
+            ));
+        }
+        if table.truncated {
+            notes.push(format!(
+                "{}: larger than the read cap; later mounts left out",
+                table.path
+            ));
+        }
+
+        let devices = resolve_devices(root, &table.mounts);
+        let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(table.mounts.len());
+        for (i, m) in table.mounts.iter().enumerate() {
+            last_index.insert(m.mountpoint.as_str(), i);
+        }
+        let mut measure = Vec::new();
+        for (i, (m, device)) in table.mounts.iter().zip(devices).enumerate() {
+            let mp = m.mountpoint.as_str();
+            if mp.is_empty() || last_index.get(mp) != Some(&i) {
+                continue;
+            }
+            let bare = device.strip_prefix("/dev/").unwrap_or(&device);
+            let names = [mp, device.as_str(), bare];
+            if any_matches(&opts.disk_exclude, &names) {
+                continue;
+            }
+            let included = any_matches(&opts.disk_include, &names);
+            let zfs = is_zfs(&m.fstype);
+            if !zfs && !included && should_skip(&m.fstype, mp, 0, 0) {
+                continue;
+            }
+            measure.push(Candidate {
+                mount: m.clone(),
+                device,
+                included,
+                zfs,
+            });
+        }
+        Plan {
+            exclude: opts.disk_exclude.clone(),
+            include: opts.disk_include.clone(),
+            notes,
+            measure,
+        }
+    }
+}
+
+/// Collects `disks[]` for this cycle.
+pub fn collect(
+    root: &Root,
+    opts: &Options,
+    mounts: &mut Mounts,
+    guard: &mut StatfsGuard,
+) -> Result<Output, Error> {
+    let plan = mounts.plan(root, opts)?;
+    let mut notes = plan.notes.clone();
 
     let deadline = Instant::now() + opts.statfs_budget;
     let mut out: Vec<Filesystem> = Vec::new();
     let mut pools: BTreeMap<String, Vec<Filesystem>> = BTreeMap::new();
     let mut budget_skipped = 0usize;
 
-    for (i, (m, device)) in table.mounts.iter().zip(&devices).enumerate() {
+    let asked: Vec<&str> = plan
+        .measure
+        .iter()
+        .map(|c| c.mount.mountpoint.as_str())
+        .collect();
+    let answers = guard.stat_all(&asked, deadline, opts.statfs_timeout);
+    for (c, answer) in plan.measure.iter().zip(answers) {
+        let (m, device, included, zfs) = (&c.mount, &c.device, c.included, c.zfs);
         let mp = m.mountpoint.as_str();
-        if mp.is_empty() || last_index.get(mp) != Some(&i) {
-            continue;
-        }
-        let bare = device.strip_prefix("/dev/").unwrap_or(device);
-        let names = [mp, device.as_str(), bare];
-        if any_matches(&opts.disk_exclude, &names) {
-            continue;
-        }
-        let included = any_matches(&opts.disk_include, &names);
-        let zfs = is_zfs(&m.fstype);
-        if !zfs && !included && should_skip(&m.fstype, mp, 0, 0) {
-            continue;
-        }
-        let stats = match guard.stat(mp, deadline, opts.statfs_timeout) {
+        let stats = match answer {
             Stat::Ready(Ok(s)) => s,
             Stat::Ready(Err(_)) => continue,
             Stat::Stuck => {
@@ -415,51 +511,106 @@ impl StatfsGuard {
         v
     }
 
-    /// `statvfs(mountpoint)`, waiting at most `timeout` and never past `deadline`.
-    pub fn stat(&mut self, mountpoint: &str, deadline: Instant, timeout: Duration) -> Stat {
-        if lock(&self.stuck).contains(mountpoint) {
-            return Stat::Stuck;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Stat::NoBudget;
-        }
-        let wait = timeout.min(deadline - now);
-        let worker = match self.worker.take() {
-            Some(w) => w,
-            None => match self.spawn() {
-                Ok(w) => w,
-                Err(e) => return Stat::Ready(Err(e)),
-            },
-        };
-        if worker.jobs.send(mountpoint.to_string()).is_err() {
-            return Stat::Ready(Err(io::Error::other("statvfs worker exited")));
-        }
-        match recv_for(&worker.replies, mountpoint, wait) {
-            Some(result) => {
-                self.worker = Some(worker);
-                Stat::Ready(result)
+    /// `statvfs` of each of `mountpoints`, answered in the same order. They
+    /// are handed to the helper thread together, which runs them back to
+    /// back (one wake-up for the lot, not two per mount); each is waited for
+    /// at most `timeout` from the answer before it, and none past
+    /// `deadline`. After one that does not answer, the rest go to a fresh
+    /// thread.
+    pub fn stat_all(
+        &mut self,
+        mountpoints: &[&str],
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Vec<Stat> {
+        let mut out: Vec<Option<Stat>> = mountpoints.iter().map(|_| None).collect();
+        let mut next = 0;
+        loop {
+            let ask: Vec<usize> = {
+                let stuck = lock(&self.stuck);
+                (next..mountpoints.len())
+                    .filter(|&k| {
+                        let hung = stuck.contains(mountpoints[k]);
+                        if hung {
+                            out[k] = Some(Stat::Stuck);
+                        }
+                        !hung
+                    })
+                    .collect()
+            };
+            if ask.is_empty() {
+                break;
             }
-            None => {
-                // The worker's critical section (clear the mark, send the reply)
-                // runs under the same lock, so either its reply is already here
-                // or it will clear the mark we set now.
+            if Instant::now() >= deadline {
+                for k in ask {
+                    out[k] = Some(Stat::NoBudget);
+                }
+                break;
+            }
+            let failed = |e: &io::Error| Stat::Ready(Err(io::Error::new(e.kind(), e.to_string())));
+            let worker = match self.worker.take() {
+                Some(w) => w,
+                None => match self.spawn() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        for k in ask {
+                            out[k] = Some(failed(&e));
+                        }
+                        break;
+                    }
+                },
+            };
+            if ask
+                .iter()
+                .any(|&k| worker.jobs.send(mountpoints[k].to_string()).is_err())
+            {
+                let e = io::Error::other("statvfs worker exited");
+                for k in ask {
+                    out[k] = Some(failed(&e));
+                }
+                break;
+            }
+            let mut since = Instant::now();
+            let mut hung = None;
+            for &k in &ask {
+                let mp = mountpoints[k];
+                if let Some(result) = recv_for(&worker.replies, mp, (since + timeout).min(deadline))
+                {
+                    out[k] = Some(Stat::Ready(result));
+                    since = Instant::now();
+                    continue;
+                }
+                // The worker's critical section (clear the mark, send the
+                // reply) runs under the same lock, so either its reply is
+                // already here or it will clear the mark we set now.
                 let mut stuck = lock(&self.stuck);
-                if let Ok((mp, result)) = worker.replies.try_recv() {
-                    if mp == mountpoint {
+                if let Ok((answered, result)) = worker.replies.try_recv() {
+                    if answered == mp {
                         drop(stuck);
-                        self.worker = Some(worker);
-                        return Stat::Ready(result);
+                        out[k] = Some(Stat::Ready(result));
+                        since = Instant::now();
+                        continue;
                     }
                 }
-                stuck.insert(mountpoint.to_string());
-                log::warn!(
-                    "statvfs({mountpoint}) did not answer in time; leaving it out until it does"
-                );
-                Stat::TimedOut
-                // `worker` drops here: its thread exits once the hung call returns.
+                stuck.insert(mp.to_string());
+                log::warn!("statvfs({mp}) did not answer in time; leaving it out until it does");
+                out[k] = Some(Stat::TimedOut);
+                hung = Some(k);
+                break;
+            }
+            match hung {
+                None => {
+                    self.worker = Some(worker);
+                    break;
+                }
+                // `worker` drops here: its thread exits once the hung call
+                // returns (its next reply has no receiver), asking nothing more.
+                Some(k) => next = k + 1,
             }
         }
+        out.into_iter()
+            .map(|s| s.expect("invariant: every mount point was answered or skipped"))
+            .collect()
     }
 
     fn spawn(&self) -> io::Result<Worker> {
@@ -494,13 +645,12 @@ impl StatfsGuard {
     }
 }
 
-/// Waits for the reply to `mountpoint`, discarding stale replies.
+/// Waits until `deadline` for the reply to `mountpoint`, discarding stale replies.
 fn recv_for(
     rx: &mpsc::Receiver<Reply>,
     mountpoint: &str,
-    wait: Duration,
+    deadline: Instant,
 ) -> Option<io::Result<FsStats>> {
-    let deadline = Instant::now() + wait;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         match rx.recv_timeout(left) {

@@ -9,7 +9,7 @@ use crate::root::Root;
 const PATH: &str = "/proc/loadavg";
 
 pub fn collect(root: &Root) -> Result<[f64; 3], Error> {
-    parse(&root.read(PATH)?)
+    parse(&root.read_kept(PATH, crate::root::SMALL)?.text)
 }
 
 pub fn parse(text: &str) -> Result<[f64; 3], Error> {

@@ -46,13 +46,13 @@ const ARCSTATS: &str = "/proc/spl/kstat/zfs/arcstats";
 pub fn collect(root: &Root, zfs_arc_is_cache: bool) -> Result<Memory, Error> {
     // A real meminfo is under 2 KiB; a capped read of a hostile one still
     // finds the lines at its top.
-    let m = compute(&parse(&root.read_capped(PATH, root::SMALL)?.text)?)?;
+    let m = compute(&parse(&root.read_kept(PATH, root::SMALL)?.text)?)?;
     if !zfs_arc_is_cache {
         return Ok(m);
     }
     // No ZFS, or an unreadable arcstats: nothing to adjust.
     let arc = root
-        .read_capped(ARCSTATS, root::SMALL)
+        .read_kept(ARCSTATS, root::SMALL)
         .ok()
         .and_then(|c| parse_arc_size(&c.text));
     Ok(match arc {

@@ -5,7 +5,9 @@
 //! records how each source fared ([`SourceStatus`]) and returns a
 //! [`HostSnapshot`]; a source that fails leaves only its own section out. It
 //! keeps the little state that must survive between cycles: the previous
-//! `/proc/stat` sample and the set of hung mounts.
+//! `/proc/stat` sample, the mount table and the interfaces (read again only
+//! when they changed: `filesystems::Mounts`, `network::Watch`) and the set of
+//! hung mounts.
 //!
 //! Nothing here formats wire JSON (that is `report.rs`) or talks to a server.
 
@@ -136,10 +138,11 @@ impl Default for Options {
 }
 
 /// A platform source's result and the agent's clock when its run ended
-/// (`collectedAt`, `checkedAt`).
+/// (`collectedAt`, `checkedAt`). Shared with the run it came from: a report
+/// between two runs does not copy it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamped<T> {
-    pub value: T,
+    pub value: std::sync::Arc<T>,
     pub at: std::time::SystemTime,
 }
 
@@ -178,12 +181,18 @@ pub struct Host {
     root: Root,
     options: Options,
     cpu: cpu::Usage,
+    /// The mount table, re-read only when it changed.
+    mounts: filesystems::Mounts,
+    /// Interfaces and addresses, re-read only when they changed.
+    network: network::Watch,
     statfs: filesystems::StatfsGuard,
 }
 
 impl Host {
     pub fn new(root: Root, options: Options) -> Host {
         Host {
+            mounts: filesystems::Mounts::new(),
+            network: network::Watch::new(),
             statfs: filesystems::StatfsGuard::new(root.clone()),
             // A captured host never moves: watching it would only wait.
             cpu: cpu::Usage::new(if root.is_captured() {
@@ -200,6 +209,19 @@ impl Host {
         &self.root
     }
 
+    /// How many times the mount table was read and parsed: once, then once
+    /// per change of the table.
+    pub fn mount_table_reads(&self) -> u64 {
+        self.mounts.parses()
+    }
+
+    /// How many times the interfaces and their addresses were read: on a
+    /// live root once, then once per change the kernel reported; on a
+    /// captured root every cycle.
+    pub fn interface_reads(&self) -> u64 {
+        self.network.reads()
+    }
+
     /// Runs every host collector once.
     pub fn collect(&mut self) -> HostSnapshot {
         let mut snap = HostSnapshot::default();
@@ -214,10 +236,10 @@ impl Host {
             memory::collect(root, opts.zfs_arc_is_cache)
         });
 
-        let statfs = &mut self.statfs;
+        let (mounts, statfs) = (&mut self.mounts, &mut self.statfs);
         let mut notes = Vec::new();
         snap.filesystems = run(&mut snap.sources, "filesystems", || {
-            filesystems::collect(root, opts, statfs).map(|out| {
+            filesystems::collect(root, opts, mounts, statfs).map(|out| {
                 notes = out.notes;
                 out.filesystems
             })
@@ -231,8 +253,11 @@ impl Host {
             diskio::collect(root, &opts.disk_exclude)
         })
         .unwrap_or_default();
-        snap.network =
-            run(&mut snap.sources, "network", || network::collect(root)).unwrap_or_default();
+        let watch = &mut self.network;
+        snap.network = run(&mut snap.sources, "network", || {
+            network::collect(root, watch)
+        })
+        .unwrap_or_default();
         snap
     }
 }

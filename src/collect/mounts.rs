@@ -5,6 +5,15 @@
 //! namespace (systemd `ProtectSystem=`, containers). Mount points come back
 //! with the kernel's octal escapes (`\040` for a space) decoded. A malformed
 //! line is skipped and counted, never fatal for the rest of the table.
+//!
+//! [`Watch`] keeps the table between cycles and reads it again only when it
+//! changed: procfs says so itself (`POLLPRI` on the open file, as systemd and
+//! util-linux use it); any other file (a captured tree) is re-read when its
+//! device, inode, size or modification time moves.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 
 use super::Error;
 use crate::root::{self, Root};
@@ -45,26 +54,177 @@ enum Format {
     Mounts,
 }
 
-/// Reads the first mount table that exists and can be read.
-pub fn collect(root: &Root) -> Result<Table, Error> {
-    let mut last = None;
-    for (path, format) in CANDIDATES {
-        match root.read_capped(path, root::MOUNTS) {
-            Ok(c) => {
-                let mut t = match format {
-                    Format::Mountinfo => parse_mountinfo(&c.text),
-                    Format::Mounts => parse_mounts(&c.text),
-                };
-                t.truncated = c.truncated;
-                t.path = path;
-                return Ok(t);
-            }
-            Err(e) => last = Some(e),
+fn parse(path: &'static str, format: Format, c: root::Capped) -> Table {
+    let mut t = match format {
+        Format::Mountinfo => parse_mountinfo(&c.text),
+        Format::Mounts => parse_mounts(&c.text),
+    };
+    t.truncated = c.truncated;
+    t.path = path;
+    t
+}
+
+/// A mount table file kept open, read again only when it changed.
+///
+/// The first call reads the first of the candidate files that can be read
+/// (PID 1's, then the agent's own) and keeps it open. On procfs the kernel
+/// marks that open file with `POLLPRI | POLLERR` when the mount namespace's
+/// table changes (mount, unmount, remount, move), so each later call costs
+/// one `poll` with no wait, and a read only after a change. Elsewhere (a
+/// captured tree, whose files never signal) a later call costs one `stat`
+/// and reads again when the file's device, inode, size or modification time
+/// differ. Any error drops the kept file: the next call starts over.
+///
+/// The table itself is not kept: the caller keeps what it needs of it.
+#[derive(Default)]
+pub struct Watch {
+    kept: Option<Kept>,
+    /// How many times a table was read and parsed.
+    parses: u64,
+}
+
+struct Kept {
+    path: &'static str,
+    format: Format,
+    file: File,
+    /// `None` on procfs (the file signals); else the file's stamp when read.
+    stamp: Option<Stamp>,
+}
+
+/// What changes when a regular file is rewritten or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
         }
     }
-    Err(Error::Read(
-        last.expect("invariant: CANDIDATES is not empty"),
-    ))
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        Watch::default()
+    }
+
+    /// How many times a mount table was read and parsed: stays put while
+    /// the table does not change.
+    pub fn parses(&self) -> u64 {
+        self.parses
+    }
+
+    /// Lets go of the file: the next call reads a table whatever changed.
+    pub fn forget(&mut self) {
+        self.kept = None;
+    }
+
+    /// The mount table if it is read for this call (the first call, and
+    /// after every change); `None` when it has not changed since.
+    pub fn read_if_changed(&mut self, root: &Root) -> Result<Option<Table>, Error> {
+        let table = match self.kept.take() {
+            Some(mut kept) => match kept.refresh(root) {
+                Ok(table) => {
+                    self.kept = Some(kept);
+                    table
+                }
+                // Gone or unreadable now: look for a table again.
+                Err(_) => Some(self.open(root)?),
+            },
+            None => Some(self.open(root)?),
+        };
+        if table.is_some() {
+            self.parses += 1;
+        }
+        Ok(table)
+    }
+
+    /// The first candidate that can be opened and read, kept.
+    fn open(&mut self, root: &Root) -> Result<Table, Error> {
+        let mut last = None;
+        for (path, format) in CANDIDATES {
+            match Kept::read(root, path, format) {
+                Ok((kept, table)) => {
+                    self.kept = Some(kept);
+                    return Ok(table);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::Read(
+            last.expect("invariant: CANDIDATES is not empty"),
+        ))
+    }
+}
+
+impl Kept {
+    fn read(
+        root: &Root,
+        path: &'static str,
+        format: Format,
+    ) -> Result<(Kept, Table), root::ReadError> {
+        let file = root.open(path)?;
+        // Stamped before the read: a change during the read moves the stamp
+        // again, so the file is read once more next time, never missed.
+        let stamp = match crate::sys::is_procfs(file.as_fd()) {
+            Ok(true) => None,
+            _ => Some(Stamp::of(&file.metadata().map_err(|source| {
+                root::ReadError {
+                    path: path.to_string(),
+                    source,
+                }
+            })?)),
+        };
+        let table = parse(path, format, root.reread(path, &file, root::MOUNTS)?);
+        let kept = Kept {
+            path,
+            format,
+            file,
+            stamp,
+        };
+        Ok((kept, table))
+    }
+
+    /// The table, read again if the file changed since it was last read.
+    fn refresh(&mut self, root: &Root) -> Result<Option<Table>, root::ReadError> {
+        let path = self.path;
+        match self.stamp {
+            None => {
+                let changed = crate::sys::poll_priority(self.file.as_fd()).map_err(|source| {
+                    root::ReadError {
+                        path: path.to_string(),
+                        source,
+                    }
+                })?;
+                if !changed {
+                    return Ok(None);
+                }
+                // Polled before the read: a change during it is signalled
+                // again.
+                let c = root.reread(path, &self.file, root::MOUNTS)?;
+                Ok(Some(parse(path, self.format, c)))
+            }
+            Some(stamp) => {
+                // By path: a file replaced by a rename is another inode.
+                if Stamp::of(&root.metadata(path)?) == stamp {
+                    return Ok(None);
+                }
+                let (kept, table) = Kept::read(root, path, self.format)?;
+                *self = kept;
+                Ok(Some(table))
+            }
+        }
+    }
 }
 
 /// Parses `/proc/<pid>/mountinfo`:

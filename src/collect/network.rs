@@ -5,11 +5,17 @@
 //! Like the server expects, an interface is reported when it has at least one
 //! address and is not a loopback; its up/down state does not matter and no
 //! names are filtered (`docker0` with an address is reported).
+//!
+//! The counters are read every cycle; the rest (which interfaces, their
+//! addresses and MAC) is kept by [`Watch`] until the kernel says an interface
+//! or address changed (a netlink socket subscribed to those changes, live
+//! root only; a captured root is read every cycle).
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::Error;
 use crate::root::{self, ReadError, Root};
+use crate::sys::LinkChanges;
 
 const NET_DEV: &str = "/proc/net/dev";
 /// `IFF_LOOPBACK` from `<linux/if.h>`.
@@ -28,7 +34,80 @@ pub struct Interface {
     pub tx_bytes: u64,
 }
 
-pub fn collect(root: &Root) -> Result<Vec<Interface>, Error> {
+/// The interfaces worth reporting, without their counters, kept while the
+/// kernel reports no change of interfaces or addresses.
+#[derive(Default)]
+pub struct Watch {
+    /// Open once the first cycle of a live root ran; `None` on a captured
+    /// root, or where the socket cannot be had (read every cycle then).
+    changes: Option<LinkChanges>,
+    tried: bool,
+    kept: Option<Vec<Interface>>,
+    /// How many times the interfaces were read (getifaddrs and sysfs).
+    reads: u64,
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        Watch::default()
+    }
+
+    /// How many times the interfaces and addresses were read.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// The interfaces (counters at zero): kept, or read again when the
+    /// kernel queued a change since the last read (or cannot tell).
+    fn interfaces(&mut self, root: &Root) -> Result<&[Interface], Error> {
+        if !self.tried && !root.is_captured() {
+            self.tried = true;
+            // Subscribed before the first read: nothing after it is missed.
+            match LinkChanges::open() {
+                Ok(c) => self.changes = Some(c),
+                Err(e) => log::debug!("no netlink link changes ({e}); interfaces read every cycle"),
+            }
+        }
+        let unchanged = match &self.changes {
+            // Taken before the read: a change during it is seen next time.
+            Some(c) => !c.changed().unwrap_or(true) && self.kept.is_some(),
+            None => false,
+        };
+        if !unchanged {
+            self.kept = None;
+            self.kept = Some(read_interfaces(root)?);
+            self.reads += 1;
+        }
+        Ok(self
+            .kept
+            .as_deref()
+            .expect("invariant: kept was read or kept"))
+    }
+}
+
+pub fn collect(root: &Root, watch: &mut Watch) -> Result<Vec<Interface>, Error> {
+    let interfaces = watch.interfaces(root)?;
+    // Counters are optional: an interface is still worth reporting without them.
+    let counters = root
+        .read_kept(NET_DEV, root::LARGE)
+        .ok()
+        .map(|c| parse_net_dev(&c.text))
+        .unwrap_or_default();
+    Ok(interfaces
+        .iter()
+        .map(|i| {
+            let (rx_bytes, tx_bytes) = counters.get(&i.name).copied().unwrap_or((0, 0));
+            Interface {
+                rx_bytes,
+                tx_bytes,
+                ..i.clone()
+            }
+        })
+        .collect())
+}
+
+/// Interfaces with an address that are not loopbacks, with their MAC.
+fn read_interfaces(root: &Root) -> Result<Vec<Interface>, Error> {
     let addrs = root.interface_addrs().map_err(|e| {
         Error::Read(ReadError {
             path: "getifaddrs".into(),
@@ -36,13 +115,6 @@ pub fn collect(root: &Root) -> Result<Vec<Interface>, Error> {
         })
     })?;
     let by_name = by_interface(addrs);
-    // Counters are optional: an interface is still worth reporting without them.
-    let counters = root
-        .read_capped(NET_DEV, root::LARGE)
-        .ok()
-        .map(|c| parse_net_dev(&c.text))
-        .unwrap_or_default();
-
     let mut out = Vec::with_capacity(by_name.len());
     for (name, addresses) in by_name {
         let sys = |file: &str| root.read_trimmed(&format!("/sys/class/net/{name}/{file}"));
@@ -57,13 +129,12 @@ pub fn collect(root: &Root) -> Result<Vec<Interface>, Error> {
         let mac = sys("address")
             .map(|a| normalise_mac(&a, arphrd))
             .unwrap_or_default();
-        let (rx_bytes, tx_bytes) = counters.get(&name).copied().unwrap_or((0, 0));
         out.push(Interface {
             name,
             mac,
             addresses,
-            rx_bytes,
-            tx_bytes,
+            rx_bytes: 0,
+            tx_bytes: 0,
         });
     }
     Ok(out)

@@ -10,7 +10,7 @@ use crate::root::Root;
 const PATH: &str = "/proc/uptime";
 
 pub fn collect(root: &Root) -> Result<u64, Error> {
-    parse(&root.read(PATH)?)
+    parse(&root.read_kept(PATH, crate::root::SMALL)?.text)
 }
 
 pub fn parse(text: &str) -> Result<u64, Error> {
