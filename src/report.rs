@@ -624,7 +624,7 @@ pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
             "kernel_diskstats",
             "no disk I/O counters were collected",
         )
-    } else if let Some(entry) = io.iter().find(|e| e.device.to_lowercase() == token) {
+    } else if let Some(entry) = io.iter().find(|e| e.device.to_ascii_lowercase() == token) {
         o.put("io", disk_io(entry));
         Status::new("available", "kernel_diskstats", "")
     } else {
@@ -665,7 +665,10 @@ pub fn smart_row(d: &Disk, all: &[Disk], io: &[DiskIo]) -> Value {
 /// word (`sda [megaraid,0]` → `sda`), lowercase.
 fn device_token(device: &str) -> String {
     let d = device.strip_prefix("/dev/").unwrap_or(device);
-    d.split_whitespace().next().unwrap_or("").to_lowercase()
+    d.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// `agent.update` (spec §9): the updater's state and times.

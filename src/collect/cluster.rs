@@ -237,7 +237,7 @@ pub fn parse_reply(bytes: &[u8]) -> Result<String, ProxyError> {
 
 /// The backend client's classes, by the error text (§13), in its order.
 pub fn classify(message: &str) -> Class {
-    let m = message.to_lowercase();
+    let m = message.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
     if has(&["rejected by validator", "not in allowlist", "node \""]) {
         Class::Node
@@ -443,7 +443,7 @@ impl Collector {
             match r.map(|t| parse_temperature(&t)) {
                 Ok(Ok(readings)) if !readings.temperatures.is_empty() => {
                     run.nodes.push(NodeSensors {
-                        node: peer.name.to_lowercase(),
+                        node: peer.name.to_ascii_lowercase(),
                         readings,
                         collected_at: at,
                     });

@@ -72,7 +72,7 @@ pub fn parse(text: &str) -> Vec<Gpu> {
 /// `0000:65:00.0` → `0000_65_00_0`: lowercase, each run of other characters one `_`.
 fn normalize_id(raw: &str) -> String {
     let mut out = String::new();
-    for c in raw.trim().chars().flat_map(char::to_lowercase) {
+    for c in raw.trim().chars().map(|c| c.to_ascii_lowercase()) {
         if c.is_ascii_alphanumeric() {
             out.push(c);
         } else if !out.ends_with('_') {

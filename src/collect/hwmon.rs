@@ -305,7 +305,7 @@ fn json_number(v: &Value) -> Option<f64> {
 }
 
 fn is_drivetemp(chip: &str) -> bool {
-    chip.to_lowercase().starts_with("drivetemp")
+    chip.to_ascii_lowercase().starts_with("drivetemp")
 }
 
 const CPU_CHIPS: &[&str] = &[
@@ -342,7 +342,7 @@ enum Class {
 }
 
 fn class(chip: &str) -> Class {
-    let l = chip.to_lowercase();
+    let l = chip.to_ascii_lowercase();
     if CPU_CHIPS.iter().any(|c| l.contains(c)) {
         Class::Cpu
     } else if l.contains("nvme") {
@@ -356,8 +356,8 @@ fn class(chip: &str) -> Class {
 
 /// `nct6798-isa-0290` + `CPU Fan` → `nct6798_cpu_fan`.
 pub fn key(chip: &str, feature: &str) -> String {
-    let chip = chip.split('-').next().unwrap_or(chip).to_lowercase();
-    let feature = feature.to_lowercase().replace([' ', '-'], "_");
+    let chip = chip.split('-').next().unwrap_or(chip).to_ascii_lowercase();
+    let feature = feature.to_ascii_lowercase().replace([' ', '-'], "_");
     format!("{chip}_{feature}")
 }
 
@@ -387,7 +387,7 @@ pub fn map(chips: &[Chip]) -> Readings {
             Class::Cpu => {
                 let named = |pat: &str| temps().find(|f| f.name.contains(pat)).map(|f| f.value);
                 let tctl = temps()
-                    .find(|f| f.name.to_lowercase().contains("tctl"))
+                    .find(|f| f.name.to_ascii_lowercase().contains("tctl"))
                     .map(|f| f.value);
                 let package = named("Tdie").or(named("Package id")).or(tctl);
                 let positive = |f: &&Feature| f.value > 0.0;
@@ -400,7 +400,7 @@ pub fn map(chips: &[Chip]) -> Readings {
                         .map(|f| f.value)
                         .reduce(f64::max);
                     let cpu_named = temps().filter(positive).find(|f| {
-                        let l = f.name.to_lowercase();
+                        let l = f.name.to_ascii_lowercase();
                         l.contains("cputin")
                             || l.contains("cpu temperature")
                             || (l.contains("temp") && l.contains("cpu"))
@@ -413,7 +413,7 @@ pub fn map(chips: &[Chip]) -> Readings {
                     }
                 }
                 for f in temps().filter(|f| f.name.contains("Core ")) {
-                    let k = format!("cpu_{}", f.name.to_lowercase().replace(' ', "_"));
+                    let k = format!("cpu_{}", f.name.to_ascii_lowercase().replace(' ', "_"));
                     let e = r.temperatures.entry(k).or_insert(f.value);
                     *e = e.max(f.value);
                 }
@@ -426,7 +426,7 @@ pub fn map(chips: &[Chip]) -> Readings {
             }
             Class::Gpu => {
                 for f in temps() {
-                    let l = f.name.to_lowercase();
+                    let l = f.name.to_ascii_lowercase();
                     if ["edge", "junction", "mem"].iter().any(|p| l.contains(p)) || l == "temp1" {
                         r.temperatures
                             .entry(format!("{}_{}", chip.name, f.name))
@@ -459,7 +459,7 @@ pub fn map(chips: &[Chip]) -> Readings {
 
 /// Features the class-specific rules already used: not "other".
 fn excluded(class: Class, name: &str) -> bool {
-    let l = name.to_lowercase();
+    let l = name.to_ascii_lowercase();
     match class {
         Class::Cpu => {
             name.contains("Package")

@@ -235,7 +235,7 @@ pub fn parse_df(text: &str) -> Vec<Disk> {
         // The 7th field is a slice of `line`: the path starts there.
         let start = f[6].as_ptr() as usize - line.as_ptr() as usize;
         let path = &line[start..];
-        if !valid_path(path) || !seen.insert(path.to_lowercase()) {
+        if !valid_path(path) || !seen.insert(path.to_ascii_lowercase()) {
             continue;
         }
         out.push(Disk {

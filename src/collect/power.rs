@@ -77,7 +77,7 @@ fn rapl(root: &Root) -> Vec<Counter> {
             let name = root
                 .read_trimmed(&format!("{dir}/name"))
                 .unwrap_or_default()
-                .to_lowercase();
+                .to_ascii_lowercase();
             let domain = if name.starts_with("package") || (name.is_empty() && top) {
                 Domain::Package
             } else if name == "core" {
@@ -133,7 +133,7 @@ fn amd_energy(root: &Root) -> Vec<Counter> {
         let label = root
             .read_trimmed(&format!("{dir}/energy{num}_label"))
             .unwrap_or_default()
-            .to_lowercase();
+            .to_ascii_lowercase();
         let domain = if label.contains("socket") || label.contains("package") {
             Domain::Package
         } else if label.contains("core") {

@@ -79,13 +79,16 @@ fn mdstat_array(name: &str, header: &str, body: &[&str]) -> Array {
         .map_or("", |(_, r)| r)
         .split_whitespace()
         .collect();
-    a.state = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
+    a.state = words
+        .first()
+        .map(|w| w.to_ascii_lowercase())
+        .unwrap_or_default();
     let level_at = words.iter().position(|w| {
-        let w = w.to_lowercase();
+        let w = w.to_ascii_lowercase();
         w.starts_with("raid") || w == "linear" || w == "multipath"
     });
     if let Some(i) = level_at {
-        a.level = words[i].to_lowercase();
+        a.level = words[i].to_ascii_lowercase();
     }
     let first_member = level_at.map_or(1, |i| i + 1);
     for w in words.iter().skip(first_member) {
@@ -192,7 +195,7 @@ fn counts(line: &str) -> Option<(u64, u64)> {
 
 /// The operation named before `=` (`recovery = 12.6%`).
 fn operation(line: &str) -> Option<&'static str> {
-    let lower = line.to_lowercase();
+    let lower = line.to_ascii_lowercase();
     ["recovery", "resync", "check", "reshape"]
         .into_iter()
         .filter_map(|op| {
@@ -249,8 +252,8 @@ pub fn parse_detail(text: &str, device: &str) -> Result<Array, String> {
             };
             match key.trim() {
                 "Name" => a.name = value.to_string(),
-                "Raid Level" => a.level = value.to_lowercase(),
-                "State" => a.state = value.to_lowercase(),
+                "Raid Level" => a.level = value.to_ascii_lowercase(),
+                "State" => a.state = value.to_ascii_lowercase(),
                 "Total Devices" => a.total = count(value)?,
                 "Active Devices" => a.active = count(value)?,
                 "Working Devices" => a.working = count(value)?,

@@ -351,8 +351,8 @@ pub fn parse_mdcmd(text: &str) -> Result<Unraid, ParseError> {
     };
     let state = g("mdState");
     let mut u = Unraid {
-        array_state: state.to_uppercase(),
-        array_started: state.eq_ignore_ascii_case("STARTED") || state.to_uppercase() == "STARTED",
+        array_state: state.to_ascii_uppercase(),
+        array_started: state.eq_ignore_ascii_case("STARTED"),
         sync_action,
         sync_progress,
         sync_errors: first_i64(&[g("mdResyncCorr")]),
@@ -416,7 +416,7 @@ fn finish(d: &mut UnraidDisk, idx: i64) -> Option<UnraidDisk> {
 }
 
 fn sync_action(action: &str) -> String {
-    let a = action.trim().to_lowercase();
+    let a = action.trim().to_ascii_lowercase();
     match a.as_str() {
         "" | "idle" | "none" | "unknown" => String::new(),
         _ => a,
@@ -543,7 +543,7 @@ fn ini_disk(s: &Section) -> Option<UnraidDisk> {
         free_bytes: kib(s.get("fsFree")),
         temperature: temperature(s.get("temp")),
         spun_down: matches!(
-            s.get("spundown").trim().to_lowercase().as_str(),
+            s.get("spundown").trim().to_ascii_lowercase().as_str(),
             "1" | "true" | "yes" | "on"
         ),
         read_count: first_i64(&[s.get("numReads")]),
@@ -593,7 +593,7 @@ fn temperature(v: &str) -> i64 {
 /// `ata` → `sata`; `nvme`, `sata`, `sas`, `usb` kept; else `ssd` for a
 /// non-rotational disk, else the value lowercased.
 fn transport(t: &str, rotational: &str) -> String {
-    let t = t.trim().to_lowercase();
+    let t = t.trim().to_ascii_lowercase();
     match t.as_str() {
         "ata" => "sata".into(),
         "nvme" | "sata" | "sas" | "usb" => t,
@@ -603,7 +603,7 @@ fn transport(t: &str, rotational: &str) -> String {
 }
 
 fn role(r: &str) -> String {
-    let r = r.trim().to_lowercase();
+    let r = r.trim().to_ascii_lowercase();
     if r == "array" { "data".into() } else { r }
 }
 
@@ -611,7 +611,7 @@ fn role(r: &str) -> String {
 
 /// The role a slot's name or number implies.
 fn infer_role(name: &str, idx: i64) -> &'static str {
-    let n = name.trim().to_lowercase();
+    let n = name.trim().to_ascii_lowercase();
     if n.starts_with("parity") {
         "parity"
     } else if n.starts_with("disk") {
@@ -642,7 +642,7 @@ fn default_name(role: &str, idx: i64) -> String {
 /// `DISK_OK` → `online` and so on (spec §6.2); no status but a device is
 /// `online`.
 fn disk_status(raw: &str, device: &str) -> String {
-    let s = raw.trim().to_uppercase();
+    let s = raw.trim().to_ascii_uppercase();
     let has = |w: &str| s.contains(w);
     if s.is_empty() {
         return if device.is_empty() { "" } else { "online" }.into();
@@ -660,14 +660,14 @@ fn disk_status(raw: &str, device: &str) -> String {
     } else if has("ERROR") {
         "error"
     } else {
-        return s.to_lowercase();
+        return s.to_ascii_lowercase();
     }
     .into()
 }
 
 /// A slot with nothing in it: not present and nothing known.
 fn empty_slot(d: &UnraidDisk) -> bool {
-    (d.raw_status.to_uppercase().contains("DISK_NP") || d.status == "missing")
+    (d.raw_status.to_ascii_uppercase().contains("DISK_NP") || d.status == "missing")
         && d.name.trim().is_empty()
         && d.device.trim().is_empty()
         && d.serial.trim().is_empty()
@@ -908,7 +908,7 @@ pub fn reconcile(mut u: Unraid) -> Unraid {
         if empty_slot(d) {
             continue;
         }
-        match d.status.trim().to_lowercase().as_str() {
+        match d.status.trim().to_ascii_lowercase().as_str() {
             "" => continue,
             "disabled" => disabled += 1,
             "invalid" => invalid += 1,

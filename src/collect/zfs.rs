@@ -172,7 +172,7 @@ pub fn parse_zpool_status(text: &str) -> HashMap<String, String> {
         let Some(word) = t.split_whitespace().next() else {
             continue;
         };
-        let lower = word.to_lowercase();
+        let lower = word.to_ascii_lowercase();
         if word == "NAME"
             || word == pool
             || VDEV.contains(&lower.as_str())
@@ -193,7 +193,7 @@ pub fn parse_zpool_status(text: &str) -> HashMap<String, String> {
 /// without `/dev/` and `disk/by-*/`, that without a partition suffix, and for
 /// `ata-`/`scsi-`/`nvme-`/`wwn-` names the serial or WWN inside.
 pub fn member_keys(path: &str) -> Vec<String> {
-    let raw = path.to_lowercase();
+    let raw = path.to_ascii_lowercase();
     let mut name = raw.strip_prefix("/dev/").unwrap_or(&raw);
     for p in [
         "disk/by-id/",
@@ -267,7 +267,7 @@ pub fn pool_of<'a>(
     wwn: &str,
 ) -> Option<&'a str> {
     let device = device.split_whitespace().next().unwrap_or("");
-    let wwn = wwn.to_lowercase();
+    let wwn = wwn.to_ascii_lowercase();
     // smartctl and sysfs spell it 0x…, eui.… or naa.…; by-id names wwn-0x….
     let wwn = ["0x", "eui.", "naa."]
         .iter()
@@ -276,7 +276,7 @@ pub fn pool_of<'a>(
         .to_string();
     member_keys(device)
         .into_iter()
-        .chain([serial.to_lowercase(), wwn])
+        .chain([serial.to_ascii_lowercase(), wwn])
         .filter(|k| !k.is_empty())
         .find_map(|k| members.get(&k).map(String::as_str))
 }

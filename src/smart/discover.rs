@@ -156,7 +156,7 @@ pub fn sysfs_skip_reason(root: &Root, name: &str) -> Option<&'static str> {
         root.read_trimmed(&format!("{dir}/device/model"))
             .unwrap_or_default()
     )
-    .to_lowercase();
+    .to_ascii_lowercase();
     if VIRTUAL_MODELS.iter().any(|m| meta.contains(m)) {
         return Some("virtual disk model");
     }
@@ -178,7 +178,7 @@ pub fn parse_lsblk(json: &[u8], exclude: &[String]) -> Vec<String> {
     let Ok(doc) = serde_json::from_slice::<Value>(json) else {
         return Vec::new();
     };
-    let s = |v: &Value| v.as_str().unwrap_or("").to_lowercase();
+    let s = |v: &Value| v.as_str().unwrap_or("").to_ascii_lowercase();
     let Some(devices) = doc["blockdevices"].as_array() else {
         return Vec::new();
     };
@@ -262,7 +262,7 @@ pub fn transport(root: &Root, block: &str) -> Option<&'static str> {
     let dev = format!("/sys/block/{block}/device");
     for file in ["protocol", "transport"] {
         if let Some(v) = root.read_trimmed(&format!("{dev}/{file}")) {
-            let v = v.to_lowercase();
+            let v = v.to_ascii_lowercase();
             for (word, t) in [
                 ("nvme", "nvme"),
                 ("sas", "sas"),
@@ -308,7 +308,7 @@ pub fn attempt_types(target: &Target, transport: Option<&str>) -> Vec<String> {
     }
     let mut types: Vec<String> = Vec::new();
     if !target.dtype.is_empty() {
-        let t = target.dtype.to_lowercase();
+        let t = target.dtype.to_ascii_lowercase();
         let fits = match transport {
             Some("sata") => !t.starts_with("scsi"),
             Some("sas") => !t.starts_with("sat"),

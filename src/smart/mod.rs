@@ -420,7 +420,7 @@ fn unraid_members(
 
 /// Unraid's transport as a SMART row's `type`, if it is one.
 fn smart_transport(t: &str) -> Option<&'static str> {
-    match t.trim().to_lowercase().as_str() {
+    match t.trim().to_ascii_lowercase().as_str() {
         "ata" | "sata" => Some("sata"),
         "sas" => Some("sas"),
         "usb" => Some("usb"),

@@ -332,8 +332,8 @@ fn wwn(v: &Value) -> String {
 
 /// `sata`, `sas`, `scsi`, `nvme` or empty, from `device.protocol`, else `device.type`.
 fn disk_type(doc: &Value) -> String {
-    let protocol = string(&doc["device"]["protocol"]).to_lowercase();
-    let transport = string(&doc["scsi_transport_protocol"]["name"]).to_lowercase();
+    let protocol = string(&doc["device"]["protocol"]).to_ascii_lowercase();
+    let transport = string(&doc["scsi_transport_protocol"]["name"]).to_ascii_lowercase();
     let scsi = || {
         if transport.contains("sas") {
             "sas"
@@ -350,7 +350,7 @@ fn disk_type(doc: &Value) -> String {
     } else if protocol.contains("ata") {
         "sata"
     } else {
-        let t = string(&doc["device"]["type"]).to_lowercase();
+        let t = string(&doc["device"]["type"]).to_ascii_lowercase();
         if t.contains("nvme") {
             "nvme"
         } else if t.contains("scsi") {
@@ -372,7 +372,7 @@ fn power_mode_standby(v: &Value) -> bool {
         Value::Object(o) => o.get("name").and_then(Value::as_str).unwrap_or(""),
         _ => "",
     };
-    let name = name.to_lowercase();
+    let name = name.to_ascii_lowercase();
     name.contains("standby") || name.contains("sleep")
 }
 
@@ -453,7 +453,7 @@ impl TextFacts {
         let mut t = TextFacts::default();
         for raw in lines {
             let line = raw.trim();
-            let lower = line.to_lowercase();
+            let lower = line.to_ascii_lowercase();
             if let Some((key, value)) = line.split_once(':') {
                 let value = value.trim();
                 match key.trim() {
@@ -466,7 +466,7 @@ impl TextFacts {
                     "SMART overall-health self-assessment test result" | "SMART Health Status"
                         if t.health.is_none() =>
                     {
-                        let v = value.to_lowercase();
+                        let v = value.to_ascii_lowercase();
                         if v.contains("passed") || v.contains("ok") {
                             t.health = Some(Health::Passed);
                         } else if v.contains("failed") {
@@ -474,7 +474,7 @@ impl TextFacts {
                         }
                     }
                     "Transport protocol" => {
-                        let v = value.to_lowercase();
+                        let v = value.to_ascii_lowercase();
                         if v.contains("sas") {
                             t.kind = Some("sas");
                         } else if v.contains("nvme") {
@@ -558,11 +558,11 @@ mod tests {
     #[test]
     fn attribute_rows_give_temperatures() {
         let row = "194 Temperature_Celsius     0x0022   031   040   000    Old_age   Always       -       31 (Min/Max 18/40)";
-        assert_eq!(text_temperature(row, &row.to_lowercase()), Some(31));
+        assert_eq!(text_temperature(row, &row.to_ascii_lowercase()), Some(31));
         let row = "190 Airflow_Temperature_Cel 0x0032 061 045 000 Old_age Always - 39";
-        assert_eq!(text_temperature(row, &row.to_lowercase()), Some(39));
+        assert_eq!(text_temperature(row, &row.to_ascii_lowercase()), Some(39));
         let row = "  9 Power_On_Hours          0x0032   095   095   000    Old_age   Always       -       4211";
-        assert_eq!(text_temperature(row, &row.to_lowercase()), None);
+        assert_eq!(text_temperature(row, &row.to_ascii_lowercase()), None);
         assert_eq!(text_temperature("194 x - 1234", "194 x - 1234"), None);
         assert_eq!(leading_number("41 C"), Some(41));
         assert_eq!(leading_number("41C"), None);

@@ -187,7 +187,7 @@ fn exit_error(out: &exec::Output) -> String {
 
 /// smartctl older than 7.0 rejects `--json`.
 fn no_json_support(stdout: &str, stderr: &str) -> bool {
-    let all = format!("{stdout}\n{stderr}").to_lowercase();
+    let all = format!("{stdout}\n{stderr}").to_ascii_lowercase();
     all.contains("json")
         && [
             "unrecognized option",
@@ -298,7 +298,7 @@ pub fn identity_only(target: &Target, sys: &SysfsDisk, transport: Option<&str>) 
     if target.multiplexed() || sys.size_bytes == 0 {
         return None;
     }
-    let hint = target.dtype.to_lowercase();
+    let hint = target.dtype.to_ascii_lowercase();
     let kind = match transport {
         Some(t) => t,
         None if target.block.starts_with("nvme") => "nvme",
