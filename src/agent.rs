@@ -414,17 +414,26 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     // The first config is applied before the first report (one 10 s budget);
     // later ones are fetched on their own thread so a slow server never
     // delays a report.
+    // The report grid (a cycle's start, the interval), for the refresh to
+    // land between reports (`remote_config::fetch_at`).
+    let grid = Arc::new(Mutex::new((Instant::now(), agent.interval)));
     if let Some(mut fetch) = agent.config_fetcher() {
         agent.apply_fetched(fetch.fetch());
         agent.keepalive();
         let tx = events_tx.clone();
         let new_token = agent.fetch_token.clone();
+        let grid = grid.clone();
         let spawned = std::thread::Builder::new()
             .name("remote-config".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let mut last = Instant::now();
                 loop {
-                    std::thread::sleep(remote_config::REFRESH);
+                    let due = last + remote_config::REFRESH;
+                    let (start, interval) = *lock(&grid);
+                    let at = remote_config::fetch_at(due, start, interval, Instant::now());
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    last = Instant::now();
                     if let Some(t) = lock(&new_token).take() {
                         fetch.client.set_token(t);
                     }
@@ -491,6 +500,7 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() >= next_report {
+            *lock(&grid) = (Instant::now(), agent.interval);
             agent.cycle();
             next_report = next_tick(next_report, agent.interval, Instant::now());
             if let Some(n) = &notifier {

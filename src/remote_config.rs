@@ -25,6 +25,37 @@ use crate::deliver::{CONFIG_TIMEOUT, Client, Reply};
 
 /// How often the config is fetched again (the stock agent's).
 pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// When a refresh due at `due` is fetched: midway between two report
+/// cycles of the grid `cycle_start + k × interval`, the midpoint nearest
+/// `due` and not before `now`. The reports and the config share one pooled
+/// connection; a fetch that races a report makes one of them open (and
+/// handshake) a second connection, every minute. An interval longer than
+/// [`REFRESH`] leaves `due` as it is: reports are rare enough, and aligning
+/// would stretch the refresh to the interval.
+pub fn fetch_at(
+    due: std::time::Instant,
+    cycle_start: std::time::Instant,
+    interval: Duration,
+    now: std::time::Instant,
+) -> std::time::Instant {
+    if interval.is_zero() || interval > REFRESH {
+        return due.max(now);
+    }
+    let first_mid = cycle_start + interval / 2;
+    let step = interval.as_nanos();
+    // Midpoints are first_mid + k × interval, k ≥ 0 (the grid's start is a
+    // cycle that has begun, so none lies before it).
+    let k = match due.checked_duration_since(first_mid) {
+        Some(after) => (after.as_nanos() + step / 2) / step,
+        None => 0,
+    };
+    let mut at = first_mid + interval * u32::try_from(k).unwrap_or(u32::MAX);
+    while at < now {
+        at += interval;
+    }
+    at
+}
 const USER_AGENT: &str = "pulse-agent-config-client";
 const DESIRED_VERSION: &str = "host-agent-config/v1";
 /// Clock skew allowed around the signature's validity window.
@@ -618,6 +649,35 @@ fn digits(b: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The refresh used to wake on the report's own tick (both start
+    /// together, 60 s is two 30 s intervals): every minute one of them
+    /// found the pooled connection taken and handshook a second one.
+    #[test]
+    fn config_fetch_lands_midway_between_reports_not_on_one() {
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        let half = Duration::from_millis(500);
+        // Reports at t0, t0+30, t0+60...: a refresh due on a report's tick
+        // (the thread started with the first report) moves to a midpoint.
+        assert_eq!(fetch_at(t0 + s(60), t0, s(30), t0 + s(60)), t0 + s(75));
+        // Due just after a midpoint: that midpoint, if it has not passed...
+        assert_eq!(fetch_at(t0 + s(76), t0, s(30), t0 + s(70)), t0 + s(75));
+        // ...else the next one.
+        assert_eq!(fetch_at(t0 + s(76), t0, s(30), t0 + s(76)), t0 + s(105));
+        // Due well before the grid's first midpoint: that midpoint.
+        assert_eq!(fetch_at(t0, t0 + s(10), s(30), t0), t0 + s(25));
+        // A 1 s interval: half a second after a report.
+        assert_eq!(
+            fetch_at(t0 + s(60), t0, s(1), t0 + s(60)),
+            t0 + s(60) + half
+        );
+        // Reports rarer than refreshes: as due.
+        assert_eq!(fetch_at(t0 + s(60), t0, s(300), t0), t0 + s(60));
+        assert_eq!(fetch_at(t0 + s(60), t0, s(300), t0 + s(61)), t0 + s(61));
+    }
 
     /// Go 1.22 and later encode backspace and form feed as `\b` and `\f`
     /// (the server is Go 1.26); we wrote `\u0008` and `\u000c`, so a config
@@ -627,8 +687,6 @@ mod tests {
         let v = serde_json::json!({"k": "a\u{8}b\u{c}c\u{1}<"});
         assert_eq!(go_json(&v), r#"{"k":"a\bb\fc\u0001\u003c"}"#);
     }
-    use super::*;
-    use serde_json::json;
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_787_410_347)
