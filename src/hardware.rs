@@ -5,7 +5,8 @@
 //! program holds only its own thread.
 //!
 //! Each cycle [`Hardware::begin`] asks every worker for a run before the
-//! host collectors start, and [`Hardware::finish`] waits for the answers
+//! host collectors start (the sensors worker, on a host where its last run
+//! found nothing, only every [`ABSENT_RECHECK`]), and [`Hardware::finish`] waits for the answers
 //! until [`WAIT`] after `begin`. A worker that is still busy with an earlier
 //! run when asked, or whose last run met a program that did not answer, is
 //! not waited for: its latest finished result is used (RAID excepted:
@@ -32,6 +33,10 @@ use crate::worker::{Answer, Ticket, Worker};
 pub const WAIT: Duration = Duration::from_secs(4);
 /// Readings older than this are dropped rather than sent as current.
 const MAX_AGE: Duration = Duration::from_secs(300);
+/// A host whose sensors run found nothing (a VM, a container) is looked at
+/// again after this, not every cycle: no thread wakes to find nothing. A
+/// sensor that appears later (a module loaded) shows within this.
+const ABSENT_RECHECK: Duration = Duration::from_secs(150);
 
 const MDADM_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
 const NVIDIA_DIRS: &[&str] = &[
@@ -68,6 +73,8 @@ pub struct SensorsRun {
     pub readings: hwmon::Readings,
     /// Watts since the previous run; `None` on the first run or without counters.
     pub power: Option<power::Watts>,
+    /// The power counters were there (the next run has watts).
+    pub power_counters: bool,
     pub warnings: Vec<String>,
     pub hung: bool,
 }
@@ -119,6 +126,8 @@ pub struct Hardware {
     root: Root,
     raid: Slot<Vec<String>, RaidRun>,
     sensors: Slot<(), SensorsRun>,
+    /// When a sensors run last found nothing, without a warning.
+    sensors_absent: Option<Instant>,
     gpu: Slot<PathBuf, GpuRun>,
     zfs: Slot<(), Option<ZfsRun>>,
 }
@@ -139,6 +148,7 @@ impl Hardware {
             root,
             raid: Slot::new("raid"),
             sensors: Slot::new("sensors"),
+            sensors_absent: None,
             gpu: Slot::new("gpu"),
             zfs: Slot::new("zfs"),
         }
@@ -159,8 +169,13 @@ impl Hardware {
                 self.raid.ask(devices, || Box::new(raid_job(r)))
             })
             .flatten();
-        let r = root.clone();
-        let sensors = self.sensors.ask((), || Box::new(sensors_job(r)));
+        let sensors = match self.sensors_absent {
+            Some(at) if at.elapsed() < ABSENT_RECHECK => None,
+            _ => {
+                let r = root.clone();
+                self.sensors.ask((), || Box::new(sensors_job(r)))
+            }
+        };
         let gpu = root
             .program("nvidia-smi", NVIDIA_DIRS)
             .and_then(|p| self.gpu.ask(p, || Box::new(gpu_job())));
@@ -186,21 +201,31 @@ impl Hardware {
         let deadline = p.started + WAIT;
         self.finish_raid(p.mdstat, p.raid, deadline, snap);
 
-        let sensors = self.sensors.answer(p.sensors, deadline);
         let mut status = source("sensors", p.started);
-        if let Some(a) = &sensors {
-            late_note(a, "reading the sensors", &mut status);
-        }
-        match sensors.as_ref().and_then(current) {
-            Some(run) => {
-                snap.temperatures = run.readings.clone();
-                snap.power = run.power;
-                status.warnings.extend(run.warnings.iter().cloned());
-                if run.readings.is_empty() && run.power.is_none() {
-                    status.outcome = Outcome::Absent;
-                }
+        if p.sensors.is_none() && self.sensors_absent.is_some() {
+            // Not asked: the last run found nothing (see `begin`).
+            status.outcome = Outcome::Absent;
+        } else {
+            let sensors = self.sensors.answer(p.sensors, deadline);
+            if let Some(a) = &sensors {
+                late_note(a, "reading the sensors", &mut status);
             }
-            None => status.outcome = no_data(sensors.as_ref(), "sensors"),
+            self.sensors_absent = None;
+            match sensors.as_ref().and_then(current) {
+                Some(run) => {
+                    snap.temperatures = run.readings.clone();
+                    snap.power = run.power;
+                    status.warnings.extend(run.warnings.iter().cloned());
+                    if run.readings.is_empty() && run.power.is_none() {
+                        status.outcome = Outcome::Absent;
+                        let fresh = sensors.as_ref().is_some_and(|a| a.fresh);
+                        if fresh && run.warnings.is_empty() && !run.power_counters {
+                            self.sensors_absent = Some(Instant::now());
+                        }
+                    }
+                }
+                None => status.outcome = no_data(sensors.as_ref(), "sensors"),
+            }
         }
         snap.sources.push(status);
 
@@ -538,6 +563,7 @@ fn sensors_job(root: Root) -> impl FnMut(()) -> SensorsRun + Send {
         if let (Some(before), Some(after)) = (&previous, &now) {
             run.power = Some(power::watts(before, after));
         }
+        run.power_counters = now.is_some();
         previous = now;
         run.hung = tool.take_hung();
         run
@@ -598,5 +624,59 @@ fn zfs_job(root: Root) -> impl FnMut(()) -> Option<ZfsRun> + Send {
             members,
             hung: zpool_tool.take_hung() | zfs_tool.take_hung(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "pulse-hardware-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sys/class")).unwrap();
+        d
+    }
+
+    fn sensors_cycle(hw: &mut Hardware) -> (bool, Outcome, HostSnapshot) {
+        let p = hw.begin();
+        let asked = p.sensors.is_some();
+        let mut snap = HostSnapshot::default();
+        hw.finish(p, &mut snap);
+        let s = snap.sources.iter().find(|s| s.name == "sensors").unwrap();
+        (asked, s.outcome.clone(), snap)
+    }
+
+    /// A VM has no sensors: the sensors thread used to wake every cycle to
+    /// find nothing. It is asked again after ABSENT_RECHECK, and a sensor
+    /// that appears then is reported.
+    #[test]
+    fn a_host_without_sensors_is_not_asked_every_cycle() {
+        let dir = scratch("absent");
+        let mut hw = Hardware::new(Root::new(&dir).unwrap());
+        assert!(sensors_cycle(&mut hw).0, "the first cycle asks");
+        for _ in 0..3 {
+            let (asked, outcome, _) = sensors_cycle(&mut hw);
+            assert!(!asked, "asked again though the last run found nothing");
+            assert_eq!(outcome, Outcome::Absent);
+        }
+        // A sensor appears (a module loaded), and the recheck is due.
+        let chip = dir.join("sys/class/hwmon/hwmon0");
+        std::fs::create_dir_all(&chip).unwrap();
+        std::fs::write(chip.join("name"), "coretemp\n").unwrap();
+        std::fs::write(chip.join("temp1_input"), "45000\n").unwrap();
+        std::fs::write(chip.join("temp1_label"), "Package id 0\n").unwrap();
+        hw.sensors_absent = Some(Instant::now() - ABSENT_RECHECK);
+        let (asked, outcome, snap) = sensors_cycle(&mut hw);
+        assert!(asked);
+        assert_eq!(outcome, Outcome::Ok);
+        assert!(!snap.temperatures.is_empty(), "{:?}", snap.temperatures);
+        // Present: asked every cycle.
+        assert!(sensors_cycle(&mut hw).0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
