@@ -427,8 +427,12 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
             .name("remote-config".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let stack = crate::sys::StackTrim::this_thread();
                 let mut last = Instant::now();
                 loop {
+                    if let Some(t) = &stack {
+                        t.trim();
+                    }
                     let due = last + remote_config::REFRESH;
                     let (start, interval) = *lock(&grid);
                     let at = remote_config::fetch_at(due, start, interval, Instant::now());

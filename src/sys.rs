@@ -715,6 +715,87 @@ pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the kernel back the pages of a thread's stack that it is not using
+/// between jobs. A worker that went deep once (running a program, parsing
+/// a large answer, a TLS handshake) otherwise keeps those pages resident
+/// for as long as it sleeps, and every worker's deepest moment adds up.
+pub struct StackTrim {
+    /// The lowest address of the stack (above its guard page).
+    low: usize,
+    page: usize,
+}
+
+impl StackTrim {
+    /// The calling thread's stack; `None` when the C library cannot say.
+    /// For threads std spawns: the main thread's bounds cost glibc a read
+    /// of `/proc/self/maps`.
+    pub fn this_thread() -> Option<StackTrim> {
+        // SAFETY: `attr` is filled by pthread_getattr_np before it is read,
+        // and destroyed once; the out-pointers are valid locals.
+        unsafe {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+                return None;
+            }
+            let mut addr: *mut libc::c_void = std::ptr::null_mut();
+            let mut size: libc::size_t = 0;
+            let r = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
+            libc::pthread_attr_destroy(attr.as_mut_ptr());
+            let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).ok()?;
+            (r == 0 && !addr.is_null() && size > 0 && page > 0).then_some(StackTrim {
+                low: addr as usize,
+                page,
+            })
+        }
+    }
+
+    /// Drops the stack's pages more than a page below the caller's frame:
+    /// nothing live is there (the stack grows down), and a page the thread
+    /// touches again comes back zeroed. Call it where the thread is about
+    /// to sleep, not from deep inside a job.
+    #[inline(never)]
+    pub fn trim(&self) {
+        let marker = 0u8;
+        let here = std::hint::black_box(std::ptr::addr_of!(marker)) as usize;
+        let top = (here & !(self.page - 1)).saturating_sub(self.page);
+        if top > self.low {
+            // SAFETY: [low, top) is this thread's own stack, a page and
+            // more below the frame of this call, which is the deepest one
+            // that is live (madvise's own frame fits in that page).
+            // MADV_DONTNEED on private anonymous memory only makes those
+            // pages read as zeros when next touched.
+            unsafe {
+                libc::madvise(
+                    self.low as *mut libc::c_void,
+                    top - self.low,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    /// How many pages of the stack below the caller are resident (tests).
+    #[cfg(test)]
+    fn resident_below_here(&self) -> usize {
+        let marker = 0u8;
+        let here = std::hint::black_box(std::ptr::addr_of!(marker)) as usize;
+        let top = here & !(self.page - 1);
+        let pages = (top - self.low) / self.page;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: [low, top) is mapped (this thread's stack) and `vec` has
+        // one byte per page of it.
+        let r = unsafe {
+            libc::mincore(
+                self.low as *mut libc::c_void,
+                top - self.low,
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,6 +803,35 @@ mod tests {
 
     /// A captured mount table is a regular file: not procfs, and it never
     /// signals a change (the watch falls back to its stamp).
+    /// Deep once, a worker kept its stack pages resident while it slept
+    /// (pf-ceph 28 KiB, smart 32 KiB...): after a trim, only what lies
+    /// within a page or two below the caller stays.
+    #[test]
+    fn a_trimmed_stack_keeps_no_pages_below_the_caller() {
+        #[inline(never)]
+        fn deep(n: usize) -> u64 {
+            let buf = std::hint::black_box([n as u8; 4096]);
+            if n == 0 {
+                return buf[7] as u64;
+            }
+            deep(n - 1) + buf[100] as u64
+        }
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                let trim = StackTrim::this_thread().expect("a spawned thread has bounds");
+                std::hint::black_box(deep(40)); // 160 KiB and more touched
+                let before = trim.resident_below_here();
+                assert!(before >= 40, "the deep call left {before} pages");
+                trim.trim();
+                let after = trim.resident_below_here();
+                assert!(after <= 2, "{after} pages still resident after the trim");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn a_regular_file_is_not_procfs_and_never_signals() {
         let path = std::env::temp_dir().join(format!("pulse-sys-poll-{}", std::process::id()));

@@ -82,7 +82,13 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
             .name(name.to_string())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let stack = crate::sys::StackTrim::this_thread();
                 loop {
+                    // Asleep until asked: without the pages the last job
+                    // went deep into.
+                    if let Some(t) = &stack {
+                        t.trim();
+                    }
                     let (input, ticket) = {
                         let mut st = lock(&s.state);
                         while st.input.is_none() && !st.stop {

@@ -593,6 +593,7 @@ impl Service {
             .name("smart".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let stack = crate::sys::StackTrim::this_thread();
                 loop {
                     let began = Instant::now();
                     let r = smart.refresh(began);
@@ -607,6 +608,9 @@ impl Service {
                     let (m, cv) = &*publish;
                     *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(r));
                     cv.notify_all();
+                    if let Some(t) = &stack {
+                        t.trim();
+                    }
                     std::thread::sleep(interval.saturating_sub(began.elapsed()));
                 }
             })?;
