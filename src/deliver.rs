@@ -140,10 +140,93 @@ pub fn tls_config(opts: &TlsOptions, system: &SystemStore) -> Result<Arc<ClientC
 /// ring's provider without its private-key loader: the agent never
 /// presents a client certificate, and the loader's RSA, ECDSA and Ed25519
 /// signers are about 60 KB of the binary that nothing could reach.
+///
+/// And AES-GCM only, without ChaCha20-Poly1305 (about 48 KB of ring's
+/// assembly): every TLS 1.3 server has AES-128-GCM (RFC 8446 makes it
+/// mandatory) and Go's server has AES-GCM in TLS 1.2 too; ChaCha's edge,
+/// speed on a CPU without AES instructions (a Raspberry Pi's), does not
+/// matter for a report of tens of kilobytes every 30 s, and ring's software
+/// AES is constant-time. rustls's `default_provider()` cannot be the base:
+/// its cipher list alone keeps the ChaCha code linked, so every field is
+/// named here, as rustls 0.23's ring provider sets it.
 fn client_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite as suite, kx_group};
     rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+        secure_random: &KernelRandom,
         key_provider: &NoClientKeys,
-        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+/// What rustls's ring provider verifies signatures with (its
+/// `SUPPORTED_SIG_ALGS`, 0.23): every algorithm webpki has with ring, and
+/// for each TLS signature scheme the ones it may mean (in TLS 1.2 the
+/// curve is not fixed by the scheme).
+static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
+    use rustls::SignatureScheme as S;
+    use webpki::ring as alg;
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (
+                S::ECDSA_NISTP384_SHA384,
+                &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384],
+            ),
+            (
+                S::ECDSA_NISTP256_SHA256,
+                &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256],
+            ),
+            (S::ED25519, &[alg::ED25519]),
+            (
+                S::RSA_PSS_SHA512,
+                &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                S::RSA_PSS_SHA384,
+                &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                S::RSA_PSS_SHA256,
+                &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (S::RSA_PKCS1_SHA512, &[alg::RSA_PKCS1_2048_8192_SHA512]),
+            (S::RSA_PKCS1_SHA384, &[alg::RSA_PKCS1_2048_8192_SHA384]),
+            (S::RSA_PKCS1_SHA256, &[alg::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
+
+/// TLS's randomness from the kernel ([`crate::sys::getrandom`]).
+#[derive(Debug)]
+struct KernelRandom;
+
+impl rustls::crypto::SecureRandom for KernelRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        crate::sys::getrandom(buf).map_err(|_| rustls::crypto::GetRandomFailed)
     }
 }
 
@@ -1011,6 +1094,55 @@ pub fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The provider is rustls's ring provider but for its ChaCha20 suites
+    /// and key loader: the same AES-GCM suites in the same order, the same
+    /// key-exchange groups, and signature algorithms equal to rustls's own
+    /// (a rustls upgrade that changes them fails here, not in the field).
+    #[test]
+    fn the_tls_provider_is_rustls_ring_without_chacha() {
+        let ours = client_provider();
+        let stock = rustls::crypto::ring::default_provider();
+        let names = |p: &rustls::crypto::CryptoProvider| -> Vec<String> {
+            p.cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect()
+        };
+        let without_chacha: Vec<String> = names(&stock)
+            .into_iter()
+            .filter(|n| !n.contains("CHACHA20"))
+            .collect();
+        assert_eq!(names(&ours), without_chacha);
+        assert!(without_chacha.len() >= 6, "{without_chacha:?}");
+        let groups = |p: &rustls::crypto::CryptoProvider| -> Vec<String> {
+            p.kx_groups
+                .iter()
+                .map(|g| format!("{:?}", g.name()))
+                .collect()
+        };
+        assert_eq!(groups(&ours), groups(&stock));
+        // Each algorithm by its key and signature identifiers (the Debug of
+        // the table names only the schemes).
+        let id = |a: &&dyn rustls::pki_types::SignatureVerificationAlgorithm| {
+            format!("{:?}/{:?}", a.public_key_alg_id(), a.signature_alg_id())
+        };
+        let table = |p: &rustls::crypto::CryptoProvider| {
+            let t = p.signature_verification_algorithms;
+            let all: Vec<String> = t.all.iter().map(id).collect();
+            let mapping: Vec<(String, Vec<String>)> = t
+                .mapping
+                .iter()
+                .map(|(scheme, algs)| (format!("{scheme:?}"), algs.iter().map(id).collect()))
+                .collect();
+            (all, mapping)
+        };
+        assert_eq!(table(&ours), table(&stock));
+        assert_eq!(table(&ours).0.len(), 14);
+        let mut r = [0u8; 32];
+        ours.secure_random.fill(&mut r).unwrap();
+        assert_ne!(r, [0u8; 32]);
+    }
 
     /// ureq looked the server up before every request, on a new thread (the
     /// requests have a timeout), pooled connection or not. An address is

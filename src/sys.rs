@@ -227,7 +227,9 @@ pub fn user_name(uid: u32) -> Option<String> {
     passwd(PasswdKey::Uid(uid)).map(|u| u.name)
 }
 
-/// Fills `buf` from the kernel's random source (`getrandom(2)`).
+/// Fills `buf` from the kernel's random source (`getrandom(2)`; on a
+/// kernel before 3.17, which lacks it, `/dev/urandom`: DSM 6 on older
+/// Synology models runs 3.10).
 pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -236,10 +238,14 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
         let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOSYS) => {
+                    use std::io::Read;
+                    return std::fs::File::open("/dev/urandom")?.read_exact(rest);
+                }
+                _ => return Err(e),
             }
-            return Err(e);
         }
         filled += n as usize;
     }
