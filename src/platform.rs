@@ -618,16 +618,20 @@ impl<T: Clone + Send + Sync + 'static> Source<T> {
     }
 
     /// [`Source::begin`] for a source whose platform the caller has just
-    /// found absent with a check of its own (one `stat`): while the latest
-    /// run found it absent too, and is younger than half of [`MAX_AGE`],
-    /// nothing is asked, so no thread wakes for a platform that is not
-    /// there; the report carries that run's answer.
+    /// found absent with a check of its own (one `stat`): before any run,
+    /// or while the latest run found it absent too and is younger than half
+    /// of [`MAX_AGE`], nothing is asked, so no thread is started or woken
+    /// for a platform that is not there; the report carries that run's
+    /// answer (or, before any, the platform's absence).
     pub fn begin_unless_absent(&mut self, started: Instant, absent: bool) -> Asked {
-        let absent_before = self
-            .worker
-            .as_ref()
-            .and_then(|w| w.peek())
-            .is_some_and(|r| matches!(r.result, Ok(None)) && r.ended.elapsed() < MAX_AGE / 2);
+        let absent_before = match &self.worker {
+            // Never asked: the check alone is enough, and no thread is ever
+            // started for a platform this host does not have.
+            None => true,
+            Some(w) => w
+                .peek()
+                .is_some_and(|r| matches!(r.result, Ok(None)) && r.ended.elapsed() < MAX_AGE / 2),
+        };
         if absent && absent_before && !self.forgotten {
             return Asked {
                 started,
@@ -883,9 +887,10 @@ mod tests {
     }
 
     /// Unraid's worker was asked (a thread woken) every cycle on every host,
-    /// to stat a file that is not there. While the platform's own check and
-    /// the last run agree it is absent, nothing is asked; once present, the
-    /// source is asked at once.
+    /// to stat a file that is not there; and its thread was started for the
+    /// first such run. While the platform's own check says it is absent,
+    /// nothing is asked and no thread exists; once present, the source is
+    /// asked at once.
     #[test]
     fn an_absent_platform_is_not_asked_every_cycle() {
         let (mut s, runs) = source(Duration::ZERO, vec![(Duration::ZERO, Ok(None))]);
@@ -901,9 +906,33 @@ mod tests {
         for _ in 0..4 {
             cycle(true);
         }
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "asked again while absent");
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "asked while absent");
         cycle(false);
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "not asked once present");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "not asked once present");
+        for _ in 0..4 {
+            cycle(true);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "asked again while absent");
+    }
+
+    #[test]
+    fn an_absent_platform_starts_no_thread() {
+        let (mut s, runs) = source(Duration::ZERO, vec![(Duration::ZERO, Ok(None))]);
+        for _ in 0..3 {
+            let asked = s.begin_unless_absent(Instant::now(), true);
+            s.take(
+                asked,
+                Duration::ZERO,
+                &mut Vec::new(),
+                &mut Vec::new(),
+                SystemTime::now(),
+            );
+        }
+        assert!(
+            s.worker.is_none(),
+            "a thread was started for an absent platform"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
     }
 
     /// Every report between two runs copied the run's data (the package
