@@ -779,17 +779,20 @@ fn no_proxy_matches(entry: &str, host: &str) -> bool {
     !entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}")))
 }
 
-/// A ureq agent for requests to `url`'s host: rustls with `tls`, the
-/// environment's proxy, no redirects followed (a 3xx is an answer for the
-/// caller to judge), HTTP errors as answers, `timeout` for a whole request.
-/// Size of each of a connection's two I/O buffers.
-pub const IO_BUFFER: usize = 16 * 1024;
+/// Size of each of a connection's two I/O buffers. ureq zero-fills them,
+/// so all of it is resident for as long as the connection is pooled.
+/// 8 KiB is nginx's own limit on an upstream's response head
+/// (`proxy_buffer_size`, one page of 4 or 8 KiB).
+pub const IO_BUFFER: usize = 8 * 1024;
 
 /// The largest response head accepted. Below [`IO_BUFFER`], so a head that
 /// would not fit is refused as too large rather than ending as a
 /// connection that "made no progress".
 pub const MAX_HEAD: usize = IO_BUFFER - 1024;
 
+/// A ureq agent for requests to `url`'s host: rustls with `tls`, the
+/// environment's proxy, no redirects followed (a 3xx is an answer for the
+/// caller to judge), HTTP errors as answers, `timeout` for a whole request.
 pub fn http_agent(
     url: &ServerUrl,
     tls: Arc<ClientConfig>,
@@ -1213,7 +1216,7 @@ mod tests {
         client.get("/api/x", Duration::from_secs(5), None)
     }
 
-    /// The connection buffers were cut from ureq's 128 KiB to 16 KiB: an
+    /// The connection buffers were cut from ureq's 128 KiB to 8 KiB: an
     /// answer whose head is just under the limit is still read whole.
     #[test]
     fn a_response_head_just_under_the_limit_is_read() {
