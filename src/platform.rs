@@ -179,10 +179,11 @@ impl Platform {
             self.ceph.forget();
         }
         // Where the platform is not, a check of its own is enough (and no
-        // thread wakes): Unraid's file, a `ceph` or `pct` program (the
-        // root keeps where programs are).
+        // thread wakes): Unraid's file, a `ceph` program and its config, a
+        // `pct` program (the root keeps where programs are).
         let no_unraid = !self.root.exists(unraid::VERSION_FILE);
-        let no_ceph = ceph && self.root.program("ceph", ceph::DIRS).is_none();
+        let no_ceph = ceph
+            && (self.root.program("ceph", ceph::DIRS).is_none() || !ceph::configured(&self.root));
         let no_pct = !self.pct_configured && self.root.program("pct", pct::DIRS).is_none();
         Pending {
             unraid: self.unraid.begin_unless_absent(now, no_unraid),

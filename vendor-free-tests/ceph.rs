@@ -520,6 +520,8 @@ fn fake_root(name: &str, answers: &[(&str, &str)]) -> (Root, PathBuf) {
     for (k, v) in answers {
         std::fs::write(cmd.join(k), v).unwrap();
     }
+    std::fs::create_dir_all(dir.join("etc/ceph")).unwrap();
+    std::fs::write(dir.join("etc/ceph/ceph.conf"), "[global]\n").unwrap();
     (Root::new(&dir).unwrap(), cmd.join("calls.log"))
 }
 
@@ -555,6 +557,40 @@ fn no_ceph_program_is_no_section() {
     let mut c = Collector::new(Root::new(&dir).unwrap());
     assert_eq!(c.collect(soon()), Ok(None));
     assert_eq!(c.last_reason(), Some("ceph is not installed"));
+}
+
+/// Proxmox VE installs `ceph` on every node: on one without a cluster,
+/// `ceph status` (a Python process, about a quarter of a second of CPU) ran
+/// every minute only to fail. Without /etc/ceph/ceph.conf or the admin
+/// keyring nothing is run; a dangling ceph.conf (a Proxmox link into an
+/// /etc/pve that is not mounted) counts as none; either file is enough.
+#[test]
+fn ceph_installed_without_a_config_runs_nothing() {
+    let (root, log) = fake_root("unconfigured", &[(STATUS, &fixture("squid-status.json"))]);
+    let base = root.path("/");
+    std::fs::remove_file(base.join("etc/ceph/ceph.conf")).unwrap();
+    let mut c = Collector::new(root.clone());
+    assert_eq!(c.collect(soon()), Ok(None));
+    assert!(calls(&log).is_empty(), "{:?}", calls(&log));
+    assert_eq!(c.last_reason(), Some(ceph::NOT_CONFIGURED));
+    assert!(!ceph::configured(&root));
+
+    std::os::unix::fs::symlink(
+        base.join("etc/pve/ceph.conf"),
+        base.join("etc/ceph/ceph.conf"),
+    )
+    .unwrap();
+    assert_eq!(c.collect(soon()), Ok(None));
+    assert!(calls(&log).is_empty(), "a dangling link ran ceph");
+
+    std::fs::write(
+        base.join("etc/ceph/ceph.client.admin.keyring"),
+        "[client.admin]\n",
+    )
+    .unwrap();
+    assert!(ceph::configured(&root));
+    assert!(c.collect(soon()).unwrap().is_some());
+    assert_eq!(calls(&log).len(), 2, "{:?}", calls(&log));
 }
 
 #[test]

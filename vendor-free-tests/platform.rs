@@ -205,6 +205,30 @@ fn a_host_without_ceph_lists_no_ceph_module_even_switched_off() {
     }
 }
 
+/// A Proxmox VE node without a Ceph cluster has the `ceph` program but no
+/// /etc/ceph/ceph.conf: `ceph status` ran every minute only to fail.
+/// Now nothing runs, no worker thread starts, and Ceph is absent.
+#[test]
+fn a_node_with_the_ceph_program_but_no_config_runs_no_ceph() {
+    let dir = host(
+        "ceph-unconfigured",
+        &[("ceph status --format json", "", "{\"health\":{}}")],
+    );
+    assert!(!dir.join("etc/ceph/ceph.conf").exists());
+    let mut p = platform(&dir);
+    let mut modules = Vec::new();
+    for _ in 0..3 {
+        let (snap, _) = cycle(&mut p, &mut modules, true);
+        assert!(snap.ceph.is_none());
+        assert_eq!(outcome(&snap, "ceph"), &Outcome::Absent);
+    }
+    assert_eq!(calls(&dir, "ceph"), 0, "ceph was run without a config");
+    assert!(
+        !modules.iter().any(|m| m.name == "ceph"),
+        "a ceph module for a node without Ceph: {modules:?}"
+    );
+}
+
 #[test]
 fn a_ceph_node_whose_monitors_stop_answering_says_so_instead_of_vanishing() {
     let dir = copy("pve-ceph", "ceph-lost");

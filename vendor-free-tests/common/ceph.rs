@@ -324,6 +324,10 @@ impl Cluster {
     pub fn captured_root(&self, root: &Path) -> PathBuf {
         let bin = root.join(".capture/bin");
         std::fs::create_dir_all(&bin).unwrap();
+        // What the collector checks before it runs `ceph` (the wrapper below
+        // gives the real one the cluster's /etc/ceph).
+        std::fs::create_dir_all(root.join("etc/ceph")).unwrap();
+        std::fs::copy(self.etc.join("ceph.conf"), root.join("etc/ceph/ceph.conf")).unwrap();
         let log = root.join(".capture/calls.log");
         std::fs::write(&log, "").unwrap();
         let script = format!(
