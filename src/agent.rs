@@ -194,8 +194,8 @@ fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     let pending = agent.ask_docker();
     let snapshot = agent.collect();
     let host = config.enable_host.then(|| {
-        let encoded = agent.host_report(&snapshot);
-        (encoded.document(), encoded.body)
+        let (encoded, doc) = agent.host_report_and_document(&snapshot);
+        (doc, Arc::unwrap_or_clone(encoded.body))
     });
     let docker = pending.and_then(|p| agent.docker_report(p, &snapshot, docker::ONCE_WAIT));
     // Asked for by name and not there: that is a failure of this run.
@@ -224,7 +224,7 @@ fn deliver_once(agent: &mut Agent, config: &Config) -> Result<(), Error> {
     let base = agent.client.as_ref().map_or("", |c| c.base()).to_string();
     if let Some((doc, body)) = host {
         let seq = doc["sequenceId"].as_str().unwrap_or("").to_string();
-        if !agent.deliver(body) {
+        if !agent.deliver(Arc::new(body)) {
             return Err(Error::NotDelivered(
                 agent
                     .out
@@ -334,7 +334,7 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
                     let mut inflight = lock(inflight);
                     let mut spool = lock(spool);
                     if let Some(body) = inflight.take() {
-                        spool.push(body);
+                        spool.push(Arc::unwrap_or_clone(body));
                         log::info!("saved the report in flight to the spool");
                     }
                     guards.push((inflight, spool));
@@ -813,12 +813,30 @@ impl Agent {
     /// Collects and builds one host report: the document and its wire bytes.
     fn build(&mut self) -> (Value, Vec<u8>) {
         let snapshot = self.collect();
-        let encoded = self.host_report(&snapshot);
-        (encoded.document(), encoded.body)
+        let (encoded, doc) = self.host_report_and_document(&snapshot);
+        (doc, Arc::unwrap_or_clone(encoded.body))
     }
 
-    /// The host report of `snapshot`: its wire bytes and document.
+    /// The host report of `snapshot`: its wire bytes.
     fn host_report(&mut self, snapshot: &collect::HostSnapshot) -> report::Encoded {
+        self.host_report_as(snapshot, false).0
+    }
+
+    /// [`Agent::host_report`], and the same report as a document (`--once`
+    /// prints it; a cycle keeps only the bytes).
+    fn host_report_and_document(
+        &mut self,
+        snapshot: &collect::HostSnapshot,
+    ) -> (report::Encoded, Value) {
+        let (encoded, doc) = self.host_report_as(snapshot, true);
+        (encoded, doc.expect("invariant: asked for"))
+    }
+
+    fn host_report_as(
+        &mut self,
+        snapshot: &collect::HostSnapshot,
+        document: bool,
+    ) -> (report::Encoded, Option<Value>) {
         let sequence_id = self.seq.next_id();
         let version = version();
         let report_ip = self.report_ip.map(|ip| ip.to_string());
@@ -828,7 +846,7 @@ impl Agent {
             .map(|(v, h)| (v.as_str(), h.as_str()));
         let timestamp = (self.clock)();
         let update_status = lock(&self.update).clone();
-        let encoded = self.encoder.encode(&report::HostReport {
+        let r = report::HostReport {
             agent: report::Agent {
                 id: &self.agent_id,
                 version: &version,
@@ -848,11 +866,13 @@ impl Agent {
             // The server orders reports by this: it is taken after collection.
             timestamp,
             sequence_id: &sequence_id,
-        });
+        };
+        let encoded = self.encoder.encode(&r);
+        let doc = document.then(|| report::host(&r));
         self.reports_built += 1;
         self.last_report = Some(timestamp);
         self.last_sources = Arc::from(snapshot.sources.as_slice());
-        encoded
+        (encoded, doc)
     }
 
     /// Puts the latest SMART refresh into `snap`. The first report waits for
@@ -997,7 +1017,7 @@ impl Agent {
 
     /// Delivers a fresh host report, oldest spooled reports first. Returns
     /// whether the fresh report reached the server.
-    fn deliver(&mut self, body: Vec<u8>) -> bool {
+    fn deliver(&mut self, body: Arc<Vec<u8>>) -> bool {
         let client = self
             .client
             .as_ref()
@@ -1145,7 +1165,7 @@ impl Agent {
         let (Some(client), Some(d)) = (self.client.as_ref(), self.docker.as_mut()) else {
             return false;
         };
-        let delivered = d.outbox.deliver(client, body);
+        let delivered = d.outbox.deliver(client, Arc::new(body));
         // The docker ack's agentId is the docker agent's; nothing to keep,
         // and a trial goes by the host reports.
         d.outbox.ack = None;

@@ -49,7 +49,7 @@ pub struct Outbox {
     pub spool: Arc<Mutex<Spool>>,
     /// The report being posted while the spool is empty; the stop watchdog
     /// spools it if the post hangs.
-    pub inflight: Arc<Mutex<Option<Vec<u8>>>>,
+    pub inflight: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
     pub delivery: DeliveryState,
     /// The last acknowledgement, for the caller to act on.
     pub ack: Option<Ack>,
@@ -110,11 +110,13 @@ impl Outbox {
 
     /// Delivers a fresh report, oldest spooled reports first. Returns whether
     /// the fresh report reached the server.
-    pub fn deliver(&mut self, client: &Client, body: Vec<u8>) -> bool {
+    /// `body` may be shared (the host report's bytes are `/report`'s too);
+    /// it is copied only to go to the spool.
+    pub fn deliver(&mut self, client: &Client, body: Arc<Vec<u8>>) -> bool {
         let dropped_before = self.spool().dropped();
         let delivered = if !self.spool().is_empty() {
             // During an outage a report is on disk before any network attempt.
-            let fresh = self.spool().push(body);
+            let fresh = self.spool().push(Arc::unwrap_or_clone(body));
             self.flush(client, fresh)
         } else {
             *lock(&self.inflight) = Some(body.clone());
@@ -132,7 +134,7 @@ impl Outbox {
                 }
                 Delivery::Failed(why) => {
                     if still_ours {
-                        self.spool().push(body);
+                        self.spool().push(Arc::unwrap_or_clone(body));
                     }
                     drop(guard);
                     self.failed(client, why);

@@ -8,6 +8,7 @@
 //! bytes are JSON integers, never `1.0`. Nothing else in the crate builds
 //! report JSON.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Number, Value};
@@ -111,13 +112,121 @@ pub fn host(r: &HostReport) -> Value {
 /// (else built from the snapshot).
 fn host_doc(r: &HostReport, packages: Option<Value>) -> Value {
     let mut doc = Obj::default();
-    doc.put("agent", agent(&r.agent));
-    doc.put("host", host_info(r, packages));
-    doc.put("metrics", metrics(r.snapshot));
+    for (_, section) in host_sections(r, packages) {
+        section(&mut doc);
+    }
+    doc.done()
+}
+
+/// [`host_doc`] written as compact JSON into `out`, one top-level member at
+/// a time: each member's tree is built, written and dropped before the
+/// next, so the whole report's tree never exists. The bytes are
+/// [`host_doc`]'s, serialised (members in the key order of serde_json's
+/// map, which sorts them).
+fn write_host_doc(r: &HostReport, packages: Option<Value>, out: &mut Vec<u8>) {
+    let mut sections = host_sections(r, packages);
+    sections.sort_by_key(|(key, _)| *key);
+    out.push(b'{');
+    let mut first = true;
+    for (_, section) in sections {
+        let mut one = Obj::default();
+        section(&mut one);
+        for (k, v) in one.0 {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, &k).expect("invariant: a str serialises");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, &v).expect("invariant: a Value serialises");
+        }
+    }
+    out.push(b'}');
+}
+
+/// One top-level member of the host report: its key, and what puts it
+/// into an object (or leaves it out, when it has nothing to say).
+type Section<'a> = (&'static str, Box<dyn FnOnce(&mut Obj) + 'a>);
+
+/// The host report's top-level members (`POST /api/agents/agent/report`).
+fn host_sections<'a>(r: &'a HostReport<'a>, packages: Option<Value>) -> Vec<Section<'a>> {
     let s = r.snapshot;
-    doc.list("disks", disks(s));
-    doc.list("diskIO", s.disk_io.iter().map(disk_io));
-    doc.list("network", networks(s));
+    vec![
+        (
+            "agent",
+            Box::new(move |d: &mut Obj| d.put("agent", agent(&r.agent))),
+        ),
+        (
+            "host",
+            Box::new(move |d: &mut Obj| d.put("host", host_info(r, packages))),
+        ),
+        (
+            "metrics",
+            Box::new(move |d: &mut Obj| d.put("metrics", metrics(s))),
+        ),
+        (
+            "disks",
+            Box::new(move |d: &mut Obj| d.list("disks", disks(s))),
+        ),
+        (
+            "diskIO",
+            Box::new(move |d: &mut Obj| d.list("diskIO", s.disk_io.iter().map(disk_io))),
+        ),
+        (
+            "network",
+            Box::new(move |d: &mut Obj| d.list("network", networks(s))),
+        ),
+        (
+            "sensors",
+            Box::new(move |d: &mut Obj| d.put("sensors", sensors(s))),
+        ),
+        (
+            "raid",
+            Box::new(move |d: &mut Obj| d.list("raid", s.raid.iter().map(raid))),
+        ),
+        (
+            "unraid",
+            Box::new(move |d: &mut Obj| {
+                if let Some(u) = &s.unraid {
+                    d.put("unraid", unraid(&u.value));
+                }
+            }),
+        ),
+        (
+            "ceph",
+            Box::new(move |d: &mut Obj| {
+                if let Some(c) = &s.ceph {
+                    d.put("ceph", ceph(&c.value, c.at));
+                }
+            }),
+        ),
+        (
+            "proxmoxLxc",
+            Box::new(move |d: &mut Obj| {
+                if let Some(l) = &s.lxc {
+                    d.put("proxmoxLxc", proxmox_lxc(&l.value, l.at));
+                }
+            }),
+        ),
+        (
+            "clusterSensors",
+            Box::new(move |d: &mut Obj| {
+                d.list("clusterSensors", s.cluster.iter().map(cluster_node))
+            }),
+        ),
+        ("tags", Box::new(move |d: &mut Obj| d.strs("tags", r.tags))),
+        (
+            "timestamp",
+            Box::new(move |d: &mut Obj| d.put("timestamp", Value::String(rfc3339(r.timestamp)))),
+        ),
+        (
+            "sequenceId",
+            Box::new(move |d: &mut Obj| d.str("sequenceId", r.sequence_id)),
+        ),
+    ]
+}
+
+/// `sensors`.
+fn sensors(s: &HostSnapshot) -> Value {
     let mut sensors = Obj::default();
     let t = &s.temperatures;
     sensors.readings(t);
@@ -136,41 +245,32 @@ fn host_doc(r: &HostReport, packages: Option<Value>) -> Value {
         "smart",
         s.smart.iter().map(|d| smart_row(d, &s.smart, &s.disk_io)),
     );
-    doc.put("sensors", sensors.done());
-    doc.list("raid", s.raid.iter().map(raid));
-    if let Some(u) = &s.unraid {
-        doc.put("unraid", unraid(&u.value));
-    }
-    if let Some(c) = &s.ceph {
-        doc.put("ceph", ceph(&c.value, c.at));
-    }
-    if let Some(l) = &s.lxc {
-        doc.put("proxmoxLxc", proxmox_lxc(&l.value, l.at));
-    }
-    doc.list("clusterSensors", s.cluster.iter().map(cluster_node));
-    doc.strs("tags", r.tags);
-    doc.put("timestamp", Value::String(rfc3339(r.timestamp)));
-    doc.str("sequenceId", r.sequence_id);
-    doc.done()
+    sensors.done()
 }
 
 /// Encodes host reports, building `host.packageUpdates` once per apt run
 /// rather than once per report: the list changes only when apt runs (every
 /// 30 minutes at most) but can be most of a report (200 packages are about
-/// 20 KB). Its `Value` and compact JSON are kept for the run they came
-/// from, and the JSON is spliced into each report's bytes in place of a
-/// marker; the bytes are the same as [`host`]'s, encoded.
+/// 20 KB). Its compact JSON is kept for the run it came from and spliced
+/// into each report's bytes in place of a marker; the bytes are the same
+/// as [`host`]'s, encoded.
+///
+/// What is kept of a report is its bytes, never its `Value` tree (a BTreeMap
+/// node per object, several times the bytes): the tree lives only while
+/// the report is encoded.
 #[derive(Default)]
 pub struct HostEncoder {
     packages: Option<KeptPackages>,
     built: u64,
+    /// The last report's length, so the next one is written into a buffer
+    /// of its size at once rather than one that doubles its way there.
+    last_len: usize,
 }
 
 struct KeptPackages {
     /// The run's data (a new run is a new `Arc`) and time.
     run: std::sync::Arc<crate::collect::packages::Updates>,
     at: SystemTime,
-    value: std::sync::Arc<Value>,
     json: String,
 }
 
@@ -179,54 +279,86 @@ struct KeptPackages {
 /// reads from the host, and if one did the report is encoded whole).
 const PACKAGES_MARKER: &str = "\u{0}pulse-agent:packageUpdates\u{0}";
 
-/// A host report: its wire bytes, and its document for `--once` and
-/// `/report` (`host.packageUpdates` kept apart until asked for).
+/// A host report: its wire bytes, shared by the delivery and `/report`.
 pub struct Encoded {
-    pub body: Vec<u8>,
-    doc: Value,
-    packages: Option<std::sync::Arc<Value>>,
+    pub body: Arc<Vec<u8>>,
 }
 
 impl Encoded {
-    /// The whole document, as [`host`] builds it.
-    pub fn document(&self) -> Value {
-        joined(&self.doc, self.packages.as_deref())
-    }
-
-    /// The wire bytes, and the document to keep for `/report`.
-    pub fn split(self) -> (Vec<u8>, Document) {
+    /// The wire bytes, and the same bytes kept for `/report`.
+    pub fn split(self) -> (Arc<Vec<u8>>, Document) {
         let doc = Document {
-            doc: self.doc,
-            packages: self.packages,
+            body: self.body.clone(),
         };
         (self.body, doc)
     }
 }
 
-/// A sent host report's document, kept for `/report`.
+/// A sent host report, kept for `/report` as the bytes that were sent.
 pub struct Document {
-    doc: Value,
-    packages: Option<std::sync::Arc<Value>>,
+    body: Arc<Vec<u8>>,
 }
 
 impl Document {
-    /// The whole document as pretty JSON.
+    /// The whole document as pretty JSON, as `serde_json::to_string_pretty`
+    /// writes it: the sent bytes re-indented ([`pretty`]), so the page
+    /// costs nothing until someone asks for it and shows every number
+    /// exactly as it was sent.
     pub fn pretty(&self) -> String {
-        let doc = match self.packages.as_deref() {
-            Some(p) => &joined(&self.doc, Some(p)),
-            None => &self.doc,
-        };
-        serde_json::to_string_pretty(doc).expect("invariant: a Value serialises")
+        pretty(&self.body)
     }
 }
 
-/// `doc` with `packages` put back as `host.packageUpdates`.
-fn joined(doc: &Value, packages: Option<&Value>) -> Value {
-    let mut doc = doc.clone();
-    if let Some(p) = packages {
-        doc["host"]["packageUpdates"] = p.clone();
+/// Compact JSON (serde_json's, no whitespace outside strings) laid out as
+/// `serde_json::to_string_pretty` lays it out: two-space indents, `": "`,
+/// and `[]`/`{}` for empty ones. Only the layout changes; strings and
+/// numbers are copied byte for byte (parsing a number back can move a float
+/// by one unit in the last place).
+pub fn pretty(compact: &[u8]) -> String {
+    let mut out = Vec::with_capacity(compact.len() + compact.len() / 2);
+    let mut depth = 0usize;
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.resize(out.len() + 2 * depth, b' ');
+    };
+    let mut i = 0;
+    while i < compact.len() {
+        let c = compact[i];
+        match c {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < compact.len() && compact[i] != b'"' {
+                    i += if compact[i] == b'\\' { 2 } else { 1 };
+                }
+                out.extend_from_slice(&compact[start..(i + 1).min(compact.len())]);
+            }
+            b'{' | b'[' => {
+                let close = if c == b'{' { b'}' } else { b']' };
+                if compact.get(i + 1) == Some(&close) {
+                    out.extend_from_slice(&[c, close]);
+                    i += 1;
+                } else {
+                    out.push(c);
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            b',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            b':' => out.extend_from_slice(b": "),
+            _ => out.push(c),
+        }
+        i += 1;
     }
-    doc
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 impl HostEncoder {
@@ -243,7 +375,7 @@ impl HostEncoder {
     pub fn encode(&mut self, r: &HostReport) -> Encoded {
         let Some(p) = &r.snapshot.packages else {
             self.packages = None;
-            return whole(r);
+            return self.whole(r);
         };
         let fresh = self
             .packages
@@ -256,35 +388,41 @@ impl HostEncoder {
             self.packages = Some(KeptPackages {
                 run: p.value.clone(),
                 at: p.at,
-                value: std::sync::Arc::new(value),
                 json,
             });
         }
         let kept = self.packages.as_ref().expect("invariant: kept just now");
-        let doc = host_doc(r, Some(Value::String(PACKAGES_MARKER.to_string())));
-        let mut text = serde_json::to_string(&doc).expect("invariant: a Value serialises");
+        let room = self.last_len.max(kept.json.len() + 8192) + 1024;
+        let mut text = Vec::with_capacity(room);
+        let marked = Some(Value::String(PACKAGES_MARKER.to_string()));
+        write_host_doc(r, marked, &mut text);
+        let mut text = String::from_utf8(text).expect("invariant: serde_json writes UTF-8");
         let marker = serde_json::to_string(PACKAGES_MARKER).expect("invariant: a str serialises");
-        match text.find(&marker) {
+        let body = match text.find(&marker) {
             Some(at) if !text[at + marker.len()..].contains(&marker) => {
                 text.replace_range(at..at + marker.len(), &kept.json);
-                Encoded {
-                    body: text.into_bytes(),
-                    doc,
-                    packages: Some(kept.value.clone()),
-                }
+                text.into_bytes()
             }
             // The marker is in the host's own data: encode it whole.
-            _ => whole(r),
+            _ => {
+                let mut whole = Vec::with_capacity(room);
+                write_host_doc(r, None, &mut whole);
+                whole
+            }
+        };
+        self.last_len = body.len();
+        Encoded {
+            body: Arc::new(body),
         }
     }
-}
 
-fn whole(r: &HostReport) -> Encoded {
-    let doc = host(r);
-    Encoded {
-        body: serde_json::to_vec(&doc).expect("invariant: a Value serialises"),
-        doc,
-        packages: None,
+    fn whole(&mut self, r: &HostReport) -> Encoded {
+        let mut body = Vec::with_capacity(self.last_len.max(8192) + 1024);
+        write_host_doc(r, None, &mut body);
+        self.last_len = body.len();
+        Encoded {
+            body: Arc::new(body),
+        }
     }
 }
 
@@ -1276,10 +1414,9 @@ mod tests {
             let seq = format!("v1:00:{n}");
             let (e, whole) = encode(&mut enc, &snap, &seq);
             assert_eq!(
-                String::from_utf8(e.body.clone()).unwrap(),
+                String::from_utf8(e.body.to_vec()).unwrap(),
                 serde_json::to_string(&whole).unwrap()
             );
-            assert_eq!(e.document(), whole);
             let (_, doc) = e.split();
             assert_eq!(doc.pretty(), serde_json::to_string_pretty(&whole).unwrap());
         }
@@ -1287,11 +1424,11 @@ mod tests {
         // The next run (a new result): built again.
         let next = with_packages(&["bash"], 1_787_411_800);
         let (e, whole) = encode(&mut enc, &next, "v1:00:4");
-        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
+        assert_eq!(*e.body, serde_json::to_vec(&whole).unwrap());
         assert_eq!(enc.packages_built(), 2);
         // No packages section at all.
         let (e, whole) = encode(&mut enc, &HostSnapshot::default(), "v1:00:5");
-        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
+        assert_eq!(*e.body, serde_json::to_vec(&whole).unwrap());
         assert!(whole["host"].get("packageUpdates").is_none());
     }
 
@@ -1302,8 +1439,26 @@ mod tests {
         let mut enc = HostEncoder::new();
         let snap = with_packages(&[PACKAGES_MARKER, "curl"], 1_787_410_000);
         let (e, whole) = encode(&mut enc, &snap, PACKAGES_MARKER);
-        assert_eq!(e.body, serde_json::to_vec(&whole).unwrap());
-        assert_eq!(e.document(), whole);
+        assert_eq!(*e.body, serde_json::to_vec(&whole).unwrap());
+    }
+
+    /// `/report` parsed the sent bytes back to pretty-print them, and
+    /// serde_json's parser can move a float by one unit in the last place
+    /// (12.469892708561419 came back as 12.46989270856142): the page showed
+    /// numbers that were not the ones sent. It re-indents the bytes instead,
+    /// and the layout is serde_json's own.
+    #[test]
+    fn the_report_page_is_the_sent_bytes_laid_out_as_serde_json_does() {
+        let v = serde_json::json!({
+            "a": 12.469892708561419, "b": [], "c": {}, "d": [1, [2, {}], {"e": []}],
+            "s": "q\"uo:te,{[]}\\", "u": "\u{e9}\u{1}\n", "n": null, "t": true,
+            "neg": -1.5e-300, "big": 18446744073709551615u64
+        });
+        let compact = serde_json::to_vec(&v).unwrap();
+        assert_eq!(pretty(&compact), serde_json::to_string_pretty(&v).unwrap());
+        assert!(pretty(&compact).contains("12.469892708561419"));
+        assert_eq!(pretty(b"[]"), "[]");
+        assert_eq!(pretty(b"{}"), "{}");
     }
 
     #[test]
