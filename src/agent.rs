@@ -457,8 +457,12 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     let mut next_report = Instant::now();
     // The start (enrolment, the first TLS handshake) takes the main stack
     // to about 60 KiB, a cycle to about 20: what a cycle does not use is
-    // given back after it.
+    // given back after the first one, and every TRIM_EVERY cycles after
+    // that (not every cycle: each trim flushes the TLBs of the other CPUs,
+    // and the pages a cycle uses come back at the next one).
     let main_stack = crate::sys::StackTrim::this_thread();
+    const TRIM_EVERY: u64 = 20;
+    let mut cycles = 0u64;
     loop {
         let wake = notifier
             .as_ref()
@@ -510,9 +514,10 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
         if Instant::now() >= next_report {
             *lock(&grid) = (Instant::now(), agent.interval);
             agent.cycle();
-            if let Some(t) = &main_stack {
+            if let Some(t) = main_stack.as_ref().filter(|_| cycles % TRIM_EVERY == 0) {
                 t.trim();
             }
+            cycles += 1;
             next_report = next_tick(next_report, agent.interval, Instant::now());
             if let Some(n) = &notifier {
                 n.status(&agent.status_text(), true);
@@ -1206,8 +1211,18 @@ impl Agent {
     /// auto-detected, a socket exists).
     fn ask_docker(&mut self) -> Option<docker::Pending> {
         let d = self.docker.as_mut()?;
-        if !d.explicit && !d.enabled && !d.service.socket_present() {
-            return None;
+        if !d.explicit && !d.enabled {
+            // Auto-detection: with no socket there, looked for again every
+            // DOCKER_PROBE, not every cycle (a stat per candidate). The
+            // stock agent looks once, at start.
+            if d.absent_at.is_some_and(|t| t.elapsed() < DOCKER_PROBE) {
+                return None;
+            }
+            if !d.service.socket_present() {
+                d.absent_at = Some(Instant::now());
+                return None;
+            }
+            d.absent_at = None;
         }
         Some(d.service.ask())
     }
@@ -1718,7 +1733,13 @@ struct DockerModule {
     size_warned: bool,
     /// The last collection taken (for `/status`).
     last_run: Option<Arc<docker::Run>>,
+    /// When auto-detection last found no socket.
+    absent_at: Option<Instant>,
 }
+
+/// How often auto-detection looks for a container engine's socket while
+/// there is none.
+const DOCKER_PROBE: Duration = Duration::from_secs(60);
 
 /// The docker thread, unless the module is off: `--enable-docker=false`, or
 /// auto-detection on a captured root (a fixture never talks to the
@@ -1749,6 +1770,7 @@ fn start_docker(
             logged_error: None,
             size_warned: false,
             last_run: None,
+            absent_at: None,
         }),
         Err(e) => {
             log::warn!("cannot start the docker thread: {e}; containers are not reported");

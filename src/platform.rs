@@ -131,6 +131,8 @@ pub struct Platform {
     lxc: Source<pct::Lxc>,
     updates: Source<packages::Updates>,
     cleanup: Source<packages::Cleanup>,
+    /// When Ceph was last found absent (no program, or no config).
+    ceph_absent_at: Option<Instant>,
 }
 
 /// The requests of one cycle.
@@ -166,6 +168,7 @@ impl Platform {
                 packages::CleanupCollector::new(root.clone()),
                 clock,
             ),
+            ceph_absent_at: None,
             root,
         }
     }
@@ -182,8 +185,7 @@ impl Platform {
         // thread wakes): Unraid's file, a `ceph` program and its config, a
         // `pct` program (the root keeps where programs are).
         let no_unraid = !self.root.exists(unraid::VERSION_FILE);
-        let no_ceph = ceph
-            && (self.root.program("ceph", ceph::DIRS).is_none() || !ceph::configured(&self.root));
+        let no_ceph = ceph && !self.ceph_here(now);
         let no_pct = !self.pct_configured && self.root.program("pct", pct::DIRS).is_none();
         Pending {
             unraid: self.unraid.begin_unless_absent(now, no_unraid),
@@ -192,6 +194,22 @@ impl Platform {
             updates: self.updates.begin(now),
             cleanup: self.cleanup.begin(now),
         }
+    }
+
+    /// Whether this host has Ceph: the program and its config. An absent
+    /// answer holds for [`CEPH`]'s refresh (the source is asked no more
+    /// often than that anyway), so a host without Ceph is not looked at
+    /// every cycle.
+    fn ceph_here(&mut self, now: Instant) -> bool {
+        if self
+            .ceph_absent_at
+            .is_some_and(|t| now.saturating_duration_since(t) < CEPH.refresh)
+        {
+            return false;
+        }
+        let here = self.root.program("ceph", ceph::DIRS).is_some() && ceph::configured(&self.root);
+        self.ceph_absent_at = (!here).then_some(now);
+        here
     }
 
     /// Waits (within [`WAIT`] of `begin`) and puts every answer into `snap`

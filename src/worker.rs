@@ -11,6 +11,10 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// A job at least this long ran a program or parsed a large answer, and its
+/// thread's stack is trimmed after it (`sys::StackTrim`).
+const DEEP_JOB: Duration = Duration::from_millis(5);
+
 /// One job's thread and its latest result.
 pub struct Worker<I, T> {
     shared: Arc<Shared<I, T>>,
@@ -83,10 +87,13 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
             .stack_size(256 * 1024)
             .spawn(move || {
                 let stack = crate::sys::StackTrim::this_thread();
+                let mut deep = false;
                 loop {
                     // Asleep until asked: without the pages the last job
-                    // went deep into.
-                    if let Some(t) = &stack {
+                    // went deep into. Only after a long job (one that ran a
+                    // program or parsed a large answer): a quick one stays
+                    // shallow, and a trim costs a TLB flush on every CPU.
+                    if let Some(t) = stack.as_ref().filter(|_| std::mem::take(&mut deep)) {
                         t.trim();
                     }
                     let (input, ticket) = {
@@ -111,6 +118,7 @@ impl<I: Send + 'static, T: Send + Sync + 'static> Worker<I, T> {
                         Err(_) => log::error!("a worker's job panicked; its last result stands"),
                     }
                     st.took = started.elapsed();
+                    deep = st.took >= DEEP_JOB;
                     st.finished = Some(Instant::now());
                     st.done = ticket;
                     st.running = false;
