@@ -124,6 +124,9 @@ impl ReadError {
 pub const SMALL: usize = 64 * 1024;
 /// Cap for files that grow with the machine (diskstats, net/dev, cpuinfo).
 pub const LARGE: usize = 4 * 1024 * 1024;
+/// Links followed by [`Root::exists_following`] before it gives up, as
+/// Linux's `ELOOP` limit.
+pub const MAX_LINKS: usize = 40;
 /// Cap for mount tables: Kubernetes nodes carry tens of thousands of mounts.
 pub const MOUNTS: usize = 32 * 1024 * 1024;
 
@@ -246,6 +249,50 @@ impl Root {
 
     pub fn exists(&self, abs: &str) -> bool {
         self.path(abs).symlink_metadata().is_ok()
+    }
+
+    /// Whether `abs` exists once every link on the way to it is followed
+    /// inside the root. An absolute link target is a path on the host, so
+    /// with `--root /host` the Proxmox link `/etc/ceph/ceph.conf ->
+    /// /etc/pve/ceph.conf` is looked up as `/host/etc/pve/ceph.conf`, never as
+    /// the container's own file (which the kernel would follow to). A
+    /// dangling link, or more than [`MAX_LINKS`] of them, is `false`.
+    pub fn exists_following(&self, abs: &str) -> bool {
+        self.resolve(abs)
+            .is_some_and(|p| self.path(&p).symlink_metadata().is_ok())
+    }
+
+    /// `abs` as a host path with every link on the way resolved inside the
+    /// root, the way the host's kernel would resolve it; `None` after
+    /// [`MAX_LINKS`] links (a loop). Components that do not exist are kept
+    /// as they are.
+    fn resolve(&self, abs: &str) -> Option<String> {
+        let mut pending: Vec<String> = abs.split('/').rev().map(String::from).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(name) = pending.pop() {
+            match name.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(name),
+            }
+            let Ok(target) = std::fs::read_link(self.path(&done.join("/"))) else {
+                continue;
+            };
+            links += 1;
+            if links > MAX_LINKS {
+                return None;
+            }
+            done.pop();
+            if target.is_absolute() {
+                done.clear();
+            }
+            pending.extend(target.to_str()?.split('/').rev().map(String::from));
+        }
+        Some(format!("/{}", done.join("/")))
     }
 
     /// Names in a directory, sorted; hidden entries included.
@@ -546,6 +593,50 @@ mod tests {
         assert!(addrs.iter().all(|a| a.cidr == "10.0.0.5/24"));
         // One line longer than the cap: nothing of it.
         assert_eq!(r.machine(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Links are followed inside the root: an absolute target is rebased
+    /// under it, a relative one is taken from the link's directory, `..`
+    /// never climbs above the root, and a loop ends.
+    #[test]
+    fn links_are_followed_inside_the_root() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("pulse-root-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc/pve/ceph")).unwrap();
+        std::fs::create_dir_all(dir.join("etc/a")).unwrap();
+        std::fs::write(dir.join("etc/pve/ceph.conf"), "[global]\n").unwrap();
+        std::fs::write(dir.join("etc/pve/ceph/keyring"), "").unwrap();
+        let r = Root::new(&dir).unwrap();
+
+        // A file of the machine running the test, absent from the root.
+        let outside = "/proc/self/status";
+        assert!(std::path::Path::new(outside).exists());
+        symlink(outside, dir.join("etc/a/outside")).unwrap();
+        assert!(!r.exists_following("/etc/a/outside"));
+        assert!(r.exists("/etc/a/outside"), "the link itself is there");
+
+        symlink("/etc/pve/ceph.conf", dir.join("etc/a/abs")).unwrap();
+        assert!(r.exists_following("/etc/a/abs"));
+        symlink("../pve/ceph.conf", dir.join("etc/a/rel")).unwrap();
+        assert!(r.exists_following("/etc/a/rel"));
+        // A linked directory on the way, then a link to a link.
+        symlink("/etc/pve/ceph", dir.join("etc/dir")).unwrap();
+        assert!(r.exists_following("/etc/dir/keyring"));
+        assert!(!r.exists_following("/etc/dir/nothing"));
+        symlink("/etc/a/abs", dir.join("etc/a/twice")).unwrap();
+        assert!(r.exists_following("/etc/a/twice"));
+        // `..` past the top stays at the root, as on the host.
+        symlink("../../../../etc/pve/ceph.conf", dir.join("etc/a/up")).unwrap();
+        assert!(r.exists_following("/etc/a/up"));
+        // Dangling, and a loop.
+        symlink("/etc/pve/missing.conf", dir.join("etc/a/dangling")).unwrap();
+        assert!(!r.exists_following("/etc/a/dangling"));
+        symlink("/etc/a/loop2", dir.join("etc/a/loop1")).unwrap();
+        symlink("loop1", dir.join("etc/a/loop2")).unwrap();
+        assert!(!r.exists_following("/etc/a/loop1"));
+        assert!(r.resolve("/etc/a/loop1").is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

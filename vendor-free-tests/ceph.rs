@@ -575,11 +575,8 @@ fn ceph_installed_without_a_config_runs_nothing() {
     assert_eq!(c.last_reason(), Some(ceph::NOT_CONFIGURED));
     assert!(!ceph::configured(&root));
 
-    std::os::unix::fs::symlink(
-        base.join("etc/pve/ceph.conf"),
-        base.join("etc/ceph/ceph.conf"),
-    )
-    .unwrap();
+    // Proxmox's link, dangling while /etc/pve is not mounted.
+    std::os::unix::fs::symlink("/etc/pve/ceph.conf", base.join("etc/ceph/ceph.conf")).unwrap();
     assert_eq!(c.collect(soon()), Ok(None));
     assert!(calls(&log).is_empty(), "a dangling link ran ceph");
 
@@ -588,6 +585,32 @@ fn ceph_installed_without_a_config_runs_nothing() {
         "[client.admin]\n",
     )
     .unwrap();
+    assert!(ceph::configured(&root));
+    assert!(c.collect(soon()).unwrap().is_some());
+    assert_eq!(calls(&log).len(), 2, "{:?}", calls(&log));
+}
+
+/// With `--root /host` the link `/etc/ceph/ceph.conf -> /etc/pve/ceph.conf`
+/// names the host's /etc/pve: it is followed inside the root, never to a
+/// file of the machine the agent runs on (here a file every Linux machine
+/// has stands in for the container's own).
+#[test]
+fn a_linked_ceph_conf_is_followed_inside_the_root() {
+    let (root, log) = fake_root("linked", &[(STATUS, &fixture("squid-status.json"))]);
+    let base = root.path("/");
+    let conf = base.join("etc/ceph/ceph.conf");
+    std::fs::remove_file(&conf).unwrap();
+    assert!(Path::new("/proc/self/status").exists());
+    std::os::unix::fs::symlink("/proc/self/status", &conf).unwrap();
+    let mut c = Collector::new(root.clone());
+    assert!(!ceph::configured(&root), "followed out of the root");
+    assert_eq!(c.collect(soon()), Ok(None));
+    assert!(calls(&log).is_empty(), "{:?}", calls(&log));
+
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink("/etc/pve/ceph.conf", &conf).unwrap();
+    std::fs::create_dir_all(base.join("etc/pve")).unwrap();
+    std::fs::write(base.join("etc/pve/ceph.conf"), "[global]\n").unwrap();
     assert!(ceph::configured(&root));
     assert!(c.collect(soon()).unwrap().is_some());
     assert_eq!(calls(&log).len(), 2, "{:?}", calls(&log));
