@@ -418,7 +418,8 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
     // land between reports (`remote_config::fetch_at`).
     let grid = Arc::new(Mutex::new((Instant::now(), agent.interval)));
     if let Some(mut fetch) = agent.config_fetcher() {
-        agent.apply_fetched(fetch.fetch());
+        let first = fetch.fetch();
+        agent.apply_fetched(first.clone());
         agent.keepalive();
         let tx = events_tx.clone();
         let new_token = agent.fetch_token.clone();
@@ -429,6 +430,11 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
             .spawn(move || {
                 let stack = crate::sys::StackTrim::this_thread();
                 let mut last = Instant::now();
+                // The main loop hears of a fetch only when its outcome
+                // differs from the one before: the same config (or the same
+                // error) every minute is news to nobody, and would wake it
+                // and log again.
+                let mut sent = remote_config::Changes::from(first);
                 loop {
                     if let Some(t) = &stack {
                         t.trim();
@@ -441,7 +447,8 @@ fn serve(config: &Config, log_file: logging::LogFile, trial: TrialStart) -> Resu
                     if let Some(t) = lock(&new_token).take() {
                         fetch.client.set_token(t);
                     }
-                    if tx.send(Event::Config(fetch.fetch())).is_err() {
+                    let fetched = fetch.fetch();
+                    if sent.is_new(&fetched) && tx.send(Event::Config(fetched)).is_err() {
                         return;
                     }
                 }

@@ -96,6 +96,24 @@ pub struct Remote {
     pub applied: Option<(String, String)>,
 }
 
+/// The outcome of the last fetch handed on, to hand on only what differs.
+pub struct Changes<T>(T);
+
+impl<T: PartialEq + Clone> Changes<T> {
+    pub fn from(first: T) -> Changes<T> {
+        Changes(first)
+    }
+
+    /// Whether `outcome` differs from the last one; if so it becomes the last.
+    pub fn is_new(&mut self, outcome: &T) -> bool {
+        if *outcome == self.0 {
+            return false;
+        }
+        self.0 = outcome.clone();
+        true
+    }
+}
+
 /// Trust settings, from the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Trust {
@@ -677,6 +695,30 @@ mod tests {
         // Reports rarer than refreshes: as due.
         assert_eq!(fetch_at(t0 + s(60), t0, s(300), t0), t0 + s(60));
         assert_eq!(fetch_at(t0 + s(60), t0, s(300), t0 + s(61)), t0 + s(61));
+    }
+
+    /// A fetch that ends as the one before (the same config, the same
+    /// error) is not handed to the main loop (which would apply and log it
+    /// again); any difference is, and a return to an earlier outcome counts
+    /// as a difference.
+    #[test]
+    fn only_a_changed_outcome_is_handed_on() {
+        let config = |secs| {
+            Ok(Some(Remote {
+                interval: Some(Duration::from_secs(secs)),
+                ..Remote::default()
+            }))
+        };
+        let failed: Result<Option<Remote>, String> = Err("status 404".into());
+        let mut c = Changes::from(failed.clone());
+        assert!(!c.is_new(&failed));
+        assert!(c.is_new(&config(60)));
+        assert!(!c.is_new(&config(60)));
+        assert!(c.is_new(&config(30)));
+        assert!(c.is_new(&Ok(None)));
+        assert!(!c.is_new(&Ok(None)));
+        assert!(c.is_new(&failed));
+        assert!(c.is_new(&Err("status 500".into())));
     }
 
     /// Go 1.22 and later encode backspace and form feed as `\b` and `\f`

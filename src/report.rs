@@ -265,6 +265,12 @@ pub struct HostEncoder {
     /// The last report's length, so the next one is written into a buffer
     /// of its size at once rather than one that doubles its way there.
     last_len: usize,
+    /// The last two reports' bodies. When one is written the one before
+    /// last is held by nobody else (its delivery is over and `/report`
+    /// shows the last one), and its buffer takes the new report: no fresh
+    /// ~20 KB allocation, which the static build's allocator maps and
+    /// unmaps every cycle (page faults, and a TLB flush on every CPU).
+    bodies: [Option<Arc<Vec<u8>>>; 2],
 }
 
 struct KeptPackages {
@@ -393,7 +399,7 @@ impl HostEncoder {
         }
         let kept = self.packages.as_ref().expect("invariant: kept just now");
         let room = self.last_len.max(kept.json.len() + 8192) + 1024;
-        let mut text = Vec::with_capacity(room);
+        let mut text = reusable(&mut self.bodies, room);
         let marked = Some(Value::String(PACKAGES_MARKER.to_string()));
         write_host_doc(r, marked, &mut text);
         let mut text = String::from_utf8(text).expect("invariant: serde_json writes UTF-8");
@@ -410,20 +416,38 @@ impl HostEncoder {
                 whole
             }
         };
-        self.last_len = body.len();
-        Encoded {
-            body: Arc::new(body),
-        }
+        self.keep(body)
     }
 
     fn whole(&mut self, r: &HostReport) -> Encoded {
-        let mut body = Vec::with_capacity(self.last_len.max(8192) + 1024);
+        let mut body = reusable(&mut self.bodies, self.last_len.max(8192) + 1024);
         write_host_doc(r, None, &mut body);
+        self.keep(body)
+    }
+
+    fn keep(&mut self, body: Vec<u8>) -> Encoded {
         self.last_len = body.len();
-        Encoded {
-            body: Arc::new(body),
+        let body = Arc::new(body);
+        self.bodies = [Some(body.clone()), self.bodies[0].take()];
+        Encoded { body }
+    }
+}
+
+/// An empty buffer of at least `room` bytes: an earlier body that
+/// nobody holds any more, else a new one.
+fn reusable(bodies: &mut [Option<Arc<Vec<u8>>>; 2], room: usize) -> Vec<u8> {
+    for slot in bodies.iter_mut().rev() {
+        let Some(body) = slot.take() else { continue };
+        match Arc::try_unwrap(body) {
+            Ok(mut buf) => {
+                buf.clear();
+                buf.reserve(room);
+                return buf;
+            }
+            Err(held) => *slot = Some(held),
         }
     }
+    Vec::with_capacity(room)
 }
 
 /// `disks[]`: the same list in the host and the docker report.
@@ -1399,6 +1423,41 @@ mod tests {
             }),
             uptime_seconds: Some(42),
             ..HostSnapshot::default()
+        }
+    }
+
+    /// Every report was written into a new ~20 KB buffer (which musl's
+    /// allocator maps and unmaps each cycle). The buffer of the report
+    /// before last is reused once nobody holds it: not while a delivery or
+    /// `/report` still does, and its old bytes never leak into the new one.
+    #[test]
+    fn the_buffer_of_a_report_nobody_holds_is_reused() {
+        for snap in [
+            with_packages(&["bash", "curl"], 1_787_410_000),
+            HostSnapshot::default(),
+        ] {
+            let mut enc = HostEncoder::new();
+            let (first, _) = encode(&mut enc, &snap, "v1:00:1");
+            let first_at = first.body.as_ptr();
+            let (_, first_doc) = first.split();
+            let (second, _) = encode(&mut enc, &snap, "v1:00:2");
+            assert_ne!(second.body.as_ptr(), first_at);
+            // The first report is still shown on /report: not reused.
+            let (third, whole) = encode(&mut enc, &snap, "v1:00:3");
+            assert_ne!(third.body.as_ptr(), first_at);
+            assert_eq!(*third.body, serde_json::to_vec(&whole).unwrap());
+            drop((first_doc, second));
+            // The second is held by nobody but the encoder: its buffer
+            // takes the fourth report, which is exactly that report.
+            let second_at = enc.bodies[1].as_ref().unwrap().as_ptr();
+            let (fourth, whole) = encode(&mut enc, &snap, "v1:00:4");
+            assert_eq!(fourth.body.as_ptr(), second_at);
+            assert_eq!(*fourth.body, serde_json::to_vec(&whole).unwrap());
+            assert_eq!(Arc::strong_count(&fourth.body), 2);
+            drop(third);
+            let (fifth, whole) = encode(&mut enc, &snap, "v1:00:5");
+            assert_eq!(*fifth.body, serde_json::to_vec(&whole).unwrap());
+            assert_ne!(fifth.body.as_ptr(), fourth.body.as_ptr());
         }
     }
 

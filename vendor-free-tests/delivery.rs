@@ -450,6 +450,45 @@ fn remote_config_sets_the_interval_and_is_reported() {
     assert!(s.config_requests() >= 1);
 }
 
+/// After the first, configs are fetched every 60 s: a profile changed on
+/// the server is applied at the next refresh (not before: the first fetch's
+/// answer holds for a minute), and reports and config share one connection
+/// (a refresh that raced a report handshook a second one).
+#[test]
+fn a_profile_changed_on_the_server_is_applied_at_the_next_refresh() {
+    let s = StandIn::start();
+    let dir = Dir::new("refresh");
+    // The host is known to the server, with no profile yet.
+    assert!(once(&s, &dir, &[]).status.success());
+    let connections = s.connections();
+    let _agent = Agent::start(&dir, &args(&s, &dir, &["--interval=2s"]));
+    assert!(s.wait_for(Duration::from_secs(15), |r| r.len() >= 3));
+    let started = s.reports()[1].at;
+    let configs = s.config_requests();
+    s.set_settings(Some(json!({"interval": "1s"})));
+    let at_one = |r: &[common::standin::Received]| {
+        r.last()
+            .and_then(|x| x.doc.as_ref())
+            .is_some_and(|d| d["agent"]["intervalSeconds"] == 1)
+    };
+    assert!(
+        s.wait_for(Duration::from_secs(80), at_one),
+        "the new profile was never applied"
+    );
+    let took = s.reports().last().unwrap().at - started;
+    assert!(
+        (Duration::from_secs(57)..Duration::from_secs(64)).contains(&took),
+        "applied {took:?} after the first report, not at the 60 s refresh"
+    );
+    assert_eq!(s.config_requests(), configs + 1, "one refresh");
+    assert!(s.wait_for(Duration::from_secs(5), |r| r.len() >= 6));
+    assert_eq!(
+        s.connections() - connections,
+        1,
+        "reports and config on one connection"
+    );
+}
+
 #[test]
 fn enrollment_trades_the_bootstrap_token_once() {
     let s = StandIn::start();

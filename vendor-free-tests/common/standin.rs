@@ -269,6 +269,11 @@ impl StandIn {
         self.lock().config_requests
     }
 
+    /// TLS connections that completed their handshake.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
     /// Makes `token` the owner of agent `id`, as its reports would.
     pub fn own_agent(&self, id: &str, token: &str) {
         self.lock().owners.insert(id.into(), token.into());
