@@ -845,6 +845,42 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Where Ceph is not, the answer holds for Ceph's refresh: a config
+    /// that appears meanwhile is seen at the refresh, not at the next cycle.
+    /// A present answer is not kept: a config removed is seen at once.
+    #[test]
+    fn ceph_absence_is_kept_for_its_refresh_then_looked_at_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pulse-platform-ceph-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(".capture/bin")).unwrap();
+        std::fs::create_dir_all(dir.join("etc/ceph")).unwrap();
+        let ceph = dir.join(".capture/bin/ceph");
+        std::fs::write(&ceph, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&ceph, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut p = Platform::new(
+            Root::new(&dir).unwrap(),
+            Settings {
+                pct_path: None,
+                clock: SystemTime::now,
+                once: false,
+                apt_cache: None,
+            },
+        );
+        let t0 = Instant::now();
+        assert!(!p.ceph_here(t0));
+        let conf = dir.join("etc/ceph/ceph.conf");
+        std::fs::write(&conf, "[global]\n").unwrap();
+        assert!(
+            !p.ceph_here(t0 + CEPH.refresh - Duration::from_secs(1)),
+            "looked at again before the refresh"
+        );
+        assert!(p.ceph_here(t0 + CEPH.refresh));
+        std::fs::remove_file(&conf).unwrap();
+        assert!(!p.ceph_here(t0 + CEPH.refresh + Duration::from_millis(1)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Answers from a script: each run takes the next step (the last repeats).
     struct Scripted {
         runs: Arc<AtomicUsize>,
