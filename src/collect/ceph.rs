@@ -459,11 +459,11 @@ pub struct Collector {
 }
 
 /// Whether this node has a Ceph client configuration: `/etc/ceph/ceph.conf`
-/// (on a Proxmox VE Ceph node a link to `/etc/pve/ceph.conf`; a dangling
-/// link counts as none; links are followed inside `--root`) or the admin
-/// keyring. Proxmox VE installs the `ceph`
-/// program on every node; on one without a cluster, `ceph status` is a
-/// Python process (about a quarter of a second of CPU) that can only fail.
+/// (on a Proxmox VE Ceph node a link to `/etc/pve/ceph.conf`, followed
+/// inside `--root`; a dangling link counts as none) or the admin keyring.
+/// Proxmox VE installs the `ceph` program on every node; on one without a
+/// cluster, `ceph status` is a Python process (about a quarter of a second
+/// of CPU) that can only fail.
 /// The one client this misses finds its monitors by DNS SRV records and
 /// keeps its keyring away from the default path.
 pub fn configured(root: &Root) -> bool {
