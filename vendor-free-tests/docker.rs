@@ -338,7 +338,11 @@ fn fine_body(path: &str) -> Value {
 
 impl FakeEngine {
     fn start(name: &str, rule: fn(&str) -> Act) -> FakeEngine {
-        let dir = Dir::new(&format!("fake-engine-{name}"));
+        FakeEngine::start_in(Dir::new(&format!("fake-engine-{name}")), rule)
+    }
+
+    /// An engine listening on `dir`/engine.sock from now on.
+    fn start_in(dir: Dir, rule: fn(&str) -> Act) -> FakeEngine {
         let path = dir.0.join("engine.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -736,6 +740,39 @@ fn docker_report_refusals_follow_the_server() {
         "{}",
         agent.log()
     );
+}
+
+/// Auto-detected (no `--enable-docker`): while there is no engine socket
+/// the agent looks for one every 60 s, not every cycle (a `stat` per
+/// candidate), so an engine started later is reported from the first look
+/// after it, about a minute after the agent's start; one that looked every
+/// cycle would find it within a second.
+#[test]
+fn an_engine_started_later_is_found_at_the_next_minutes_look() {
+    let engine_dir = Dir::new("fake-engine-late");
+    let socket = engine_dir.0.join("engine.sock");
+    let s = StandIn::start();
+    let dir = Dir::new("docker-late");
+    let started = Instant::now();
+    let agent = Agent::start(&dir, &agent_args(&s, &dir, &socket, &[]));
+    assert!(s.wait_for(Duration::from_secs(15), |r| r.len() >= 3));
+    let engine = FakeEngine::start_in(engine_dir, |_| Act::Fine);
+    assert!(
+        s.wait_for_docker(Duration::from_secs(80), |r| !r.is_empty()),
+        "the engine was never found"
+    );
+    let found = started.elapsed();
+    assert!(
+        (Duration::from_secs(55)..Duration::from_secs(68)).contains(&found),
+        "found {found:?} after the start, not at the 60 s look"
+    );
+    assert!(
+        engine
+            .requests()
+            .iter()
+            .any(|r| r.contains("/containers/json"))
+    );
+    drop(agent);
 }
 
 #[test]
